@@ -1,0 +1,40 @@
+# keysvc — `make run` starts the dev service, `make test` runs the whole suite. Both build .venv from nothing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/keysvc serve --dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check keysvc tests bench
+	$(BIN)/mypy
+
+test: $(STAMP) $(TOOLS_STAMP) lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .keysvc-dev .pytest_cache .mypy_cache
+
+# Linters for the Dockerfile and the helm chart live in their own venv: checkov pins many packages that
+# would otherwise constrain the service's own dependencies.
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+$(TOOLS_STAMP): requirements-tools.txt
+	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet -r requirements-tools.txt
+	touch $(TOOLS_STAMP)
+tools: $(TOOLS_STAMP)

@@ -1,0 +1,1 @@
+"""Key-store backends, chosen by name from `REGISTRY` (see `keysvc.backends.registry`)."""

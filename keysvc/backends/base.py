@@ -1,0 +1,99 @@
+"""What every backend provides: key records and the private-key operation.
+
+A backend is a thin I/O layer. It never decides *when* a key is created, activated or destroyed: that is
+`keysvc.lifecycle` (pure). It only stores records, creates a key for a given slot (`seq`) exactly once
+across replicas, and signs.
+
+Times are float seconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One key of one keyset, as stored. State is derived from these fields and the time.
+
+    `seq` is the key's slot in its keyset (1, 2, 3, ...): creating the key of a slot is the one write that
+    replicas race on, and the backend makes it happen at most once.
+    """
+
+    keyset: str
+    kid: str
+    seq: int
+    alg: str
+    created_at: float
+    activates_at: float
+    public_jwk: Mapping[str, str] = field(repr=False, compare=False)
+    revoked_at: float | None = None
+    destroyed_at: float | None = None  # private material destroyed / deletion scheduled
+    created_by: str = ""
+
+    def replace(self, **changes: object) -> KeyRecord:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+class Signer(Protocol):
+    """The private-key operation of one kid.
+
+    `sign` returns the JOSE signature bytes (for ECDSA the fixed-width R||S, not DER). `in_process` is
+    True when signing is CPU-only (file backend) and may run on the event loop; False when it does I/O
+    (KMS) and must run in the backend's thread pool.
+    """
+
+    kid: str
+    alg: str
+    in_process: bool
+
+    def sign(self, signing_input: bytes) -> bytes: ...
+
+
+class Backend(Protocol):
+    """A key store. All methods block (call them from a worker thread, not the event loop)."""
+
+    def load(self, keyset: str) -> list[KeyRecord]:
+        """Every record of the keyset, including revoked and destroyed ones. Raises BackendError."""
+        ...
+
+    def create(
+        self, keyset: str, seq: int, alg: str, activates_at: float, now: float, pem: bytes | None = None
+    ) -> KeyRecord | None:
+        """Create the key of slot `seq` (a fresh key pair, or the given PKCS#8/PKCS#1 PEM for an import).
+
+        Returns the new record, or None when the slot is already taken (another replica won the race;
+        any orphan of ours is cleaned up). Raises BackendError, or ConfigError for an unusable PEM.
+        """
+        ...
+
+    def update(self, record: KeyRecord) -> None:
+        """Persist the mutable fields of a record: `activates_at`, `revoked_at`."""
+        ...
+
+    def destroy(self, record: KeyRecord, now: float) -> KeyRecord:
+        """Destroy the private material of a retired or revoked key (file: delete; KMS: schedule
+        deletion / disable). Idempotent. Returns the record with `destroyed_at` set."""
+        ...
+
+    def signer(self, record: KeyRecord) -> Signer:
+        """The signer of a record's key (loads the private key, or binds the KMS key id)."""
+        ...
+
+    def exclusive(self, keyset: str) -> AbstractContextManager[None]:
+        """Serialise lifecycle writes of one keyset across replicas (file: an OS lock). A backend whose
+        `create` is itself compare-and-swap (KMS aliases) may return a no-op context."""
+        ...
+
+    def repair(self, keyset: str, now: float) -> list[str]:
+        """Find and clean up what a crash left half-done (orphans). Returns descriptions of what it did."""
+        ...
+
+    def close(self) -> None:
+        """Release clients, pools, file handles."""
+        ...

@@ -1,0 +1,112 @@
+"""The one exception tree of keysvc.
+
+    KeysvcError                       root; never escapes as a 500
+    ├── ConfigError                   bad configuration (exit status 2 at start-up)
+    ├── RequestError                  answered to an HTTP client, OAuth-style code + status
+    │   ├── InvalidRequest            400 invalid_request
+    │   ├── InvalidClient             401 invalid_client (WWW-Authenticate: Bearer)
+    │   ├── Forbidden                 403 forbidden
+    │   ├── NotFound                  404 not_found
+    │   ├── MethodNotAllowed          405 method_not_allowed
+    │   ├── Conflict                  409 conflict (e.g. rotation not yet safe)
+    │   ├── PayloadTooLarge           413 payload_too_large
+    │   ├── UnsupportedMediaType      415 unsupported_media_type
+    │   ├── RateLimited               429 rate_limited (Retry-After)
+    │   ├── UpstreamError             502 upstream_error
+    │   └── Unavailable               503 unavailable (Retry-After)
+    └── BackendError                  the key store failed (I/O, KMS); mapped to 503 on request paths
+        ├── BackendUnavailable        transient: unreachable, throttled, disabled key
+        └── StoreCorrupt              a record on disk or in KMS cannot be read
+
+Messages never contain secret material: callers pass descriptions, not values.
+"""
+
+from __future__ import annotations
+
+
+class KeysvcError(Exception):
+    """Root of every error keysvc raises on purpose."""
+
+
+class ConfigError(KeysvcError):
+    """The configuration is invalid; `field` names the offending setting (dotted path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class RequestError(KeysvcError):
+    """An error answered to an HTTP client as `{"error": code, "error_description": text}`."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, description: str, *, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error requires."""
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class InvalidRequest(RequestError):
+    status, code = 400, "invalid_request"
+
+
+class InvalidClient(RequestError):
+    status, code = 401, "invalid_client"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="keysvc"'}
+
+
+class Forbidden(RequestError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(RequestError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status, code = 405, "method_not_allowed"
+
+
+class Conflict(RequestError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(RequestError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    status, code = 415, "unsupported_media_type"
+
+
+class RateLimited(RequestError):
+    status, code = 429, "rate_limited"
+
+
+class UpstreamError(RequestError):
+    status, code = 502, "upstream_error"
+
+
+class Unavailable(RequestError):
+    status, code = 503, "unavailable"
+
+
+class BackendError(KeysvcError):
+    """The key store failed."""
+
+
+class BackendUnavailable(BackendError):
+    """The key store is unreachable or refuses for now (retry later)."""
+
+
+class StoreCorrupt(BackendError):
+    """A stored key record cannot be read or does not match its private key."""
