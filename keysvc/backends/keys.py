@@ -1,0 +1,103 @@
+"""In-process key material: generate, import, export public JWK, and sign (file backend; tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from jwcrypto.jwk import JWK
+
+from keysvc.algorithms import ALGORITHMS, Algorithm, der_to_jose
+from keysvc.errors import ConfigError
+from keysvc.jwks import public_members, thumbprint
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+def generate(alg: str, rsa_bits: int = 2048) -> PrivateKey:
+    """A fresh private key for a JOSE algorithm."""
+    spec = ALGORITHMS[alg]
+    if spec.family in ("RSA", "RSA-PSS"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    if spec.family == "EC":
+        return ec.generate_private_key(spec.ec_curve())
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def check_key_fits(key: object, alg: str) -> PrivateKey:
+    """Refuse a private key that cannot sign with `alg` (wrong type, curve, or a weak RSA size)."""
+    spec = ALGORITHMS[alg]
+    if spec.family in ("RSA", "RSA-PSS") and isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 2048:
+            raise ConfigError("pem", f"RSA key of {key.key_size} bits is too weak (2048 at least)")
+        return key
+    if spec.family == "EC" and isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name != spec.ec_curve().name:
+            raise ConfigError("pem", f"{alg} needs curve {spec.curve}, the key is on {key.curve.name}")
+        return key
+    if spec.family == "OKP" and isinstance(key, ed25519.Ed25519PrivateKey):
+        return key
+    raise ConfigError("pem", f"the key's type does not fit algorithm {alg}")
+
+
+def public_jwk(key: PrivateKey) -> dict[str, str]:
+    """The public JWK members (kty, n/e or crv/x/y) of a private key."""
+    exported = JWK.from_pyca(key.public_key()).export_public(as_dict=True)
+    return public_members({k: str(v) for k, v in exported.items()})
+
+
+def kid_of(key: PrivateKey) -> str:
+    """The RFC 7638 thumbprint of the key's public half."""
+    return thumbprint(public_jwk(key))
+
+
+def _sign_function(key: PrivateKey, spec: Algorithm) -> Callable[[bytes], bytes]:
+    if spec.family == "RSA":
+        assert isinstance(key, rsa.RSAPrivateKey)
+        rsa_key, pkcs1, digest = key, padding.PKCS1v15(), spec.hash()
+        return lambda data: rsa_key.sign(data, pkcs1, digest)
+    if spec.family == "RSA-PSS":
+        assert isinstance(key, rsa.RSAPrivateKey)
+        pss_key, digest = key, spec.hash()
+        # RFC 7518 §3.5: salt length = hash length (not the cryptography default of maximum)
+        pss = padding.PSS(mgf=padding.MGF1(spec.hash()), salt_length=digest.digest_size)
+        return lambda data: pss_key.sign(data, pss, digest)
+    if spec.family == "EC":
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        ec_key, ecdsa, size = key, ec.ECDSA(spec.hash()), spec.coord_size
+        return lambda data: der_to_jose(ec_key.sign(data, ecdsa), size)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    return key.sign
+
+
+@dataclass(frozen=True)
+class LocalSigner:
+    """Signs in-process with a private key held in memory."""
+
+    kid: str
+    alg: str
+    key: PrivateKey = field(repr=False)
+    in_process: bool = True
+    _sign: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_sign", _sign_function(self.key, ALGORITHMS[self.alg]))
+
+    def sign(self, signing_input: bytes) -> bytes:
+        """The JOSE signature of the signing input."""
+        return self._sign(signing_input)
+
+
+def to_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
+    """PKCS#8 PEM, encrypted with the passphrase when one is given."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def from_pem(pem: bytes, passphrase: bytes | None) -> object:
+    """Load a PEM private key (PKCS#8 or traditional). Raises ValueError or TypeError when it can't."""
+    return serialization.load_pem_private_key(pem, password=passphrase)

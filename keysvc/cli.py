@@ -1,0 +1,268 @@
+"""`keysvc` command line: argument parsing only; the work is done by the package."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from keysvc import __version__, lifecycle, operations
+from keysvc.backends.registry import open_backend
+from keysvc.config import Settings, load_settings, parse_settings
+from keysvc.errors import ConfigError, KeysvcError, RequestError
+from keysvc.jwks import build
+from keysvc.logs import setup
+
+DEV_DIR = Path(".keysvc-dev")
+EXIT_CONFIG = 2
+
+
+def new_api_key() -> tuple[str, str]:
+    """A fresh API key and its SHA-256 (hex), the only form the config holds."""
+    key = "ks_" + secrets.token_urlsafe(32)
+    return key, hashlib.sha256(key.encode()).hexdigest()
+
+
+def dev_settings(directory: Path = DEV_DIR) -> tuple[Settings, Path]:
+    """The embedded development configuration: file backend under ./.keysvc-dev/, both listeners on
+    127.0.0.1, and a dev admin client whose API key is kept in a 0600 file (created on first use)."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    key_file = directory / "dev-client.key"
+    if not key_file.exists():
+        key, _ = new_api_key()
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
+    digest = hashlib.sha256(key_file.read_text().strip().encode()).hexdigest()
+    raw = {
+        "listen": {"public": "127.0.0.1:8080", "internal": "127.0.0.1:8081"},
+        "backend": {"type": "file", "path": str(directory / "keys"), "refresh_interval": "30s"},
+        "keysets": {
+            "dev": {
+                "default": True, "issuer": "http://127.0.0.1:8080", "alg": "ES256",
+                "rotation_period": "30d", "publish_ahead": "2d", "retain_after": "1d", "max_token_ttl": "5m",
+            }
+        },
+        "clients": {
+            "dev": {"api_key_sha256": digest, "keysets": ["dev"], "audiences": ["connect.zapier.com", "dev"],
+                    "max_ttl": "5m", "admin": True}
+        },
+    }
+    return parse_settings(raw), key_file
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "dev", False):
+        settings, key_file = dev_settings()
+        args.dev_key_file = key_file
+        return settings
+    path = args.config or os.environ.get("KEYSVC_CONFIG")
+    if not path:
+        raise ConfigError("config", "no configuration: pass --config FILE, set KEYSVC_CONFIG, or use --dev")
+    return load_settings(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from keysvc.logs import LOG
+    from keysvc.server import serve
+
+    settings = _settings(args)
+    if args.dev:
+        LOG.warning("development mode: file keys under ./.keysvc-dev/, not for production",
+                    extra={"dev_api_key_file": str(args.dev_key_file.resolve())})
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        pass
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"ok: {len(settings.keysets)} keyset(s), {len(settings.clients)} client(s), backend {settings.backend.type}")
+    return 0
+
+
+def _now() -> float:
+    return time.time()
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    backend = open_backend(settings.backend, "cli")
+    now = _now()
+    rows = [row for ks in settings.keysets.values() for row in operations.describe(backend.load(ks.name), ks, now)]
+    if args.json:
+        print(json.dumps({"keys": rows}, indent=2))
+        return 0
+    columns = ("keyset", "kid", "alg", "state", "created_at", "activates_at", "superseded_at", "removes_at")
+    table = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    return 0
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+    return "-" if value is None else str(value)
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ks = _keyset(settings, args.keyset)
+    backend = open_backend(settings.backend, "cli")
+    operations.reconcile(backend, ks, _now, "cli")
+    record = operations.rotate(backend, ks, _now, f"cli:{_user()}", force=args.force)
+    print(json.dumps({"keyset": ks.name, "active_kid": record.kid, "activated_at": record.activates_at}))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    backend = open_backend(settings.backend, "cli")
+    record = operations.revoke(backend, dict(settings.keysets), args.kid, _now, f"cli:{_user()}")
+    print(json.dumps({"keyset": record.keyset, "kid": record.kid, "revoked_at": record.revoked_at}))
+    return 0
+
+
+def cmd_keys_import(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ks = _keyset(settings, args.keyset)
+    try:
+        pem = Path(args.pem).read_bytes()
+    except OSError as exc:
+        raise ConfigError("--pem", f"cannot read {args.pem}: {exc.strerror}") from None
+    backend = open_backend(settings.backend, "cli")
+    record = operations.import_key(backend, ks, pem, _now, f"cli:{_user()}")
+    print(json.dumps({"keyset": ks.name, "kid": record.kid, "activates_at": record.activates_at}))
+    return 0
+
+
+def cmd_jwks(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    name = args.keyset or settings.default_keyset or next(iter(settings.keysets))
+    ks = _keyset(settings, name)
+    backend = open_backend(settings.backend, "cli")
+    status = lifecycle.evaluate(backend.load(ks.name), _now(), operations.policy_of(ks))
+    print(json.dumps(json.loads(build(status.published).body), indent=2))
+    return 0
+
+
+def cmd_client_new(args: argparse.Namespace) -> int:
+    key, digest = new_api_key()
+    entry = {
+        "clients": {
+            args.name: {
+                "api_key_sha256": digest,
+                "keysets": args.keyset or ["CHANGE-ME"],
+                "audiences": args.audience or ["CHANGE-ME"],
+                "max_ttl": "5m",
+                "admin": args.admin,
+            }
+        }
+    }
+    print(f"# API key for {args.name} (shown once; give it to the client, keep it in a secret store):")
+    print(f"# {key}")
+    print(yaml.safe_dump(entry, sort_keys=False), end="")
+    return 0
+
+
+def _keyset(settings: Settings, name: str) -> operations.KeysetSettings:
+    if name not in settings.keysets:
+        raise ConfigError("keyset", f"no keyset {name!r} in the configuration")
+    return settings.keysets[name]
+
+
+def _user() -> str:
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="keysvc",
+        description="Hardened JWKS and signing-key service: keys in files or AWS KMS, rotation by kid, "
+        "JWKS with cache headers, authenticated /v1/sign, RFC 8693 token exchange.",
+        epilog="Configuration: --config FILE or $KEYSVC_CONFIG (YAML), or --dev for the embedded development "
+        "default. Exit status 2 on a configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"keysvc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", metavar="FILE", help="YAML configuration (default: $KEYSVC_CONFIG)")
+        p.add_argument("--dev", action="store_true", help="use the embedded development configuration")
+        return p
+
+    with_config(sub.add_parser("serve", help="run the service (public and internal listeners)")).set_defaults(fn=cmd_serve)
+    with_config(sub.add_parser("check-config", help="validate the configuration and exit")).set_defaults(
+        fn=cmd_check_config
+    )
+    keys = sub.add_parser("keys", help="inspect and operate keys directly on the backend").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    p = with_config(keys.add_parser("list", help="every key: keyset, kid, alg, state and its times"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_keys_list)
+    p = with_config(keys.add_parser("rotate", help="promote the pending key now (emergency rotation)"))
+    p.add_argument("keyset")
+    p.add_argument("--force", action="store_true", help="promote even if verifiers may not have the key cached yet")
+    p.set_defaults(fn=cmd_keys_rotate)
+    p = with_config(keys.add_parser("revoke", help="remove a key from the JWKS and from signing at once"))
+    p.add_argument("kid")
+    p.set_defaults(fn=cmd_keys_revoke)
+    p = with_config(keys.add_parser("import", help="adopt an existing private key as the keyset's next key"))
+    p.add_argument("keyset")
+    p.add_argument("--pem", required=True, metavar="FILE", help="unencrypted PKCS#8 or PKCS#1 PEM private key")
+    p.set_defaults(fn=cmd_keys_import)
+    p = with_config(sub.add_parser("jwks", help="print the JWKS of a keyset as served now"))
+    p.add_argument("keyset", nargs="?")
+    p.set_defaults(fn=cmd_jwks)
+    client = sub.add_parser("client", help="manage API clients").add_subparsers(
+        dest="client_command", required=True, metavar="ACTION"
+    )
+    p = client.add_parser("new", help="print a fresh API key once and the config entry holding its hash")
+    p.add_argument("name")
+    p.add_argument("--keyset", action="append", help="keyset the client may use (repeatable)")
+    p.add_argument("--audience", action="append", help="audience the client may sign for (repeatable)")
+    p.add_argument("--admin", action="store_true", help="may rotate, revoke and list keys")
+    p.set_defaults(fn=cmd_client_new)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `keysvc` command."""
+    args = build_parser().parse_args(argv)
+    setup(os.environ.get("KEYSVC_LOG_LEVEL", "INFO"))
+    try:
+        return int(args.fn(args))
+    except ConfigError as exc:
+        print(f"keysvc: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RequestError as exc:
+        print(f"keysvc: {exc.code}: {exc.description}", file=sys.stderr)
+        return 1
+    except KeysvcError as exc:
+        print(f"keysvc: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

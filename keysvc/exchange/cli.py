@@ -1,0 +1,59 @@
+"""`keysvc exchange --user U --tenant T [--connect APP] [--scope S]`: an operator's exchange by hand.
+
+It prints the partner's token: that is its purpose, on the operator's own terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, TextIO
+
+from keysvc.errors import RequestError
+from keysvc.exchange.client import ExchangeResult, TokenExchanger
+from keysvc.exchange.settings import TokenExchangeSettings
+from keysvc.exchange.signer import TokenSigner
+
+
+def add_exchange_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `exchange` subcommand to the `keysvc` parser's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "exchange",
+        help="exchange a partner JWT for an access or connect token (prints the token)",
+        description="Sign a partner JWT for USER in TENANT and exchange it at the partner's token URL.",
+    )
+    parser.add_argument("--user", required=True, help="user id (the JWT's sub)")
+    parser.add_argument("--tenant", required=True, help="tenant id (the configured tenant claim)")
+    parser.add_argument("--connect", metavar="APP", help="ask for a connect token for APP, e.g. SlackAPI")
+    parser.add_argument("--scope", help="space-separated scope (default: token_exchange.scope)")
+    return parser
+
+
+def run_exchange(
+    args: argparse.Namespace,
+    settings: TokenExchangeSettings,
+    signer: TokenSigner,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run one exchange; print the answer as JSON (exit 0) or the error as JSON on stderr (exit 1)."""
+    try:
+        result = asyncio.run(_exchange(args, settings, signer))
+    except RequestError as exc:
+        error = {"error": exc.code, "error_description": exc.description}
+        print(json.dumps(error), file=err or sys.stderr)
+        return 1
+    print(json.dumps(result.to_json(), indent=2), file=out or sys.stdout)
+    return 0
+
+
+async def _exchange(
+    args: argparse.Namespace, settings: TokenExchangeSettings, signer: TokenSigner
+) -> ExchangeResult:
+    async with TokenExchanger(settings, signer) as exchanger:
+        if args.connect:
+            return await exchanger.connect_token(args.user, args.tenant, args.connect, args.scope)
+        return await exchanger.access_token(args.user, args.tenant, args.scope)

@@ -1,0 +1,98 @@
+"""The body contract of `POST /v1/token-exchange` (design §6). The HTTP layer authenticates the client
+and checks its `token_exchange` flag; this module validates the body, applies the client's scopes and
+answers the JSON dict.
+
+    {"user_id": "u-1", "tenant_id": "t-9", "token": "access"}
+    {"user_id": "u-1", "tenant_id": "t-9", "token": "connect", "app": "SlackAPI", "scope": "..."}
+    -> {"access_token": "...", "issued_token_type": "...", "expires_in": 3600[, "connect_url": "..."]}
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from keysvc.errors import Forbidden, InvalidRequest
+from keysvc.exchange.browser import APP_NAME
+from keysvc.exchange.client import TokenExchanger, normalise_scope
+
+_FIELDS = frozenset({"user_id", "tenant_id", "token", "app", "scope"})
+_IDENTIFIER = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces: ends up in a JWT claim
+
+log = logging.getLogger("keysvc.exchange")
+
+
+@dataclass(frozen=True)
+class ExchangeBody:
+    """A validated request body."""
+
+    user_id: str
+    tenant_id: str
+    token: str
+    app: str | None
+    scope: str | None
+
+
+def parse_body(body: Any) -> ExchangeBody:
+    """Strict validation: an unknown field, a wrong type or a missing field is a 400 naming it."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}")
+    user_id, tenant_id = _identifier(body, "user_id"), _identifier(body, "tenant_id")
+    kind = body.get("token")
+    if kind not in ("access", "connect"):
+        raise InvalidRequest('token must be "access" or "connect"')
+    app = body.get("app")
+    if kind == "connect" and not (isinstance(app, str) and APP_NAME.match(app)):
+        raise InvalidRequest("app is required for a connect token: a partner app identifier such as SlackAPI")
+    if kind == "access" and app is not None:
+        raise InvalidRequest("app is only allowed with token=connect")
+    scope = body.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        raise InvalidRequest("scope must be a string of space-separated scope tokens")
+    return ExchangeBody(user_id, tenant_id, kind, app, None if scope is None else normalise_scope(scope))
+
+
+def _identifier(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise InvalidRequest(f"{name} must be a non-empty string of printable ASCII (at most 256 characters)")
+    return value
+
+
+def allowed_scope(requested: str | None, allowed: frozenset[str] | None, default: str, client: str) -> str:
+    """The scope to request: the asked one if the client may, else the client's or the configured default.
+
+    `allowed` None means the configured `token_exchange.scope` is the client's ceiling; an empty set
+    allows nothing (fail closed).
+    """
+    ceiling = frozenset(default.split()) if allowed is None else allowed
+    if requested is None:
+        requested = default if allowed is None else " ".join(sorted(allowed))
+    if not requested:
+        raise Forbidden(f"client {client!r} may not request any token-exchange scope")
+    refused = sorted(set(requested.split()) - ceiling)
+    if refused:
+        raise Forbidden(f"client {client!r} may not request scope {' '.join(refused)}")
+    return normalise_scope(requested)
+
+
+async def exchange_request(
+    exchanger: TokenExchanger, client_name: str, allowed_scopes: frozenset[str] | None, body: Any
+) -> dict[str, Any]:
+    """Validate, authorise and run one exchange; errors are keysvc RequestErrors (never a 500)."""
+    request = parse_body(body)
+    scope = allowed_scope(request.scope, allowed_scopes, exchanger.settings.scope, client_name)
+    log.info(
+        "token exchange: client=%s user=%s tenant=%s token=%s app=%s scope=%s",
+        client_name, request.user_id, request.tenant_id, request.token, request.app, scope,
+    )  # fmt: skip
+    if request.app is not None:
+        result = await exchanger.connect_token(request.user_id, request.tenant_id, request.app, scope)
+    else:
+        result = await exchanger.access_token(request.user_id, request.tenant_id, scope)
+    return result.to_json()

@@ -1,0 +1,72 @@
+"""What both listeners share: JSON error bodies, strict JSON bodies, request ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from keysvc.errors import InvalidRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+
+MAX_BODY = 64 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def error_body(exc: RequestError) -> bytes:
+    """`{"error": code, "error_description": text}` as bytes."""
+    return json.dumps({"error": exc.code, "error_description": exc.description}).encode("utf-8")
+
+
+def request_id(given: str | None) -> str:
+    """The caller's X-Request-ID when it is sane, else a fresh one."""
+    if given and _REQUEST_ID.match(given):
+        return given
+    return os.urandom(12).hex()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidRequest(f"duplicate JSON key {key[:64]!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise InvalidRequest(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, bounded nesting and number size."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not valid UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except RecursionError:
+        raise InvalidRequest("the JSON body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and ints over Python's digit limit
+        raise InvalidRequest(f"malformed JSON: {str(exc)[:120]}") from None
+
+
+def check_content_type(value: str | None) -> None:
+    """Only application/json (any charset parameter must be utf-8)."""
+    media, _, params = (value or "").partition(";")
+    if media.strip().lower() != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+    charset = params.strip().lower()
+    if charset and charset.replace(" ", "") not in ("charset=utf-8", "charset=\"utf-8\""):
+        raise UnsupportedMediaType("JSON bodies must be UTF-8")
+
+
+def check_length(value: str | None) -> None:
+    """Refuse a declared body over the limit before reading it."""
+    if value is None:
+        return
+    if not value.isdigit():
+        raise InvalidRequest("invalid Content-Length")
+    if int(value) > MAX_BODY:
+        raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")

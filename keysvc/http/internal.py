@@ -1,0 +1,290 @@
+"""The internal listener: /v1/sign, admin key operations, /metrics. Never exposed outside the cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from keysvc import operations
+from keysvc.config import ClientSettings, Settings
+from keysvc.errors import (
+    Forbidden,
+    InvalidClient,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestError,
+)
+from keysvc.http.common import MAX_BODY, check_content_type, check_length, error_body, parse_json, request_id
+from keysvc.keyring import Keyring
+from keysvc.logs import LOG, audit
+from keysvc.metrics import Metrics
+from keysvc.ratelimit import TokenBucket, retry_after
+from keysvc.tokens import check_sign_request
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Authenticator:
+    """Maps an `Authorization: Bearer <api key>` header to a configured client.
+
+    The key is hashed (SHA-256) and looked up by digest; the stored digest is then compared in constant
+    time. Looking up by digest leaks nothing useful about the key: an attacker cannot steer SHA-256.
+    """
+
+    def __init__(self, clients: Mapping[str, ClientSettings]) -> None:
+        self._by_digest = {c.api_key_sha256: c for c in clients.values()}
+
+    def authenticate(self, authorization: str | None) -> ClientSettings:
+        """The client, or InvalidClient."""
+        scheme, _, key = (authorization or "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise InvalidClient("send an API key as 'Authorization: Bearer <key>'")
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        client = self._by_digest.get(digest)
+        expected = client.api_key_sha256 if client is not None else "0" * 64
+        if not hmac.compare_digest(expected, digest) or client is None:
+            raise InvalidClient("invalid API key")
+        return client
+
+
+class InternalApi:
+    """Route handlers of the internal listener."""
+
+    def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics) -> None:
+        self.settings = settings
+        self.keyring = keyring
+        self.metrics = metrics
+        self.auth = Authenticator(settings.clients)
+        self.buckets = {
+            c.name: TokenBucket(c.rate_limit.rate, c.rate_limit.burst) for c in settings.clients.values() if c.rate_limit
+        }
+        self.exchange: Any = None  # set by the app factory when token exchange is configured
+
+    # ----------------------------------------------------------------------------------- helpers
+
+    def client(self, request: Request) -> ClientSettings:
+        """Authenticate and rate-limit the caller."""
+        client = self.auth.authenticate(request.headers.get("authorization"))
+        request.state.client = client.name
+        bucket = self.buckets.get(client.name)
+        if bucket is not None and (wait := bucket.take(time.monotonic())) > 0:
+            self.metrics.rate_limited.labels(client.name).inc()
+            raise RateLimited("too many requests for this client", retry_after=retry_after(wait))
+        return client
+
+    def admin(self, request: Request) -> ClientSettings:
+        """Authenticate a caller who must be an admin client."""
+        client = self.client(request)
+        if not client.admin:
+            raise Forbidden("this operation needs an admin client")
+        return client
+
+    async def body(self, request: Request, *, optional: bool = False) -> Any:
+        """The JSON body: content type, size limit (declared and streamed), strict parsing."""
+        if optional and request.headers.get("content-length") in (None, "0") and "content-type" not in request.headers:
+            return {}
+        check_content_type(request.headers.get("content-type"))
+        check_length(request.headers.get("content-length"))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
+            chunks.append(chunk)
+        return parse_json(b"".join(chunks))
+
+    # ------------------------------------------------------------------------------------ routes
+
+    async def sign(self, request: Request) -> Response:
+        """POST /v1/sign"""
+        client = self.client(request)
+        body = await self.body(request)
+        started = time.perf_counter()
+        try:
+            checked = check_sign_request(body, client, self.settings.keysets)
+        except RequestError as exc:
+            keyset = body.get("keyset") if isinstance(body, dict) else None
+            label = keyset if isinstance(keyset, str) and keyset in self.settings.keysets else "-"
+            self.metrics.sign_requests.labels(client.name, label, exc.code).inc()
+            raise
+        try:
+            token = await self.keyring.sign(checked.keyset, checked.claims, checked.ttl)
+        except RequestError as exc:
+            self.metrics.sign_requests.labels(client.name, checked.keyset, exc.code).inc()
+            raise
+        self.metrics.sign_latency.labels(checked.keyset).observe(time.perf_counter() - started)
+        self.metrics.sign_requests.labels(client.name, checked.keyset, "ok").inc()
+        self.metrics.tokens_signed.labels(checked.keyset, token.kid).inc()
+        audit(
+            "token.sign", client=client.name, keyset=checked.keyset, kid=token.kid, sub=_short(checked.claims.get("sub")),
+            aud=checked.claims.get("aud"), jti=token.jti, exp=token.expires_at,
+        )
+        return JSONResponse({"token": token.token, "kid": token.kid, "alg": token.alg, "expires_at": token.expires_at})
+
+    async def list_keys(self, request: Request) -> Response:
+        """GET /v1/keys (admin)"""
+        self.admin(request)
+        now = self.keyring.clock.now()
+        rows: list[dict[str, object]] = []
+        for name, ks in self.settings.keysets.items():
+            view = self.keyring.view(name)
+            if view is not None:
+                rows.extend(operations.describe(list(view.records), ks, now))
+        return JSONResponse({"keys": rows})
+
+    async def rotate(self, request: Request) -> Response:
+        """POST /v1/keysets/{name}/rotate (admin): promote the pending key now."""
+        client = self.admin(request)
+        body = await self.body(request, optional=True)
+        if not isinstance(body, dict) or set(body) - {"force"} or not isinstance(body.get("force", False), bool):
+            raise InvalidRequest('the body is optional: {"force": true|false}')
+        name = request.path_params["name"]
+        ks = self.settings.keysets.get(name)
+        if ks is None:
+            raise NotFound("no such keyset")
+        record = await self.keyring.run_blocking(
+            lambda: operations.rotate(self.keyring.backend, ks, self.keyring.clock.now, f"client:{client.name}",
+                                      force=body.get("force", False))
+        )
+        await self.keyring.refresh(name)
+        return JSONResponse({"keyset": name, "active_kid": record.kid, "activated_at": record.activates_at})
+
+    async def revoke(self, request: Request) -> Response:
+        """POST /v1/keys/{kid}/revoke (admin)"""
+        client = self.admin(request)
+        await self.body(request, optional=True)
+        kid = request.path_params["kid"]
+        keysets = dict(self.settings.keysets)
+        record = await self.keyring.run_blocking(
+            lambda: operations.revoke(self.keyring.backend, keysets, kid, self.keyring.clock.now, f"client:{client.name}")
+        )
+        await self.keyring.refresh(record.keyset)
+        return JSONResponse({"keyset": record.keyset, "kid": record.kid, "revoked_at": record.revoked_at})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """GET /metrics (Prometheus exposition)"""
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(self, request: Request) -> Response:
+        """GET /healthz on the internal port (for probes that only reach this port)."""
+        return JSONResponse({"status": "ok"})
+
+
+def _short(value: object) -> object:
+    """Bound what a caller-chosen claim can add to a log line."""
+    return value[:128] if isinstance(value, str) else None if value is None else type(value).__name__
+
+
+def error_response(exc: RequestError) -> Response:
+    """The JSON error response of a RequestError."""
+    headers = exc.headers()
+    return Response(error_body(exc), status_code=exc.status, media_type="application/json",
+                    headers={**headers, "Cache-Control": "no-store"})
+
+
+async def _on_request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return error_response(exc)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    mapped: RequestError
+    if exc.status_code == 404:
+        mapped = NotFound("no such resource")
+    elif exc.status_code == 405:
+        mapped = MethodNotAllowed("method not allowed here")
+        response = error_response(mapped)
+        response.headers["Allow"] = (exc.headers or {}).get("Allow", "")
+        return response
+    else:
+        mapped = InvalidRequest(str(exc.detail))
+        mapped.status = exc.status_code
+    return error_response(mapped)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    LOG.error("unexpected error", extra={"path": request.url.path, "error_type": type(exc).__name__})
+    return Response(b'{"error":"internal_error","error_description":"internal error"}', status_code=500,
+                    media_type="application/json")
+
+
+class _AccessLog:
+    """ASGI middleware: request id in and out, JSON access log line, request counter by route."""
+
+    def __init__(self, app: Any, metrics: Metrics, enabled: bool) -> None:
+        self.app, self.metrics, self.enabled = app, metrics, enabled
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
+        status = 500
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        scope.setdefault("state", {})["request_id"] = rid
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:  # noqa: S110 - Starlette already answered 500 and logged the type; no traceback
+            pass
+        finally:
+            route = _route_label(scope)
+            self.metrics.http_requests.labels("internal", route, str(status)).inc()
+            if self.enabled:
+                LOG.info("access", extra={
+                    "listener": "internal", "method": scope["method"], "route": route, "status": status,
+                    "request_id": rid, "client": scope.get("state", {}).get("client"),
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                })
+
+
+def _route_label(scope: dict[str, Any]) -> str:
+    """The handler's name (bounded), never the raw path (a caller could make labels unbounded)."""
+    return str(getattr(scope.get("endpoint"), "__name__", "unmatched"))
+
+
+def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
+                       extra_routes: list[Route] | None = None) -> tuple[Any, InternalApi]:
+    """The internal ASGI app and its handler object."""
+    api = InternalApi(settings, keyring, metrics)
+    routes = [
+        Route("/v1/sign", api.sign, methods=["POST"]),
+        Route("/v1/keys", api.list_keys, methods=["GET"]),
+        Route("/v1/keysets/{name}/rotate", api.rotate, methods=["POST"]),
+        Route("/v1/keys/{kid}/revoke", api.revoke, methods=["POST"]),
+        Route("/metrics", api.metrics_endpoint, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        *(extra_routes or []),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            RequestError: _on_request_error,
+            HTTPException: _on_http_exception,
+            Exception: _on_unexpected,
+        },
+    )
+    return _AccessLog(app, metrics, settings.access_log), api

@@ -1,0 +1,149 @@
+"""The public listener: JWKS and health, as a raw ASGI app (no framework on the partner's hot path).
+
+The JWKS body, ETag and headers are built once per change of the key set; a request only looks them up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from keysvc.errors import MethodNotAllowed, NotFound, RequestError, Unavailable
+from keysvc.http.common import error_body, request_id
+from keysvc.jwks import JwksDocument
+from keysvc.keyring import Keyring
+from keysvc.logs import LOG
+from keysvc.metrics import Metrics
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+_JSON = (b"content-type", b"application/json")
+_NO_STORE = (b"cache-control", b"no-store")
+_ALLOW = (b"allow", b"GET, HEAD")
+_WELL_KNOWN = "/.well-known/jwks.json"
+
+
+def _etag_matches(if_none_match: bytes, etag: str) -> bool:
+    """RFC 9110 §13.1.2: weak comparison, a list of tags, or `*`."""
+    value = if_none_match.decode("latin-1")
+    if value.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in value.split(","))
+
+
+class PublicApp:
+    """GET|HEAD /.well-known/jwks.json, /keysets/{name}/jwks.json, /healthz, /readyz."""
+
+    def __init__(self, keyring: Keyring, metrics: Metrics, *, access_log: bool = True) -> None:
+        self.keyring = keyring
+        self.metrics = metrics
+        self.access_log = access_log
+        self.default = keyring.settings.default_keyset
+        self.cache_control = keyring.settings.jwks.cache_control().encode("ascii")
+        self._headers: dict[str, tuple[Headers, Headers]] = {}  # etag -> (200 headers, 304 headers)
+        self._counters = {
+            (name, status): metrics.jwks_requests.labels(name, status) for name in keyring.settings.keysets for status in ("200", "304")
+        }
+        self._bytes = {name: metrics.jwks_bytes.labels(name) for name in keyring.settings.keysets}
+
+    def _jwks_headers(self, doc: JwksDocument) -> tuple[Headers, Headers]:
+        cached = self._headers.get(doc.etag)
+        if cached is None:
+            common = [(b"cache-control", self.cache_control), (b"etag", doc.etag.encode("ascii"))]
+            full = [_JSON, (b"content-length", str(len(doc.body)).encode("ascii")), *common]
+            cached = self._headers[doc.etag] = (full, common)
+            if len(self._headers) > 64:
+                self._headers = {doc.etag: cached}
+        return cached
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
+        try:
+            status = await self._route(scope, headers, rid, send)
+        except RequestError as exc:
+            status = exc.status
+            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
+            if isinstance(exc, MethodNotAllowed):
+                extra.append(_ALLOW)
+            body = error_body(exc)
+            await _respond(send, scope, status, [_JSON, _NO_STORE, *extra, (b"x-request-id", rid.encode())], body)
+        if self.access_log:
+            LOG.info(
+                "access",
+                extra={
+                    "listener": "public", "method": scope["method"], "path": scope["path"][:200], "status": status,
+                    "request_id": rid, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
+
+    async def _route(self, scope: Scope, headers: dict[bytes, bytes], rid: str, send: Send) -> int:
+        path: str = scope["path"]
+        if path == _WELL_KNOWN or (path.startswith("/keysets/") and path.endswith("/jwks.json")):
+            name = self.default if path == _WELL_KNOWN else path[len("/keysets/") : -len("/jwks.json")]
+            if name is None or name not in self.keyring.settings.keysets:
+                raise NotFound("no such keyset")
+            _check_method(scope)
+            return await self._jwks(scope, name, headers, rid, send)
+        if path in ("/healthz", "/readyz"):
+            _check_method(scope)
+            if path == "/readyz" and not self.keyring.ready():
+                raise Unavailable("no active key loaded yet for every keyset", retry_after=5)
+            body = json.dumps({"status": "ok" if path == "/healthz" else "ready"}).encode()
+            await _respond(send, scope, 200, [_JSON, _NO_STORE, (b"x-request-id", rid.encode())], body)
+            return 200
+        raise NotFound("no such resource")
+
+    async def _jwks(self, scope: Scope, name: str, headers: dict[bytes, bytes], rid: str, send: Send) -> int:
+        view = self.keyring.view(name)
+        if view is None or not view.document.kids:
+            # fail closed: never serve an empty key set as if it were fine
+            raise Unavailable("the key set is not loaded yet", retry_after=5)
+        doc = view.document
+        full, common = self._jwks_headers(doc)
+        rid_header = (b"x-request-id", rid.encode())
+        inm = headers.get(b"if-none-match")
+        if inm is not None and _etag_matches(inm, doc.etag):
+            await send({"type": "http.response.start", "status": 304, "headers": [*common, rid_header]})
+            await send({"type": "http.response.body", "body": b""})
+            self._counters[(name, "304")].inc()
+            return 304
+        await send({"type": "http.response.start", "status": 200, "headers": [*full, rid_header]})
+        head = scope["method"] == "HEAD"
+        await send({"type": "http.response.body", "body": b"" if head else doc.body})
+        self._counters[(name, "200")].inc()
+        if not head:
+            self._bytes[name].inc(len(doc.body))
+        return 200
+
+
+def _check_method(scope: Scope) -> None:
+    if scope["method"] not in ("GET", "HEAD"):
+        raise MethodNotAllowed("only GET and HEAD are allowed here")
+
+
+async def _respond(send: Send, scope: Scope, status: int, headers: Headers, body: bytes) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

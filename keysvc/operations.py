@@ -1,0 +1,167 @@
+"""Lifecycle decisions applied to a backend: the only place where `lifecycle` meets backend I/O.
+
+Blocking functions, shared by the server's keyring (run in worker threads) and the CLI (which works on
+the backend directly, with no server running). Every write happens under `backend.exclusive(keyset)`
+after a fresh read, so replicas and operators converge instead of racing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from keysvc import lifecycle
+from keysvc.backends.base import Backend, KeyRecord
+from keysvc.config import KeysetSettings
+from keysvc.errors import Conflict, NotFound
+from keysvc.lifecycle import Activate, Create, Destroy, Policy, State
+from keysvc.logs import LOG, audit
+
+MAX_STEPS = 8
+Now = Callable[[], float]
+
+
+def policy_of(keyset: KeysetSettings) -> Policy:
+    """The lifecycle timings of a keyset."""
+    return Policy(keyset.rotation_period, keyset.publish_ahead, keyset.retain_after)
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconcile did."""
+
+    records: list[KeyRecord]
+    created: int = 0
+    lost_races: int = 0
+    destroyed: int = 0
+    activated: int = 0
+    repaired: int = 0
+
+
+def _apply(backend: Backend, ks: KeysetSettings, records: list[KeyRecord], action: lifecycle.Action,
+           now: float, actor: str, report: ReconcileReport) -> None:
+    by_kid = {r.kid: r for r in records}
+    if isinstance(action, Create):
+        record = backend.create(ks.name, action.seq, ks.alg, action.activates_at, now)
+        if record is None:
+            report.lost_races += 1
+            LOG.info("creation race lost", extra={"keyset": ks.name, "seq": action.seq})
+            return
+        report.created += 1
+        audit("key.create", actor=actor, keyset=ks.name, kid=record.kid, alg=record.alg, seq=record.seq,
+              activates_at=record.activates_at)
+    elif isinstance(action, Activate):
+        backend.update(by_kid[action.kid].replace(activates_at=action.at))
+        report.activated += 1
+        audit("key.activate", actor=actor, keyset=ks.name, kid=action.kid, activates_at=action.at)
+    elif isinstance(action, Destroy):
+        record = by_kid[action.kid]
+        backend.destroy(record, now)
+        report.destroyed += 1
+        audit("key.destroy", actor=actor, keyset=ks.name, kid=record.kid,
+              reason="revoked" if record.revoked_at is not None else "retired")
+
+
+def reconcile(backend: Backend, ks: KeysetSettings, now: Now, actor: str) -> ReconcileReport:
+    """Bring a keyset to its steady state (one pending key, retired keys destroyed). Idempotent."""
+    policy = policy_of(ks)
+    records = backend.load(ks.name)
+    report = ReconcileReport(records)
+    if lifecycle.next_action(records, now(), policy) is None:
+        return report
+    with backend.exclusive(ks.name):
+        report.repaired = len(backend.repair(ks.name, now()))
+        for _ in range(MAX_STEPS):
+            records = backend.load(ks.name)
+            t = now()
+            action = lifecycle.next_action(records, t, policy)
+            if action is None:
+                break
+            _apply(backend, ks, records, action, t, actor, report)
+        report.records = backend.load(ks.name)
+    return report
+
+
+def rotate(backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, force: bool = False) -> KeyRecord:
+    """Emergency rotation: promote the pending key now (refused when not yet safe, unless forced), then
+    create the next pending key. Returns the newly active record."""
+    policy = policy_of(ks)
+    with backend.exclusive(ks.name):
+        records = backend.load(ks.name)
+        t = now()
+        try:
+            action = lifecycle.promote(records, t, policy, force=force)
+        except lifecycle.RotationRefused as exc:
+            raise Conflict(str(exc), retry_after=None if exc.safe_at is None else max(1, int(exc.safe_at - t) + 1)) from None
+        record = next(r for r in records if r.kid == action.kid)
+        early = t < record.created_at + policy.publish_ahead
+        backend.update(record.replace(activates_at=t))
+        audit("key.rotate", actor=actor, keyset=ks.name, kid=record.kid, forced=force,
+              warning="verifiers may reject tokens until they refetch the JWKS" if early else None)
+    reconcile(backend, ks, now, actor)
+    return record.replace(activates_at=t)
+
+
+def revoke(backend: Backend, keysets: dict[str, KeysetSettings], kid: str, now: Now, actor: str) -> KeyRecord:
+    """Revoke a key at once (out of the JWKS, never signs again); promote the pending key if it was active."""
+    for ks in keysets.values():
+        with backend.exclusive(ks.name):
+            records = backend.load(ks.name)
+            if not any(r.kid == kid for r in records):
+                continue
+            t = now()
+            revoked, promotion = lifecycle.revoke(records, kid, t, policy_of(ks))
+            backend.update(revoked)
+            was_active = promotion is not None or lifecycle.evaluate(records, t, policy_of(ks)).state_of(kid) is State.ACTIVE
+            audit("key.revoke", actor=actor, keyset=ks.name, kid=kid, was_active=was_active,
+                  warning="verifiers may reject tokens until they refetch the JWKS" if was_active else None)
+            if promotion is not None:
+                backend.update(next(r for r in records if r.kid == promotion.kid).replace(activates_at=promotion.at))
+                audit("key.activate", actor=actor, keyset=ks.name, kid=promotion.kid, activates_at=promotion.at,
+                      reason="active key revoked")
+        reconcile(backend, ks, now, actor)
+        return revoked
+    raise NotFound("no such key")
+
+
+def import_key(backend: Backend, ks: KeysetSettings, pem: bytes, now: Now, actor: str) -> KeyRecord:
+    """Adopt an existing private key as the keyset's next key: it takes the pending slot (the pending key
+    it replaces never signed, so it is revoked) and activates no sooner than `publish_ahead` from now."""
+    policy = policy_of(ks)
+    reconcile(backend, ks, now, actor)
+    with backend.exclusive(ks.name):
+        records = backend.load(ks.name)
+        t = now()
+        status = lifecycle.evaluate(records, t, policy)
+        pending = [k.record for k in status.keys if k.state is State.PENDING]
+        activates_at = max([t + policy.publish_ahead, *(r.activates_at for r in pending)])
+        record = backend.create(ks.name, lifecycle.next_seq(records), ks.alg, activates_at, t, pem=pem)
+        if record is None:
+            raise Conflict("another replica created a key at the same moment; try again")
+        for old in pending:
+            backend.update(old.replace(revoked_at=t))
+            audit("key.revoke", actor=actor, keyset=ks.name, kid=old.kid, reason="replaced by imported key")
+        audit("key.import", actor=actor, keyset=ks.name, kid=record.kid, activates_at=activates_at)
+    reconcile(backend, ks, now, actor)
+    return record
+
+
+def describe(records: list[KeyRecord], ks: KeysetSettings, now: float) -> list[dict[str, object]]:
+    """One row per key for `keys list` and GET /v1/keys (no secrets: public facts only)."""
+    status = lifecycle.evaluate(records, now, policy_of(ks))
+    return [
+        {
+            "keyset": ks.name,
+            "kid": k.record.kid,
+            "alg": k.record.alg,
+            "state": k.state.value,
+            "seq": k.record.seq,
+            "created_at": k.record.created_at,
+            "activates_at": k.record.activates_at,
+            "superseded_at": k.superseded_at,
+            "removes_at": k.removes_at,
+            "revoked_at": k.record.revoked_at,
+            "destroyed_at": k.record.destroyed_at,
+        }
+        for k in status.keys
+    ]

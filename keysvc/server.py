@@ -1,0 +1,171 @@
+"""`keysvc serve`: both listeners, the keyring and its schedule, in one process and one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from keysvc import __version__
+from keysvc.backends.registry import open_backend
+from keysvc.clock import Clock, SystemClock
+from keysvc.config import Settings
+from keysvc.http.internal import build_internal_app
+from keysvc.http.public import PublicApp
+from keysvc.keyring import Keyring
+from keysvc.logs import LOG
+from keysvc.metrics import Metrics
+
+SCHEDULE_SLACK = 0.05  # run just after a lifecycle instant, never just before it
+
+
+@dataclass
+class Service:
+    """Everything one replica runs."""
+
+    settings: Settings
+    keyring: Keyring
+    metrics: Metrics
+    public_app: Any
+    internal_app: Any
+    scheduler: AsyncIOScheduler | None = None
+
+    async def start(self) -> None:
+        """Load keys (creating the first ones if needed) and start the schedule."""
+        await self.keyring.refresh_all()
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(
+            self._tick, "interval", seconds=self.settings.backend.refresh_interval, id="refresh",
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+        )
+        scheduler.start()
+        self.scheduler = scheduler
+        self._schedule_next_change()
+
+    async def _tick(self) -> None:
+        await self.keyring.refresh_all()
+        self._schedule_next_change()
+
+    def _schedule_next_change(self) -> None:
+        """A one-off refresh just after the next activation/removal, so writes that follow an instant
+        (the next pending key, destroying a retired key) happen without waiting for the interval."""
+        if self.scheduler is None:
+            return
+        at = self.keyring.next_change()
+        if at == float("inf"):
+            return
+        when = datetime.fromtimestamp(max(at, time.time()) + SCHEDULE_SLACK, UTC)
+        self.scheduler.add_job(self._tick, "date", run_date=when, id="next-change", replace_existing=True,
+                               misfire_grace_time=None)
+
+    def stop(self) -> None:
+        """Stop the schedule and release the backend."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        self.keyring.close()
+
+
+def instance_id() -> str:
+    """Who this replica is, for `created_by` and logs (pod name on Kubernetes)."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_service(settings: Settings, clock: Clock | None = None) -> Service:
+    """Wire settings, backend, keyring, metrics and both apps (no I/O yet)."""
+    ident = instance_id()
+    keyring = Keyring(settings, open_backend(settings.backend, ident), clock or SystemClock(), ident)
+    metrics = Metrics()
+    metrics.build_info.info({"version": __version__, "backend": settings.backend.type})
+    metrics.watch(keyring)
+    keyring.on_reconcile.append(_count_reconcile(metrics))
+    extra_routes = []
+    if settings.token_exchange is not None:
+        from keysvc.exchange.wiring import exchange_routes
+
+        extra_routes = exchange_routes(settings, keyring, metrics)
+    internal_app, _ = build_internal_app(settings, keyring, metrics, extra_routes)
+    public_app = PublicApp(keyring, metrics, access_log=settings.access_log)
+    if settings.mirror is not None:
+        from keysvc.mirror_hook import attach_mirror
+
+        attach_mirror(settings, keyring)
+    return Service(settings, keyring, metrics, public_app, internal_app)
+
+
+def _count_reconcile(metrics: Metrics) -> Any:
+    def hook(keyset: str, report: Any, error: BaseException | None) -> None:
+        if error is not None:
+            metrics.reconcile_errors.labels(keyset).inc()
+            metrics.backend_ops.labels("reconcile", "error").inc()
+            return
+        metrics.backend_ops.labels("reconcile", "ok").inc()
+        for event, n in (("create", report.created), ("activate", report.activated), ("destroy", report.destroyed)):
+            if n:
+                metrics.key_events.labels(keyset, event).inc(n)
+        if report.lost_races:
+            metrics.creation_races_lost.labels(keyset).inc(report.lost_races)
+
+    return hook
+
+
+def _server(app: Any, host: str, port: int, sock: socket.socket | None) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="off", access_log=False, log_config=None, server_header=False,
+        date_header=True, timeout_graceful_shutdown=20, loop="auto", http="auto", proxy_headers=False,
+        limit_concurrency=2000, h11_max_incomplete_event_size=16 * 1024,
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we handle signals once
+    return server
+
+
+async def serve(settings: Settings, *, on_ready: Any = None) -> None:
+    """Run both listeners until SIGTERM/SIGINT, then drain in-flight requests and stop."""
+    service = build_service(settings)
+    public = _server(service.public_app, settings.listen_public.host, settings.listen_public.port, None)
+    internal = _server(service.internal_app, settings.listen_internal.host, settings.listen_internal.port, None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    tasks = [asyncio.create_task(public.serve()), asyncio.create_task(internal.serve())]
+    while not (public.started and internal.started):
+        if any(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.01)
+    if public.started and internal.started:
+        LOG.info("serving", extra={
+            "public": _bound(public), "internal": _bound(internal), "backend": settings.backend.type,
+            "keysets": list(settings.keysets), "ready": service.keyring.ready(),
+        })
+        if on_ready is not None:
+            on_ready(_bound(public), _bound(internal))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    LOG.info("shutting down: draining in-flight requests")
+    public.should_exit = internal.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.gather(*tasks)
+    service.stop()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise SystemExit(f"listener failed: {type(task.exception()).__name__}: {task.exception()}")
+
+
+def _bound(server: uvicorn.Server) -> str:
+    """The address a started server listens on (resolves port 0)."""
+    for srv in server.servers:
+        for sock in srv.sockets:
+            host, port = sock.getsockname()[:2]
+            return f"{host}:{port}"
+    return "?"

@@ -1,0 +1,116 @@
+"""Claims policy (pure) and JWS compact serialisation.
+
+`check_sign_request` decides what a caller may have signed; `Minter` serialises and signs. The JWS header
+of each kid is encoded once; per token only the claims are encoded and signed.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from keysvc.backends.base import Signer
+from keysvc.config import ClientSettings, KeysetSettings
+from keysvc.errors import Forbidden, InvalidRequest
+from keysvc.jwks import b64url
+
+RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp", "jti"})
+_REQUEST_FIELDS = frozenset({"keyset", "claims", "ttl"})
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    """A checked request: which keyset, what claims, for how long (seconds)."""
+
+    keyset: str
+    claims: Mapping[str, Any]
+    ttl: int
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sign_request(
+    body: object, client: ClientSettings, keysets: Mapping[str, KeysetSettings]
+) -> SignRequest:
+    """Validate a /v1/sign body against the client's permissions. Raises InvalidRequest or Forbidden."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - _REQUEST_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}; expected keyset, claims, ttl")
+    keyset = body.get("keyset")
+    if keyset is None:
+        if len(client.keysets) != 1:
+            raise InvalidRequest("'keyset' is required: this client may use several keysets")
+        keyset = client.keysets[0]
+    if not isinstance(keyset, str):
+        raise InvalidRequest("'keyset' must be a string")
+    if keyset not in client.keysets or keyset not in keysets:
+        raise Forbidden("this client may not use that keyset")
+    claims = body.get("claims")
+    if not isinstance(claims, dict):
+        raise InvalidRequest("'claims' must be a JSON object")
+    reserved = sorted(RESERVED_CLAIMS & set(claims))
+    if reserved:
+        raise InvalidRequest(f"claim {reserved[0]!r} is set by keysvc and may not be supplied")
+    _check_audience(claims.get("aud"), client)
+    ttl = body.get("ttl")
+    cap = int(min(client.max_ttl, keysets[keyset].max_token_ttl))
+    if ttl is None:
+        ttl = cap
+    elif not _is_int(ttl) or ttl < 1:
+        raise InvalidRequest("'ttl' must be a whole number of seconds >= 1")
+    return SignRequest(keyset, claims, min(ttl, cap))
+
+
+def _check_audience(aud: object, client: ClientSettings) -> None:
+    if aud is None:
+        raise InvalidRequest("claim 'aud' is required")
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
+        raise InvalidRequest("claim 'aud' must be a string or a non-empty list of strings")
+    for audience in audiences:
+        if audience not in client.audiences:
+            raise Forbidden("this client may not sign for that audience")
+
+
+@dataclass(frozen=True)
+class Token:
+    """A signed JWT and what a caller needs to know about it."""
+
+    token: str
+    kid: str
+    alg: str
+    expires_at: int
+    jti: str
+
+
+class Minter:
+    """Signs claims with one kid. Immutable; one per active key."""
+
+    def __init__(self, signer: Signer, issuer: str) -> None:
+        self.signer = signer
+        self.issuer = issuer
+        header = {"alg": signer.alg, "kid": signer.kid, "typ": "JWT"}
+        self._header = b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
+
+    def signing_input(self, claims: Mapping[str, Any], now: int, ttl: int) -> tuple[bytes, dict[str, Any]]:
+        """The bytes to sign and the full claims set (caller claims + iss, iat, nbf, exp, jti)."""
+        full = {**claims, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + ttl, "jti": b64url(secrets.token_bytes(16))}
+        payload = b64url(json.dumps(full, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        return f"{self._header}.{payload}".encode("ascii"), full
+
+    def mint(self, claims: Mapping[str, Any], now: int, ttl: int) -> Token:
+        """Sign in the calling thread (in-process signers; a remote signer blocks)."""
+        signing_input, full = self.signing_input(claims, now, ttl)
+        return self.finish(signing_input, full, self.signer.sign(signing_input))
+
+    def finish(self, signing_input: bytes, full: Mapping[str, Any], signature: bytes) -> Token:
+        """Assemble the compact JWS once the signature is known."""
+        token = signing_input.decode("ascii") + "." + b64url(signature)
+        return Token(token, self.signer.kid, self.signer.alg, int(full["exp"]), str(full["jti"]))
