@@ -10,9 +10,10 @@ endpoint.py   body contract of POST /v1/token-exchange
 cli.py        `keysvc exchange`
 """
 
+from keysvc.config import Secret
 from keysvc.exchange.client import ExchangeResult, TokenExchanger
 from keysvc.exchange.errors import PartnerError
-from keysvc.exchange.settings import Secret, TokenExchangeSettings, parse_token_exchange
+from keysvc.exchange.settings import TokenExchangeSettings, parse_token_exchange
 from keysvc.exchange.signer import RemoteSigner, SignedToken, TokenSigner
 
 __all__ = [

@@ -91,7 +91,7 @@ class TokenExchanger:
     async def access_token(self, user_id: str, tenant_id: str, scope: str | None = None) -> ExchangeResult:
         """A partner access token for the user, from the cache while it has `cache_margin` left."""
         response, expires_at = await self._access(user_id, tenant_id, scope)
-        expires_in = None if expires_at is None else max(0, int(expires_at - self._clock()))
+        expires_in = None if expires_at is None else max(0, round(expires_at - self._clock()))
         return ExchangeResult(response.access_token, response.issued_token_type, expires_in)
 
     async def connect_token(

@@ -1,10 +1,12 @@
 """The `token_exchange` section: read once into a frozen, validated `TokenExchangeSettings` (design §6).
 
 Every failure is a `ConfigError` naming the dotted field, so `keysvc check-config` can point at it.
+Durations and `Secret` are keysvc.config's, so this section reads like every other one.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from keysvc.config import Secret, parse_duration
 from keysvc.errors import ConfigError
 
 # Zapier verifies partner JWTs with these only (no PS*, no EdDSA).
@@ -27,44 +30,8 @@ ConnectFrom = Literal["access_token", "jwt"]
 CLIENT_AUTH_METHODS: tuple[ClientAuth, ...] = ("client_secret_post", "client_secret_basic")
 CONNECT_FROM: tuple[ConnectFrom, ...] = ("access_token", "jwt")
 
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
-
-
-class Secret:
-    """A secret string whose repr and str never show it; `reveal()` is the one way in.
-
-    Stand-in until `keysvc.config.Secret` lands; then this module re-exports that one.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret value, for the one place that sends it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-
-def parse_duration(value: object, field: str) -> int:
-    """`90s`, `15m`, `12h`, `30d` or integer seconds -> seconds (>= 0).
-
-    Stand-in until `keysvc.config.parse_duration` lands.
-    """
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ConfigError(field, f"expected a duration such as 90s, 15m, 12h, 30d or seconds, got {value!r}")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 # ruff's S105 reads "token" in a field name as a password; these are URLs and URNs, no secrets.
@@ -143,6 +110,10 @@ def _f(name: str) -> str:
     return f"token_exchange.{name}"
 
 
+def _seconds(raw: Mapping[str, Any], name: str) -> float:
+    return parse_duration(raw[name], _f(name))
+
+
 def _string(raw: Mapping[str, Any], name: str) -> str:
     value = raw[name]
     if not isinstance(value, str) or not value.strip():
@@ -158,10 +129,10 @@ def _choice(raw: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str:
 
 
 def _numbers(raw: Mapping[str, Any]) -> dict[str, Any]:
-    numbers: dict[str, Any] = {}
-    for name in ("jwt_ttl", "cache_margin", *_TIMEOUTS):
+    numbers: dict[str, Any] = {name: _seconds(raw, name) for name in _TIMEOUTS if name in raw}
+    for name in ("jwt_ttl", "cache_margin"):
         if name in raw:
-            numbers[name] = parse_duration(raw[name], _f(name))
+            numbers[name] = math.ceil(_seconds(raw, name))
     for name in ("jwt_ttl", *_TIMEOUTS):
         if numbers.get(name) == 0:
             raise ConfigError(_f(name), "must be greater than zero")

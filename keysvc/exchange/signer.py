@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import httpx
 
+from keysvc.config import Secret
 from keysvc.errors import Forbidden, InvalidRequest, RateLimited, RequestError, Unavailable, UpstreamError
 from keysvc.exchange.errors import oauth_text, parse_retry_after
-from keysvc.exchange.settings import Secret
 
 
 @dataclass(frozen=True)
