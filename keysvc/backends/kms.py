@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import boto3
 from botocore.config import Config
@@ -136,6 +136,8 @@ class KmsBackend:
     """Key records in KMS tags and aliases; signing by KMS. Thread-safe; every method blocks.
 
     `max_workers` is the size the caller's thread pool should have: one per pooled connection.
+    A Sign takes at most about max_attempts x read_timeout (KMS hanging) or ~7 s of backoff (KMS
+    throttling, 3 attempts) before BackendUnavailable.
     """
 
     def __init__(
@@ -149,7 +151,8 @@ class KmsBackend:
         connect_timeout: float = 2.0,
         read_timeout: float = 5.0,
         instance_id: str = "",
-        max_attempts: int = 4,
+        max_attempts: int = 3,
+        retry_mode: Literal["standard", "adaptive"] = "adaptive",
         orphan_grace: float = ORPHAN_GRACE,
     ) -> None:
         alias_prefix = alias_prefix.rstrip("/")
@@ -170,7 +173,9 @@ class KmsBackend:
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "adaptive", "max_attempts": max_attempts},
+            # adaptive: retries throttling with capped backoff AND rate-limits this client after a throttle
+            # (see docs/kms.md for the measured cost); max_attempts bounds the time a Sign may take.
+            retries={"mode": retry_mode, "max_attempts": max_attempts},
             max_pool_connections=max_pool_connections,
             user_agent_extra="keysvc",
         )
