@@ -100,6 +100,11 @@ class PartnerServer:
         self.state = state
         self.jwks = jwt.PyJWKClient(state.jwks_url, cache_keys=False, lifespan=300, timeout=5)
 
+    def trust(self, jwks_url: str, issuer: str) -> None:
+        """Verify JWTs from `issuer` against the JWKS at `jwks_url` from now on (a fresh JWKS cache)."""
+        self.state.jwks_url, self.state.issuer = jwks_url, issuer
+        self.jwks = jwt.PyJWKClient(jwks_url, cache_keys=False, lifespan=300, timeout=5)
+
     def app(self) -> Starlette:
         """The ASGI app: POST /oauth/token."""
         return Starlette(routes=[Route("/oauth/token", self.token, methods=["POST"])])

@@ -22,8 +22,15 @@ Fetch = Callable[[], Awaitable[tuple[V, float | None]]]
 class SingleFlightCache(Generic[K, V]):
     """Values by key, each fresh until its own deadline on `clock`; at most `max_entries` kept."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000,
+        on_lookup: Callable[[str], None] = lambda result: None,
+    ) -> None:
         self._clock = clock
+        self._on_lookup = on_lookup  # told "hit", "miss" (a fetch starts) or "joined" (one is in flight)
         self._max_entries = max_entries
         self._entries: dict[K, tuple[V, float]] = {}
         self._inflight: dict[K, asyncio.Task[V]] = {}
@@ -35,12 +42,16 @@ class SingleFlightCache(Generic[K, V]):
         """The fresh cached value, or the result of the one fetch in flight for `key` (started if none)."""
         entry = self._entries.get(key)
         if entry is not None and entry[1] > self._clock():
+            self._on_lookup("hit")
             return entry[0]
         task = self._inflight.get(key)
         if task is None:
+            self._on_lookup("miss")
             task = asyncio.get_running_loop().create_task(self._fill(key, fetch))
             task.add_done_callback(_retrieve_exception)
             self._inflight[key] = task
+        else:
+            self._on_lookup("joined")
         return await asyncio.shield(task)
 
     def invalidate(self, key: K) -> None:

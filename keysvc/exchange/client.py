@@ -21,7 +21,7 @@ from keysvc.errors import InvalidRequest
 from keysvc.exchange.browser import connect_url, resource_url
 from keysvc.exchange.cache import SingleFlightCache
 from keysvc.exchange.errors import PartnerError
-from keysvc.exchange.partner import PartnerClient, TokenResponse
+from keysvc.exchange.partner import ExchangeObserver, NullObserver, PartnerClient, TokenResponse
 from keysvc.exchange.settings import SCOPE_TOKEN, TokenExchangeSettings
 from keysvc.exchange.signer import TokenSigner
 
@@ -70,15 +70,17 @@ class TokenExchanger:
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: ExchangeObserver | None = None,
     ) -> None:
         self.settings = settings
         self._signer = signer
         self._clock = clock
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(follow_redirects=False)
-        self._partner = PartnerClient(settings, self._client, clock=clock, sleep=sleep)
+        observer = observer or NullObserver()
+        self._partner = PartnerClient(settings, self._client, clock=clock, sleep=sleep, observer=observer)
         self._cache: SingleFlightCache[CacheKey, tuple[TokenResponse, float | None]] = SingleFlightCache(
-            clock=clock
+            clock=clock, on_lookup=observer.cache
         )
 
     def __repr__(self) -> str:

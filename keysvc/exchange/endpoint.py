@@ -9,19 +9,17 @@ answers the JSON dict.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from keysvc.errors import Forbidden, InvalidRequest
+from keysvc.errors import Forbidden, InvalidRequest, RequestError
 from keysvc.exchange.browser import APP_NAME
 from keysvc.exchange.client import TokenExchanger, normalise_scope
+from keysvc.logs import audit
 
 _FIELDS = frozenset({"user_id", "tenant_id", "token", "app", "scope"})
 _IDENTIFIER = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces: ends up in a JWT claim
-
-log = logging.getLogger("keysvc.exchange")
 
 
 @dataclass(frozen=True)
@@ -87,12 +85,17 @@ async def exchange_request(
     """Validate, authorise and run one exchange; errors are keysvc RequestErrors (never a 500)."""
     request = parse_body(body)
     scope = allowed_scope(request.scope, allowed_scopes, exchanger.settings.scope, client_name)
-    log.info(
-        "token exchange: client=%s user=%s tenant=%s token=%s app=%s scope=%s",
-        client_name, request.user_id, request.tenant_id, request.token, request.app, scope,
-    )  # fmt: skip
-    if request.app is not None:
-        result = await exchanger.connect_token(request.user_id, request.tenant_id, request.app, scope)
-    else:
-        result = await exchanger.access_token(request.user_id, request.tenant_id, scope)
+    fields = {
+        "client": client_name, "user": request.user_id, "tenant": request.tenant_id,
+        "kind": request.token, "app": request.app, "scope": scope,
+    }  # fmt: skip
+    try:
+        if request.app is not None:
+            result = await exchanger.connect_token(request.user_id, request.tenant_id, request.app, scope)
+        else:
+            result = await exchanger.access_token(request.user_id, request.tenant_id, scope)
+    except RequestError as exc:
+        audit("token.exchange", **fields, outcome=exc.code)
+        raise
+    audit("token.exchange", **fields, outcome="ok")
     return result.to_json()

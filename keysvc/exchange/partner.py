@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote_plus
 
 import httpx
@@ -51,6 +51,34 @@ class TokenResponse:
     expires_in: int | None
 
 
+class ExchangeObserver(Protocol):
+    """Where the exchange reports what it does (keysvc feeds Prometheus; the default drops it)."""
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """One request to the partner: outcome ok|rejected|denied|upstream_error|unavailable|timeout|
+        unreachable, and its latency."""
+
+    def cache(self, result: str) -> None:
+        """One access-token cache lookup: hit|miss|joined (waited for a request already in flight)."""
+
+
+class NullObserver:
+    """Reports nothing."""
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """Drop it."""
+
+    def cache(self, result: str) -> None:
+        """Drop it."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: RequestError
+    retryable: bool
+    label: str
+
+
 class PartnerClient:
     """Posts exchange requests to `settings.token_url`; retries 429/5xx/timeouts within `total_timeout`."""
 
@@ -61,48 +89,60 @@ class PartnerClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: ExchangeObserver | None = None,
         backoff: float = 0.25,
     ) -> None:
         self._settings = settings
         self._client = client
         self._clock = clock
         self._sleep = sleep
+        self._observer = observer or NullObserver()
         self._backoff = backoff
 
     async def exchange(self, build_form: FormBuilder, requested_type: str) -> TokenResponse:
         """Run one exchange. `build_form` is called per attempt, so every attempt carries a fresh JWT."""
         deadline = self._clock() + self._settings.total_timeout
         for attempt in range(1, self._settings.max_attempts + 1):
-            outcome = await self._attempt(build_form, requested_type, deadline)
+            form = await build_form()
+            started = time.perf_counter()
+            outcome = await self._attempt(form, requested_type, deadline)
+            label = outcome.label if isinstance(outcome, _Failure) else "ok"
+            self._observer.upstream(label, time.perf_counter() - started)
             if isinstance(outcome, TokenResponse):
                 return outcome
-            log.warning("token exchange attempt %d failed: %s", attempt, outcome.description)
-            delay = max(float(outcome.retry_after or 0), self._pause(attempt))
-            if attempt == self._settings.max_attempts or self._clock() + delay >= deadline:
-                raise outcome
+            log.warning("token exchange attempt %d failed: %s", attempt, outcome.error.description)
+            delay = max(float(outcome.error.retry_after or 0), self._pause(attempt))
+            last = attempt == self._settings.max_attempts or self._clock() + delay >= deadline
+            if last or not outcome.retryable:
+                raise outcome.error
             await self._sleep(delay)
         raise AssertionError("unreachable: max_attempts >= 1")
 
     async def _attempt(
-        self, build_form: FormBuilder, requested_type: str, deadline: float
-    ) -> TokenResponse | RequestError:
-        """One request: the answer, or a failure worth retrying (anything else is raised)."""
-        form = await build_form()
+        self, form: dict[str, str], requested_type: str, deadline: float
+    ) -> TokenResponse | _Failure:
+        """One request: the answer, or why it failed and whether trying again may help."""
         remaining = deadline - self._clock()
         try:
             async with asyncio.timeout(remaining):
                 response = await self._post(form, remaining)
         except (httpx.TimeoutException, TimeoutError):
-            return Unavailable("the partner's token endpoint timed out", retry_after=1)
+            return _Failure(
+                Unavailable("the partner's token endpoint timed out", retry_after=1), True, "timeout"
+            )
         except httpx.TransportError as exc:
             kind = type(exc).__name__
-            return Unavailable(f"the partner's token endpoint is unreachable ({kind})", retry_after=1)
-        if response.is_success:
-            return token_response(response, requested_type)
-        error = partner_error(response)
-        if response.status_code not in RETRYABLE:
-            raise error
-        return error
+            unreachable = Unavailable(f"the partner's token endpoint is unreachable ({kind})", retry_after=1)
+            return _Failure(unreachable, True, "unreachable")
+        error: RequestError
+        try:
+            if response.is_success:
+                return token_response(response, requested_type)
+            error = partner_error(response)
+        except RequestError as exc:
+            error = exc
+        label = {400: "rejected", 403: "denied"}.get(error.status, error.code)
+        return _Failure(error, response.status_code in RETRYABLE, label)
 
     def _pause(self, attempt: int) -> float:
         # Jitter spreads replicas' retries apart; it is not a security decision.

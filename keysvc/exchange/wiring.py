@@ -1,0 +1,92 @@
+"""How a keysvc process serves the exchange: an in-process signer over its keyring, Prometheus reporting,
+and the `POST /v1/token-exchange` route of the internal listener.
+
+    exchange_routes(settings, keyring, metrics) -> [Route("/v1/token-exchange")]
+        client API key (Bearer), client flag `token_exchange: true`, optional `exchange_scopes: [...]`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from keysvc.config import KeysetSettings, Settings
+from keysvc.errors import Forbidden, PayloadTooLarge
+from keysvc.exchange.client import TokenExchanger
+from keysvc.exchange.endpoint import exchange_request
+from keysvc.exchange.signer import SignedToken
+from keysvc.http.common import MAX_BODY, check_content_type, check_length, parse_json
+from keysvc.http.internal import Authenticator
+from keysvc.keyring import Keyring
+from keysvc.metrics import Metrics
+
+
+class LocalSigner:
+    """A `TokenSigner` over this process's keyring: the private key never leaves keysvc."""
+
+    def __init__(self, keyring: Keyring, keysets: Mapping[str, KeysetSettings], default_keyset: str) -> None:
+        self._keyring = keyring
+        self._keysets = keysets
+        self._default = default_keyset
+
+    def __repr__(self) -> str:
+        return f"LocalSigner(default_keyset={self._default!r})"
+
+    async def sign(self, claims: Mapping[str, Any], ttl: int, keyset: str | None = None) -> SignedToken:
+        """Sign with the keyset's active key; the lifetime is capped by the keyset's max_token_ttl."""
+        name = keyset or self._default
+        ttl = min(ttl, int(self._keysets[name].max_token_ttl))
+        token = await self._keyring.sign(name, claims, ttl)
+        return SignedToken(token.token, token.kid, token.alg, token.expires_at)
+
+
+class PrometheusObserver:
+    """Feeds the exchange's upstream calls and cache lookups to keysvc's metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """One request to the partner."""
+        self._metrics.exchange_calls.labels(outcome).inc()
+        self._metrics.exchange_latency.observe(seconds)
+
+    def cache(self, result: str) -> None:
+        """One access-token cache lookup."""
+        self._metrics.exchange_cache.labels(result).inc()
+
+
+def exchange_routes(settings: Settings, keyring: Keyring, metrics: Metrics) -> list[Route]:
+    """The internal listener's token-exchange route, for `settings.token_exchange`."""
+    exchange = settings.token_exchange
+    signer = LocalSigner(keyring, settings.keysets, exchange.keyset)
+    exchanger = TokenExchanger(exchange, signer, observer=PrometheusObserver(metrics))
+    auth = Authenticator(settings.clients)
+
+    async def token_exchange(request: Request) -> Response:
+        """POST /v1/token-exchange"""
+        client = auth.authenticate(request.headers.get("authorization"))
+        request.state.client = client.name
+        if not client.token_exchange:
+            raise Forbidden("this client may not call /v1/token-exchange (token_exchange is not set)")
+        scopes = None if client.exchange_scopes is None else frozenset(client.exchange_scopes)
+        answer = await exchange_request(exchanger, client.name, scopes, await _json_body(request))
+        return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    return [Route("/v1/token-exchange", token_exchange, methods=["POST"])]
+
+
+async def _json_body(request: Request) -> Any:
+    check_content_type(request.headers.get("content-type"))
+    check_length(request.headers.get("content-length"))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks))
