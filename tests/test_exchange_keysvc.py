@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from keysvc.config import Secret
-from keysvc.exchange import RemoteSigner, TokenExchanger
+from keysvc.errors import Forbidden, RequestError, UpstreamError
+from keysvc.exchange import RemoteSigner, SignedToken, TokenExchanger
 from keysvc.exchange.settings import TokenExchangeSettings
 from tests.exchange_support import serve
 from tests.helpers import (
@@ -223,3 +224,21 @@ def test_check_config_refuses_eddsa_keyset(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "token_exchange.keyset" in result.stdout + result.stderr
     assert "EdDSA" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [("ks_test_not_a_configured_key", UpstreamError), (api_key("other"), Forbidden)],
+)
+def test_remote_signer_refused_by_keysvc(stack: Stack, key: str, expected: type[RequestError]) -> None:
+    """An unknown API key is this service's misconfiguration (502); a client not allowed the partner's
+    audience gets keysvc's 403 as Forbidden."""
+
+    async def go() -> SignedToken:
+        async with RemoteSigner(stack.keysvc.internal, key) as signer:
+            return await signer.sign({"sub": "u-1", "aud": "connect.zapier.com"}, 300, "zapier")
+
+    with pytest.raises(RequestError) as info:
+        asyncio.run(go())
+
+    assert type(info.value) is expected

@@ -19,12 +19,12 @@ from keysvc.errors import InvalidRequest
 from keysvc.exchange.errors import oauth_code, oauth_text
 
 DEFAULT_CONNECT_URL = "https://connect.zapier.com/to/{app}"
-APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def resource_url(app: str, template: str = DEFAULT_CONNECT_URL) -> str:
     """The Connect URL of `app` without query: the `resource` of a connect-token exchange."""
-    if not APP_NAME.match(app):
+    if not APP_NAME.fullmatch(app):
         raise InvalidRequest("app must be a partner app identifier such as SlackAPI (letters, digits, _ . -)")
     return template.replace("{app}", quote(app, safe=""))
 

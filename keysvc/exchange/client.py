@@ -53,7 +53,7 @@ class ExchangeResult:
 def normalise_scope(scope: str) -> str:
     """Scope tokens deduplicated and sorted, so equal scopes share one cache entry."""
     tokens = sorted(set(scope.split()))
-    bad = [t for t in tokens if not SCOPE_TOKEN.match(t)]
+    bad = [t for t in tokens if not SCOPE_TOKEN.fullmatch(t)]
     if not tokens or bad:
         raise InvalidRequest("scope must be space-separated RFC 6749 scope tokens")
     return " ".join(tokens)

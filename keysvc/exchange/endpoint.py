@@ -19,7 +19,7 @@ from keysvc.exchange.client import TokenExchanger, normalise_scope
 from keysvc.logs import audit
 
 _FIELDS = frozenset({"user_id", "tenant_id", "token", "app", "scope"})
-_IDENTIFIER = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII, no spaces: ends up in a JWT claim
+_IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces: ends up in a JWT claim
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def parse_body(body: Any) -> ExchangeBody:
     if kind not in ("access", "connect"):
         raise InvalidRequest('token must be "access" or "connect"')
     app = body.get("app")
-    if kind == "connect" and not (isinstance(app, str) and APP_NAME.match(app)):
+    if kind == "connect" and not (isinstance(app, str) and APP_NAME.fullmatch(app)):
         raise InvalidRequest("app is required for a connect token: a partner app identifier such as SlackAPI")
     if kind == "access" and app is not None:
         raise InvalidRequest("app is only allowed with token=connect")
@@ -57,7 +57,7 @@ def parse_body(body: Any) -> ExchangeBody:
 
 def _identifier(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise InvalidRequest(f"{name} must be a non-empty string of printable ASCII (at most 256 characters)")
     return value
 

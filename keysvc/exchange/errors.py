@@ -19,7 +19,7 @@ from keysvc.errors import RequestError
 
 MAX_RETRY_AFTER = 3600
 # RFC 6749 §5.2: error and error_description are limited to %x20-21 / %x23-5B / %x5D-7E.
-_OAUTH_CODE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,64}$")
+_OAUTH_CODE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
 _NOT_OAUTH_TEXT = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 # Anything shaped like a JWS or a long opaque token is cut out of text we repeat.
 _TOKENISH = re.compile(r"[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}(\.[A-Za-z0-9_\-]*)?|[A-Za-z0-9_\-+/=]{40,}")
@@ -36,7 +36,7 @@ class PartnerError(RequestError):
 
 def oauth_code(value: object) -> str | None:
     """The partner's `error` if it is a well-formed RFC 6749 code, else None."""
-    return value if isinstance(value, str) and _OAUTH_CODE.match(value) else None
+    return value if isinstance(value, str) and _OAUTH_CODE.fullmatch(value) else None
 
 
 def oauth_text(value: object, limit: int = 200) -> str:

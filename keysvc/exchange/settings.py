@@ -31,7 +31,7 @@ CLIENT_AUTH_METHODS: tuple[ClientAuth, ...] = ("client_secret_post", "client_sec
 CONNECT_FROM: tuple[ConnectFrom, ...] = ("access_token", "jwt")
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 # ruff's S105 reads "token" in a field name as a password; these are URLs and URNs, no secrets.
@@ -203,5 +203,5 @@ def _check_claims(settings: TokenExchangeSettings) -> None:
 
 def _check_scope(scope: str) -> None:
     for token in scope.split():
-        if not SCOPE_TOKEN.match(token):
+        if not SCOPE_TOKEN.fullmatch(token):
             raise ConfigError(_f("scope"), f"{token!r} is not a valid scope token (RFC 6749 §3.3)")
