@@ -73,8 +73,10 @@ def is_revoked(record: KeyRecord, now: float) -> bool:
 
 
 def _signed(record: KeyRecord) -> bool:
-    """Did the key ever become active? (A key revoked while pending never did.)"""
-    return record.revoked_at is None or record.revoked_at > record.activates_at
+    """Could the key have signed? A key revoked while pending never did; one revoked at the very instant
+    it activated (promoted, then revoked in the same second) may have: replicas that read the promotion
+    before the revocation signed with it, so it still ends its predecessor's term."""
+    return record.revoked_at is None or record.revoked_at >= record.activates_at
 
 
 def evaluate(records: Sequence[KeyRecord], now: float, policy: Policy) -> KeysetStatus:
