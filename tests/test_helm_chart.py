@@ -268,6 +268,10 @@ BAD_VALUES = {
     "listen set by hand": ({"config": {"listen": {"public": "0.0.0.0:80"}}}, "listen"),
     "malformed IRSA role": ({"serviceAccount": {"irsaRoleArn": "keysvc-role"}}, "irsaRoleArn"),
     "internal service exposed": ({"service": {"internal": {"type": "LoadBalancer"}}}, "type"),
+    "client without audiences": (
+        {"config": {"clients": {"c": {"api_key_sha256": "a" * 64, "keysets": ["zapier"]}}}},
+        "audiences",
+    ),
     # Cross-field rules: the chart's own install-time checks.
     "grace shorter than preStop": (
         {"terminationGracePeriodSeconds": 10, "preStopSleepSeconds": 10},
@@ -312,6 +316,7 @@ CONFIG_KEYS = {
     "token_exchange",
     "canary",
     "mirror",
+    "log",
 }
 BACKEND_KEYS = {
     "type",
@@ -411,6 +416,24 @@ def test_rendered_config_fits_the_service_contract(mode: str) -> None:
     args = chart.container["args"]
     config_path = args[args.index("--config") + 1]
     assert mounts_cover(chart.container, config_path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rendered_config_is_accepted_by_keysvc(mode: str, tmp_path: Path) -> None:
+    """keysvc's own parser (unknown keys, bounds, invariants) accepts the config each mode renders.
+
+    The secret files the pod would mount are stand-ins in tmp_path: the parser reads them.
+    """
+    from keysvc.config import parse_yaml
+
+    config = rendered(mode).config
+    for section, key in (("backend", "passphrase_file"), ("token_exchange", "client_secret_file")):
+        if key in (config.get(section) or {}):
+            stand_in = tmp_path / key
+            stand_in.write_text("stand-in secret for the parser, 32 chars+")
+            config[section][key] = str(stand_in)
+    settings = parse_yaml(yaml.safe_dump(config))
+    assert settings is not None
 
 
 def test_file_mode_shares_a_read_write_many_volume() -> None:
