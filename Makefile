@@ -3,8 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Linters for the Dockerfile and the helm chart live in their own venv: checkov pins many packages that
+# would otherwise constrain the service's own dependencies.
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint unit bench tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,10 +32,6 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .keysvc-dev .pytest_cache .mypy_cache
 
-# Linters for the Dockerfile and the helm chart live in their own venv: checkov pins many packages that
-# would otherwise constrain the service's own dependencies.
-TOOLS := .venv-tools
-TOOLS_STAMP := $(TOOLS)/.installed
 $(TOOLS_STAMP): requirements-tools.txt
 	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip

@@ -109,7 +109,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return 0
     columns = ("keyset", "kid", "alg", "state", "created_at", "activates_at", "superseded_at", "removes_at")
     table = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in table:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `keysvc` command."""
     args = build_parser().parse_args(argv)
-    setup(os.environ.get("KEYSVC_LOG_LEVEL", "INFO"))
+    # the server logs to stdout; other commands print their result there and log (audit) to stderr
+    setup(os.environ.get("KEYSVC_LOG_LEVEL", "INFO"), sys.stdout if args.command == "serve" else sys.stderr)
     try:
         return int(args.fn(args))
     except ConfigError as exc:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 AUDIT = logging.getLogger("keysvc.audit")
 LOG = logging.getLogger("keysvc")
@@ -30,13 +30,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, separators=(",", ":"))
 
 
-def setup(level: str = "INFO") -> None:
-    """Send every keysvc log line as JSON to stdout (idempotent)."""
+def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send every log line as JSON to `stream` (stdout by default; idempotent)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_keysvc", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
     handler._keysvc = True  # type: ignore[attr-defined]
     root.addHandler(handler)
