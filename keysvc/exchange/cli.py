@@ -12,7 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from keysvc.errors import RequestError
-from keysvc.exchange.client import ExchangeResult, TokenExchanger
+from keysvc.exchange.client import TokenExchanger
 from keysvc.exchange.settings import TokenExchangeSettings
 from keysvc.exchange.signer import TokenSigner
 
@@ -39,21 +39,29 @@ def run_exchange(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Run one exchange; print the answer as JSON (exit 0) or the error as JSON on stderr (exit 1)."""
+    """Run one exchange in a new event loop; see `run_exchange_async`."""
+    return asyncio.run(run_exchange_async(args, settings, signer, out=out, err=err))
+
+
+async def run_exchange_async(
+    args: argparse.Namespace,
+    settings: TokenExchangeSettings,
+    signer: TokenSigner,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Print the answer as JSON (exit 0) or the error as JSON on stderr (exit 1). For callers that must
+    load a keyring in the same event loop as the signing."""
     try:
-        result = asyncio.run(_exchange(args, settings, signer))
+        async with TokenExchanger(settings, signer) as exchanger:
+            if args.connect:
+                result = await exchanger.connect_token(args.user, args.tenant, args.connect, args.scope)
+            else:
+                result = await exchanger.access_token(args.user, args.tenant, args.scope)
     except RequestError as exc:
         error = {"error": exc.code, "error_description": exc.description}
         print(json.dumps(error), file=err or sys.stderr)
         return 1
     print(json.dumps(result.to_json(), indent=2), file=out or sys.stdout)
     return 0
-
-
-async def _exchange(
-    args: argparse.Namespace, settings: TokenExchangeSettings, signer: TokenSigner
-) -> ExchangeResult:
-    async with TokenExchanger(settings, signer) as exchanger:
-        if args.connect:
-            return await exchanger.connect_token(args.user, args.tenant, args.connect, args.scope)
-        return await exchanger.access_token(args.user, args.tenant, args.scope)

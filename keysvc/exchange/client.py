@@ -100,14 +100,15 @@ class TokenExchanger:
         self, user_id: str, tenant_id: str, app: str, scope: str | None = None
     ) -> ExchangeResult:
         """A fresh single-use connect token for `app`, with the Connect URL that carries it."""
-        try:
-            response = await self._connect(user_id, tenant_id, app, scope)
-        except PartnerError as exc:
-            if exc.code != "invalid_grant" or self.settings.connect_from != "access_token":
-                raise
-            # The cached access token may have been revoked upstream: once, start again from a new one.
-            self._cache.invalidate(self._key(user_id, tenant_id, scope))
-            response = await self._connect(user_id, tenant_id, app, scope)
+        s = self.settings
+        scope = normalise_scope(scope or s.scope)
+        resource = resource_url(app, s.connect_url)
+        if s.connect_from == "jwt":
+            extra = {"resource": resource}
+            build = self._jwt_form(user_id, tenant_id, scope, s.connect_token_type, extra)
+            response = await self._partner.exchange(build, s.connect_token_type)
+        else:
+            response = await self._connect_from_access(user_id, tenant_id, scope, resource)
         url = connect_url(app, response.access_token, template=self.settings.connect_url)
         return ExchangeResult(response.access_token, response.issued_token_type, response.expires_in, url)
 
@@ -145,26 +146,26 @@ class TokenExchanger:
 
         return await self._cache.get(key, fetch)
 
-    async def _connect(self, user_id: str, tenant_id: str, app: str, scope: str | None) -> TokenResponse:
-        s = self.settings
-        scope = normalise_scope(scope or s.scope)
-        extra = {"resource": resource_url(app, s.connect_url)}
-        if s.connect_from == "jwt":
-            build = self._jwt_form(user_id, tenant_id, scope, s.connect_token_type, extra)
-            return await self._partner.exchange(build, s.connect_token_type)
-        access, _ = await self._access(user_id, tenant_id, scope)
-        form = {
-            "subject_token": access.access_token,
-            "subject_token_type": s.access_token_type,
-            "requested_token_type": s.connect_token_type,
-            "scope": scope,
-            **extra,
-        }
-
-        async def build_from_access() -> dict[str, str]:
-            return form
-
-        return await self._partner.exchange(build_from_access, s.connect_token_type)
+    async def _connect_from_access(
+        self, user_id: str, tenant_id: str, scope: str, resource: str
+    ) -> TokenResponse:
+        for attempt in (1, 2):
+            access, _ = await self._access(user_id, tenant_id, scope)
+            form = {
+                "subject_token": access.access_token,
+                "subject_token_type": self.settings.access_token_type,
+                "requested_token_type": self.settings.connect_token_type,
+                "scope": scope,
+                "resource": resource,
+            }
+            try:
+                return await self._partner.exchange(_fixed(form), self.settings.connect_token_type)
+            except PartnerError as exc:
+                if exc.code != "invalid_grant" or attempt == 2:
+                    raise
+                # The cached access token may have been revoked upstream: once, start from a new one.
+                self._cache.invalidate(self._key(user_id, tenant_id, scope))
+        raise AssertionError("unreachable")
 
     def _jwt_form(
         self, user_id: str, tenant_id: str, scope: str, requested: str, extra: dict[str, str] | None = None
@@ -183,3 +184,12 @@ class TokenExchanger:
             }
 
         return build
+
+
+def _fixed(form: dict[str, str]) -> Callable[[], Awaitable[dict[str, str]]]:
+    """A form builder for a form that does not change between attempts (no JWT to refresh)."""
+
+    async def build() -> dict[str, str]:
+        return form
+
+    return build
