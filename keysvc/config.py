@@ -415,8 +415,8 @@ def check_invariants(settings: Settings) -> None:
                 f"{p}.max_token_ttl",
                 f"{ks.max_token_ttl:g}s must not exceed rotation_period ({ks.rotation_period:g}s)",
             )
-        if ks.max_token_ttl <= 0:
-            raise ConfigError(f"{p}.max_token_ttl", "must be greater than 0")
+        if ks.max_token_ttl < 1:  # tokens carry whole seconds: below 1s every token would expire on issue
+            raise ConfigError(f"{p}.max_token_ttl", "must be at least 1s")
 
 
 def parse_settings(raw: object) -> Settings:
