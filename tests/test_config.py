@@ -228,6 +228,13 @@ def test_rotation_period_not_longer_than_publish_ahead_is_refused(raw: dict[str,
     assert "publish_ahead" in error.message
 
 
+@pytest.mark.parametrize("ttl", ["500ms", 0])
+def test_max_token_ttl_under_one_second_is_refused(raw: dict[str, Any], ttl: object) -> None:
+    """Tokens carry whole seconds: a max_token_ttl under 1s would cap every ttl to 0 (expired on issue)."""
+    error = _refuse(raw, _set("keysets.zapier.max_token_ttl", ttl))
+    assert error.field == "keysets.zapier.max_token_ttl"
+
+
 def test_max_token_ttl_longer_than_rotation_period_is_refused(raw: dict[str, Any]) -> None:
     """max_token_ttl > rotation_period is refused, naming max_token_ttl (retain_after is made long
     enough so that this is the only broken invariant)."""
