@@ -75,6 +75,14 @@ def stack_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "token_exchange": True,
             "exchange_scopes": ["connection:read"],
         }
+        config["clients"]["limited"] = {
+            "api_key_sha256": sha256_hex(api_key("limited")),
+            "keysets": ["zapier"],
+            "audiences": ["connect.zapier.com"],
+            "max_ttl": "5m",
+            "token_exchange": True,
+            "rate_limit": {"rate": 0.01, "burst": 1},
+        }
         config["token_exchange"] = {
             "keyset": "zapier",
             "token_url": f"{partner_url}/oauth/token",
@@ -177,6 +185,15 @@ def test_endpoint_refusals(stack: Stack, client: str, body: Any, status: int, co
 
     assert (response.status_code, response.json()["error"]) == (status, code)
     assert stack.partner.calls == []
+
+
+def test_endpoint_applies_the_client_rate_limit(stack: Stack) -> None:
+    """A client's rate_limit holds on /v1/token-exchange too: past its burst, 429 with Retry-After."""
+    body = {"user_id": "u-6", "tenant_id": "t-9", "token": "access"}
+    first, second = stack.post(body, client="limited"), stack.post(body, client="limited")
+
+    assert (first.status_code, second.status_code, second.json()["error"]) == (200, 429, "rate_limited")
+    assert int(second.headers["retry-after"]) >= 1
 
 
 def test_endpoint_narrow_client_gets_its_own_scope(stack: Stack) -> None:

@@ -7,15 +7,16 @@ and the `POST /v1/token-exchange` route of the internal listener.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from keysvc.config import KeysetSettings, Settings
-from keysvc.errors import Forbidden, PayloadTooLarge
+from keysvc.config import ClientSettings, KeysetSettings, Settings
+from keysvc.errors import Forbidden, PayloadTooLarge, RateLimited
 from keysvc.exchange.client import TokenExchanger
 from keysvc.exchange.endpoint import exchange_request
 from keysvc.exchange.signer import SignedToken
@@ -23,6 +24,7 @@ from keysvc.http.common import MAX_BODY, check_content_type, check_length, parse
 from keysvc.http.internal import Authenticator
 from keysvc.keyring import Keyring
 from keysvc.metrics import Metrics
+from keysvc.ratelimit import TokenBucket, retry_after
 
 
 class LocalSigner:
@@ -60,17 +62,46 @@ class PrometheusObserver:
         self._metrics.exchange_cache.labels(result).inc()
 
 
-def exchange_routes(settings: Settings, keyring: Keyring, metrics: Metrics) -> list[Route]:
-    """The internal listener's token-exchange route, for `settings.token_exchange`."""
+def client_gate(settings: Settings, metrics: Metrics) -> Callable[[Request], ClientSettings]:
+    """Authenticate the API key and apply the client's `rate_limit` (its own bucket for this route)."""
+    auth = Authenticator(settings.clients)
+    buckets = {
+        c.name: TokenBucket(c.rate_limit.rate, c.rate_limit.burst)
+        for c in settings.clients.values()
+        if c.rate_limit
+    }
+
+    def gate(request: Request) -> ClientSettings:
+        client = auth.authenticate(request.headers.get("authorization"))
+        request.state.client = client.name
+        bucket = buckets.get(client.name)
+        if bucket is not None and (wait := bucket.take(time.monotonic())) > 0:
+            metrics.rate_limited.labels(client.name).inc()
+            raise RateLimited("too many requests for this client", retry_after=retry_after(wait))
+        return client
+
+    return gate
+
+
+def exchange_routes(
+    settings: Settings,
+    keyring: Keyring,
+    metrics: Metrics,
+    authenticate: Callable[[Request], ClientSettings] | None = None,
+) -> list[Route]:
+    """The internal listener's token-exchange route, for `settings.token_exchange`.
+
+    `authenticate` maps a request to its client or raises (InvalidClient, RateLimited); pass the internal
+    API's own to share its rate-limit buckets with /v1/sign.
+    """
     exchange = settings.token_exchange
     signer = LocalSigner(keyring, settings.keysets, exchange.keyset)
     exchanger = TokenExchanger(exchange, signer, observer=PrometheusObserver(metrics))
-    auth = Authenticator(settings.clients)
+    gate = authenticate or client_gate(settings, metrics)
 
     async def token_exchange(request: Request) -> Response:
         """POST /v1/token-exchange"""
-        client = auth.authenticate(request.headers.get("authorization"))
-        request.state.client = client.name
+        client = gate(request)
         if not client.token_exchange:
             raise Forbidden("this client may not call /v1/token-exchange (token_exchange is not set)")
         scopes = None if client.exchange_scopes is None else frozenset(client.exchange_scopes)
