@@ -5,7 +5,9 @@ process behind `POST /v1/token-exchange`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from keysvc.config import Secret
+from keysvc.config import Secret, load_settings
 from keysvc.errors import Forbidden, RequestError, UpstreamError
 from keysvc.exchange import RemoteSigner, SignedToken, TokenExchanger
 from keysvc.exchange.settings import TokenExchangeSettings
+from keysvc.exchange.wiring import exchange_command
 from tests.exchange_support import serve
 from tests.helpers import (
     KeysvcProcess,
@@ -259,3 +262,15 @@ def test_remote_signer_refused_by_keysvc(stack: Stack, key: str, expected: type[
         asyncio.run(go())
 
     assert type(info.value) is expected
+
+
+def test_exchange_command_signs_with_the_backend_key(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """`keysvc exchange` signs in its own process with the backend's active key (the one keysvc serves in
+    its JWKS) and prints the partner's answer as JSON."""
+    args = argparse.Namespace(user="u-7", tenant="t-9", connect="SlackAPI", scope=None)
+
+    status = exchange_command(args, load_settings(str(stack.keysvc.config_path)))
+
+    body = json.loads(capsys.readouterr().out)
+    assert (status, body["access_token"][:3]) == (0, "ct-")
+    assert body["connect_url"].startswith("https://connect.zapier.com/to/SlackAPI?token=")

@@ -3,10 +3,13 @@ and the `POST /v1/token-exchange` route of the internal listener.
 
     exchange_routes(settings, keyring, metrics) -> [Route("/v1/token-exchange")]
         client API key (Bearer), client flag `token_exchange: true`, optional `exchange_scopes: [...]`
+    exchange_command(args, settings) -> exit status of `keysvc exchange`
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,8 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from keysvc.backends.registry import open_backend
+from keysvc.clock import SystemClock
 from keysvc.config import ClientSettings, KeysetSettings, Settings
-from keysvc.errors import Forbidden, PayloadTooLarge, RateLimited
+from keysvc.errors import ConfigError, Forbidden, PayloadTooLarge, RateLimited
+from keysvc.exchange.cli import run_exchange_async
 from keysvc.exchange.client import TokenExchanger
 from keysvc.exchange.endpoint import exchange_request
 from keysvc.exchange.signer import SignedToken
@@ -66,9 +72,7 @@ def client_gate(settings: Settings, metrics: Metrics) -> Callable[[Request], Cli
     """Authenticate the API key and apply the client's `rate_limit` (its own bucket for this route)."""
     auth = Authenticator(settings.clients)
     buckets = {
-        c.name: TokenBucket(c.rate_limit.rate, c.rate_limit.burst)
-        for c in settings.clients.values()
-        if c.rate_limit
+        c.name: TokenBucket(c.rate_limit.rate, c.rate_limit.burst) for c in settings.clients.values() if c.rate_limit
     }
 
     def gate(request: Request) -> ClientSettings:
@@ -109,6 +113,24 @@ def exchange_routes(
         return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     return [Route("/v1/token-exchange", token_exchange, methods=["POST"])]
+
+
+def exchange_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`keysvc exchange`: sign in this process with the configured backend's active key, exchange once."""
+    if settings.token_exchange is None:
+        raise ConfigError("token_exchange", "not configured: `keysvc exchange` needs a token_exchange section")
+    exchange = settings.token_exchange
+
+    async def run() -> int:
+        keyring = Keyring(settings, open_backend(settings.backend, "cli"), SystemClock(), "cli")
+        try:
+            await keyring.refresh(exchange.keyset)
+            signer = LocalSigner(keyring, settings.keysets, exchange.keyset)
+            return await run_exchange_async(args, exchange, signer)
+        finally:
+            keyring.close()
+
+    return asyncio.run(run())
 
 
 async def _json_body(request: Request) -> Any:
