@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -21,13 +22,23 @@ class Algorithm:
 
     def hash(self) -> hashes.HashAlgorithm:
         """A fresh `cryptography` hash object for this algorithm."""
-        return {"SHA256": hashes.SHA256, "SHA384": hashes.SHA384, "SHA512": hashes.SHA512}[
-            self.hash_name or "SHA256"
-        ]()
+        return _HASHES[self.hash_name or "SHA256"]()
 
     def ec_curve(self) -> ec.EllipticCurve:
         """The `cryptography` curve object of an EC algorithm."""
-        return {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}[self.curve or ""]()
+        return _CURVES[self.curve or ""]()
+
+
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "SHA256": hashes.SHA256,
+    "SHA384": hashes.SHA384,
+    "SHA512": hashes.SHA512,
+}
+_CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {
+    "P-256": ec.SECP256R1,
+    "P-384": ec.SECP384R1,
+    "P-521": ec.SECP521R1,
+}
 
 
 ALGORITHMS: dict[str, Algorithm] = {

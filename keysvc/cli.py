@@ -17,7 +17,7 @@ import yaml
 
 from keysvc import __version__, lifecycle, operations
 from keysvc.backends.registry import open_backend
-from keysvc.config import Settings, load_settings, parse_settings
+from keysvc.config import KeysetSettings, Settings, load_settings, parse_settings
 from keysvc.errors import ConfigError, KeysvcError, RequestError
 from keysvc.jwks import build
 from keysvc.logs import setup
@@ -48,13 +48,23 @@ def dev_settings(directory: Path = DEV_DIR) -> tuple[Settings, Path]:
         "backend": {"type": "file", "path": str(directory / "keys"), "refresh_interval": "30s"},
         "keysets": {
             "dev": {
-                "default": True, "issuer": "http://127.0.0.1:8080", "alg": "ES256",
-                "rotation_period": "30d", "publish_ahead": "2d", "retain_after": "1d", "max_token_ttl": "5m",
+                "default": True,
+                "issuer": "http://127.0.0.1:8080",
+                "alg": "ES256",
+                "rotation_period": "30d",
+                "publish_ahead": "2d",
+                "retain_after": "1d",
+                "max_token_ttl": "5m",
             }
         },
         "clients": {
-            "dev": {"api_key_sha256": digest, "keysets": ["dev"], "audiences": ["connect.zapier.com", "dev"],
-                    "max_ttl": "5m", "admin": True}
+            "dev": {
+                "api_key_sha256": digest,
+                "keysets": ["dev"],
+                "audiences": ["connect.zapier.com", "dev"],
+                "max_ttl": "5m",
+                "admin": True,
+            }
         },
     }
     return parse_settings(raw), key_file
@@ -77,8 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.dev:
-        LOG.warning("development mode: file keys under ./.keysvc-dev/, not for production",
-                    extra={"dev_api_key_file": str(args.dev_key_file.resolve())})
+        LOG.warning(
+            "development mode: file keys under ./.keysvc-dev/, not for production",
+            extra={"dev_api_key_file": str(args.dev_key_file.resolve())},
+        )
     try:
         import uvloop
 
@@ -182,7 +194,7 @@ def cmd_client_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keyset(settings: Settings, name: str) -> operations.KeysetSettings:
+def _keyset(settings: Settings, name: str) -> KeysetSettings:
     if name not in settings.keysets:
         raise ConfigError("keyset", f"no keyset {name!r} in the configuration")
     return settings.keysets[name]
@@ -209,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dev", action="store_true", help="use the embedded development configuration")
         return p
 
-    with_config(sub.add_parser("serve", help="run the service (public and internal listeners)")).set_defaults(fn=cmd_serve)
+    with_config(sub.add_parser("serve", help="run the service (public and internal listeners)")).set_defaults(
+        fn=cmd_serve
+    )
     with_config(sub.add_parser("check-config", help="validate the configuration and exit")).set_defaults(
         fn=cmd_check_config
     )

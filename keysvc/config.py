@@ -423,7 +423,7 @@ def parse_settings(raw: object) -> Settings:
     """Validate a parsed YAML document into Settings (raises ConfigError naming the field)."""
     top = _Section(raw, "")
     listen = top.section("listen")
-    public = _address(listen.text("public", "0.0.0.0:8080"), "listen.public")  # noqa: S104 - the public port
+    public = _address(listen.text("public", "0.0.0.0:8080"), "listen.public")
     internal = _address(listen.text("internal", "127.0.0.1:8081"), "listen.internal")
     listen.done()
     if (public.host, public.port) == (internal.host, internal.port) and public.port != 0:
@@ -447,7 +447,9 @@ def parse_settings(raw: object) -> Settings:
     hashes: dict[str, str] = {}
     for client in clients.values():
         if client.api_key_sha256 in hashes:
-            raise ConfigError(f"clients.{client.name}.api_key_sha256", f"same API key as {hashes[client.api_key_sha256]}")
+            raise ConfigError(
+                f"clients.{client.name}.api_key_sha256", f"same API key as {hashes[client.api_key_sha256]}"
+            )
         hashes[client.api_key_sha256] = client.name
     exchange = None
     if top.get("token_exchange") is not None:
@@ -499,7 +501,7 @@ def load_settings(path: str | Path) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {path}: {type(exc).__name__}: {exc.strerror or exc}") from None
+        raise ConfigError("config", f"cannot read {path}: {type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
     return parse_yaml(text)
 
 

@@ -13,6 +13,7 @@ No I/O, no clock, no randomness: every replica that has read the same records co
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def evaluate(records: Sequence[KeyRecord], now: float, policy: Policy) -> Keyset
     )
     latest = started[-1] if started else None
     active = latest if latest is not None and not is_revoked(latest, now) else None
-    superseded = {prev.kid: nxt.activates_at for prev, nxt in zip(started, started[1:], strict=False)}
+    superseded = {prev.kid: nxt.activates_at for prev, nxt in itertools.pairwise(started)}
     statuses: list[KeyStatus] = []
     changes: list[float] = []
     for record in sorted(records, key=lambda r: r.seq):

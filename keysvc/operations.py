@@ -38,8 +38,15 @@ class ReconcileReport:
     repaired: int = 0
 
 
-def _apply(backend: Backend, ks: KeysetSettings, records: list[KeyRecord], action: lifecycle.Action,
-           now: float, actor: str, report: ReconcileReport) -> None:
+def _apply(
+    backend: Backend,
+    ks: KeysetSettings,
+    records: list[KeyRecord],
+    action: lifecycle.Action,
+    now: float,
+    actor: str,
+    report: ReconcileReport,
+) -> None:
     by_kid = {r.kid: r for r in records}
     if isinstance(action, Create):
         record = backend.create(ks.name, action.seq, ks.alg, action.activates_at, now)
@@ -48,8 +55,15 @@ def _apply(backend: Backend, ks: KeysetSettings, records: list[KeyRecord], actio
             LOG.info("creation race lost", extra={"keyset": ks.name, "seq": action.seq})
             return
         report.created += 1
-        audit("key.create", actor=actor, keyset=ks.name, kid=record.kid, alg=record.alg, seq=record.seq,
-              activates_at=record.activates_at)
+        audit(
+            "key.create",
+            actor=actor,
+            keyset=ks.name,
+            kid=record.kid,
+            alg=record.alg,
+            seq=record.seq,
+            activates_at=record.activates_at,
+        )
     elif isinstance(action, Activate):
         backend.update(by_kid[action.kid].replace(activates_at=action.at))
         report.activated += 1
@@ -58,8 +72,13 @@ def _apply(backend: Backend, ks: KeysetSettings, records: list[KeyRecord], actio
         record = by_kid[action.kid]
         backend.destroy(record, now)
         report.destroyed += 1
-        audit("key.destroy", actor=actor, keyset=ks.name, kid=record.kid,
-              reason="revoked" if record.revoked_at is not None else "retired")
+        audit(
+            "key.destroy",
+            actor=actor,
+            keyset=ks.name,
+            kid=record.kid,
+            reason="revoked" if record.revoked_at is not None else "retired",
+        )
 
 
 def reconcile(backend: Backend, ks: KeysetSettings, now: Now, actor: str) -> ReconcileReport:
@@ -92,12 +111,20 @@ def rotate(backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, force:
         try:
             action = lifecycle.promote(records, t, policy, force=force)
         except lifecycle.RotationRefused as exc:
-            raise Conflict(str(exc), retry_after=None if exc.safe_at is None else max(1, int(exc.safe_at - t) + 1)) from None
+            raise Conflict(
+                str(exc), retry_after=None if exc.safe_at is None else max(1, int(exc.safe_at - t) + 1)
+            ) from None
         record = next(r for r in records if r.kid == action.kid)
         early = t < record.created_at + policy.publish_ahead
         backend.update(record.replace(activates_at=t))
-        audit("key.rotate", actor=actor, keyset=ks.name, kid=record.kid, forced=force,
-              warning="verifiers may reject tokens until they refetch the JWKS" if early else None)
+        audit(
+            "key.rotate",
+            actor=actor,
+            keyset=ks.name,
+            kid=record.kid,
+            forced=force,
+            warning="verifiers may reject tokens until they refetch the JWKS" if early else None,
+        )
     reconcile(backend, ks, now, actor)
     return record.replace(activates_at=t)
 
@@ -112,13 +139,27 @@ def revoke(backend: Backend, keysets: dict[str, KeysetSettings], kid: str, now: 
             t = now()
             revoked, promotion = lifecycle.revoke(records, kid, t, policy_of(ks))
             backend.update(revoked)
-            was_active = promotion is not None or lifecycle.evaluate(records, t, policy_of(ks)).state_of(kid) is State.ACTIVE
-            audit("key.revoke", actor=actor, keyset=ks.name, kid=kid, was_active=was_active,
-                  warning="verifiers may reject tokens until they refetch the JWKS" if was_active else None)
+            was_active = (
+                promotion is not None or lifecycle.evaluate(records, t, policy_of(ks)).state_of(kid) is State.ACTIVE
+            )
+            audit(
+                "key.revoke",
+                actor=actor,
+                keyset=ks.name,
+                kid=kid,
+                was_active=was_active,
+                warning="verifiers may reject tokens until they refetch the JWKS" if was_active else None,
+            )
             if promotion is not None:
                 backend.update(next(r for r in records if r.kid == promotion.kid).replace(activates_at=promotion.at))
-                audit("key.activate", actor=actor, keyset=ks.name, kid=promotion.kid, activates_at=promotion.at,
-                      reason="active key revoked")
+                audit(
+                    "key.activate",
+                    actor=actor,
+                    keyset=ks.name,
+                    kid=promotion.kid,
+                    activates_at=promotion.at,
+                    reason="active key revoked",
+                )
         reconcile(backend, ks, now, actor)
         return revoked
     raise NotFound("no such key")

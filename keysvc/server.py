@@ -10,6 +10,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -123,9 +124,15 @@ def _server(app: Any, host: str, port: int, sock: socket.socket | None) -> uvico
         date_header=True, timeout_graceful_shutdown=20, loop="auto", http="auto", proxy_headers=False,
         limit_concurrency=2000, h11_max_incomplete_event_size=16 * 1024,
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we handle signals once
-    return server
+    return _Server(config)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals alone: `serve` handles SIGTERM once for both listeners."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def serve(settings: Settings, *, on_ready: Any = None) -> None:

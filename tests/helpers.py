@@ -56,8 +56,11 @@ def base_config(keys_dir: Path, *, algs: Mapping[str, str] | None = None, fast: 
     """A valid config: file backend in `keys_dir`, ephemeral ports, one keyset per alg, clients:
     `signer` (all keysets, audience connect.zapier.com), `admin` (admin), `other` (first keyset only)."""
     algs = dict(algs or {"zapier": "ES256"})
-    timings = FAST_TIMINGS["keyset"] if fast else {
-        "rotation_period": "30d", "publish_ahead": "2d", "retain_after": "1d", "max_token_ttl": "5m"}
+    timings = (
+        FAST_TIMINGS["keyset"]
+        if fast
+        else {"rotation_period": "30d", "publish_ahead": "2d", "retain_after": "1d", "max_token_ttl": "5m"}
+    )
     keysets = {
         name: {"issuer": f"https://issuer.example/{name}", "alg": alg, **timings, "default": i == 0}
         for i, (name, alg) in enumerate(algs.items())
@@ -67,16 +70,30 @@ def base_config(keys_dir: Path, *, algs: Mapping[str, str] | None = None, fast: 
         "listen": {"public": "127.0.0.1:0", "internal": "127.0.0.1:0"},
         "backend": {"type": "file", "path": str(keys_dir), "refresh_interval": "500ms" if fast else "30s"},
         "clock_skew": "200ms" if fast else "60s",
-        "jwks": FAST_TIMINGS["jwks"] if fast else {
-            "max_age": "5m", "stale_while_revalidate": "1m", "stale_if_error": "1d", "verifier_cache": "10m"},
+        "jwks": FAST_TIMINGS["jwks"]
+        if fast
+        else {"max_age": "5m", "stale_while_revalidate": "1m", "stale_if_error": "1d", "verifier_cache": "10m"},
         "keysets": keysets,
         "clients": {
-            "signer": {"api_key_sha256": sha256_hex(api_key("signer")), "keysets": names,
-                       "audiences": ["connect.zapier.com", "other.example"], "max_ttl": "5m"},
-            "admin": {"api_key_sha256": sha256_hex(api_key("admin")), "keysets": names,
-                      "audiences": ["connect.zapier.com"], "max_ttl": "5m", "admin": True},
-            "other": {"api_key_sha256": sha256_hex(api_key("other")), "keysets": names[:1],
-                      "audiences": ["other.example"], "max_ttl": "1m"},
+            "signer": {
+                "api_key_sha256": sha256_hex(api_key("signer")),
+                "keysets": names,
+                "audiences": ["connect.zapier.com", "other.example"],
+                "max_ttl": "5m",
+            },
+            "admin": {
+                "api_key_sha256": sha256_hex(api_key("admin")),
+                "keysets": names,
+                "audiences": ["connect.zapier.com"],
+                "max_ttl": "5m",
+                "admin": True,
+            },
+            "other": {
+                "api_key_sha256": sha256_hex(api_key("other")),
+                "keysets": names[:1],
+                "audiences": ["other.example"],
+                "max_ttl": "1m",
+            },
         },
     }
     return config
@@ -110,7 +127,10 @@ class KeysvcProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "keysvc", "serve", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.config_path.parent),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(self.config_path.parent),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -159,8 +179,9 @@ class KeysvcProcess:
     def sign(self, client: str = "signer", claims: Mapping[str, Any] | None = None, **body: Any) -> httpx.Response:
         """POST /v1/sign as a test client."""
         payload = {"claims": dict(claims or {"sub": "u-1", "aud": "connect.zapier.com"}), **body}
-        return httpx.post(f"{self.internal}/v1/sign", json=payload,
-                          headers={"Authorization": f"Bearer {api_key(client)}"}, timeout=10)
+        return httpx.post(
+            f"{self.internal}/v1/sign", json=payload, headers={"Authorization": f"Bearer {api_key(client)}"}, timeout=10
+        )
 
     def jwks(self, keyset: str | None = None) -> httpx.Response:
         """GET the JWKS of a keyset (default keyset when None)."""
@@ -174,14 +195,26 @@ class KeysvcProcess:
         self.stop()
 
 
-def run_cli(*args: str, config: Path | None = None, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    config: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m keysvc ARGS` (black box)."""
     cmd = [sys.executable, "-m", "keysvc", *args]
     if config is not None:
         cmd += ["--config", str(config)]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(cwd or ROOT), timeout=timeout,
-                            env={**os.environ, **(env or {})}, check=False)
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=str(cwd or ROOT),
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with (LOG_DIR / f"cli-{os.getpid()}.log").open("a") as out:
         out.write(result.stdout + result.stderr)

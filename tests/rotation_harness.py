@@ -42,8 +42,9 @@ class CachingVerifier:
     """Verifies like PyJWT's PyJWKClient: caches the JWKS for `cache_seconds`, refetches once on an
     unknown kid. Each verification fetches (when needed) from a random replica."""
 
-    def __init__(self, replicas: list[KeysvcProcess], keyset: str, issuer: str, cache_seconds: float,
-                 algorithms: list[str]) -> None:
+    def __init__(
+        self, replicas: list[KeysvcProcess], keyset: str, issuer: str, cache_seconds: float, algorithms: list[str]
+    ) -> None:
         self.clients = [
             jwt.PyJWKClient(f"{r.public}/keysets/{keyset}/jwks.json", cache_jwk_set=True, lifespan=cache_seconds)
             for r in replicas
@@ -57,12 +58,28 @@ class CachingVerifier:
         client = random.choice(self.clients)
         with self.lock:
             key = client.get_signing_key_from_jwt(token)
-        jwt.decode(token, key.key, algorithms=self.algorithms, audience="connect.zapier.com", issuer=self.issuer,
-                   leeway=0.2, options={"require": ["exp", "iat", "iss", "aud"]})
+        jwt.decode(
+            token,
+            key.key,
+            algorithms=self.algorithms,
+            audience="connect.zapier.com",
+            issuer=self.issuer,
+            leeway=0.2,
+            options={"require": ["exp", "iat", "iss", "aud"]},
+        )
 
 
-def run_rotation(replicas: list[KeysvcProcess], *, keyset: str, issuer: str, duration: float, ttl: int,
-                 verifier_cache: float, algorithms: list[str], signers: int = 3) -> RunReport:
+def run_rotation(
+    replicas: list[KeysvcProcess],
+    *,
+    keyset: str,
+    issuer: str,
+    duration: float,
+    ttl: int,
+    verifier_cache: float,
+    algorithms: list[str],
+    signers: int = 3,
+) -> RunReport:
     """Sign continuously on random replicas for `duration` seconds while verifying every token."""
     report = RunReport()
     # ordered by when to verify, so a token due later never holds up one due sooner

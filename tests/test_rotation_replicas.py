@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -65,8 +66,15 @@ def test_three_replicas_ten_rotations_zero_verification_failures(tmp_path: Path)
     keys = tmp_path / "keys"
     replicas = start_replicas(tmp_path, fast_config(keys), 3)
     try:
-        report = run_rotation(replicas, keyset="zapier", issuer="https://issuer.example/zapier", duration=42,
-                              ttl=2, verifier_cache=1.0, algorithms=["ES256"])
+        report = run_rotation(
+            replicas,
+            keyset="zapier",
+            issuer="https://issuer.example/zapier",
+            duration=42,
+            ttl=2,
+            verifier_cache=1.0,
+            algorithms=["ES256"],
+        )
     finally:
         for r in replicas:
             r.stop()
@@ -80,7 +88,7 @@ def test_three_replicas_ten_rotations_zero_verification_failures(tmp_path: Path)
     assert len(kids_used) >= 10, f"only {len(kids_used)} signing keys seen"
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     assert len({r["kid"] for r in records}) == len(records)
-    gaps = [round(b - a, 3) for a, b in zip(activations[1:], activations[2:], strict=False)]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(activations[1:])]
     assert gaps == [4.0] * len(gaps), gaps  # one key per slot: no slot was filled twice
     spreads = report.etag_spreads(3)
     assert len(spreads) >= 10
@@ -96,8 +104,9 @@ def test_three_replicas_ten_rotations_zero_verification_failures(tmp_path: Path)
 
 
 def _admin(proc: KeysvcProcess, method: str, path: str, body: Any = None) -> httpx.Response:
-    return httpx.request(method, proc.internal + path, json=body,
-                         headers={"Authorization": f"Bearer {api_key('admin')}"}, timeout=10)
+    return httpx.request(
+        method, proc.internal + path, json=body, headers={"Authorization": f"Bearer {api_key('admin')}"}, timeout=10
+    )
 
 
 def _published(proc: KeysvcProcess) -> list[str]:
@@ -117,8 +126,9 @@ def wait_until(predicate: Any, timeout: float, what: str) -> float:
 def slow_config(keys: Path) -> dict[str, Any]:
     """Rotation far away (so only emergency operations change keys), fast refresh."""
     config = base_config(keys, fast=True)
-    config["keysets"]["zapier"].update({"rotation_period": "1h", "publish_ahead": "3s", "retain_after": "3s",
-                                        "max_token_ttl": "2s"})
+    config["keysets"]["zapier"].update(
+        {"rotation_period": "1h", "publish_ahead": "3s", "retain_after": "3s", "max_token_ttl": "2s"}
+    )
     return config
 
 
@@ -186,7 +196,10 @@ def test_emergency_rotate_and_revoke_through_cli(tmp_path: Path) -> None:
         assert revoked.returncode == 0, revoked.stderr
         wait_until(lambda: pending not in _published(replica), REFRESH + 1.5, "replica drops revoked key")
         assert replica.sign().json()["kid"] not in (pending, active)
-        states = {k["kid"]: k["state"] for k in json.loads(run_cli("keys", "list", "--json", config=config_path).stdout)["keys"]}
+        states = {
+            k["kid"]: k["state"]
+            for k in json.loads(run_cli("keys", "list", "--json", config=config_path).stdout)["keys"]
+        }
         assert states[pending] == "revoked" and states[active] == "retiring"
         assert sorted(states.values()).count("active") == 1
         table = run_cli("keys", "list", config=config_path).stdout
@@ -223,21 +236,29 @@ def test_alg_change_takes_effect_with_next_key_and_import(tmp_path: Path) -> Non
         assert replica.sign().json()["alg"] == "ES256"
         key = ec.generate_private_key(ec.SECP256R1())
         wrong = tmp_path / "wrong.pem"
-        wrong.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+        wrong.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         refused = run_cli("keys", "import", "zapier", "--pem", str(wrong), config=path)
         assert refused.returncode == 2 and "RS256" in refused.stderr
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = tmp_path / "partner.pem"
-        pem.write_bytes(rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                              serialization.NoEncryption()))
+        pem.write_bytes(
+            rsa_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        )
         imported = run_cli("keys", "import", "zapier", "--pem", str(pem), config=path)
         assert imported.returncode == 0, imported.stderr
         kid = json.loads(imported.stdout)["kid"]
         wait_until(lambda: kid in _published(replica), REFRESH + 1.5, "imported key published")
-        states = {k["kid"]: k["state"] for k in json.loads(run_cli("keys", "list", "--json", config=path).stdout)["keys"]}
+        states = {
+            k["kid"]: k["state"] for k in json.loads(run_cli("keys", "list", "--json", config=path).stdout)["keys"]
+        }
         assert states[kid] == "pending"
         assert list(states.values()).count("pending") == 1
         assert first[0]["kid"] in states
@@ -263,8 +284,12 @@ def test_simultaneous_reconcile_creates_exactly_one_key(tmp_path: Path, n: int) 
         "print(r.created, r.lost_races)\n"
     )
     start_at = time.time() + 2.0
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(config_path), str(start_at)], stdout=subprocess.PIPE,
-                              text=True) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(config_path), str(start_at)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
     outputs = [p.communicate(30)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(int(o[0]) for o in outputs) == 2

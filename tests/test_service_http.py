@@ -44,8 +44,12 @@ def test_tokens_verify_with_pyjwt_from_jwks_url(every_alg: KeysvcProcess, keyset
     client = jwt.PyJWKClient(f"{every_alg.public}/keysets/{keyset}/jwks.json", cache_keys=False)
     signing_key = client.get_signing_key_from_jwt(body["token"])
     claims = jwt.decode(
-        body["token"], signing_key.key, algorithms=[ALL_ALGS[keyset]], audience="connect.zapier.com",
-        issuer=f"https://issuer.example/{keyset}", options={"require": ["exp", "iat", "nbf", "iss", "aud", "jti"]},
+        body["token"],
+        signing_key.key,
+        algorithms=[ALL_ALGS[keyset]],
+        audience="connect.zapier.com",
+        issuer=f"https://issuer.example/{keyset}",
+        options={"require": ["exp", "iat", "nbf", "iss", "aud", "jti"]},
     )
     header = jwt.get_unverified_header(body["token"])
     assert header == {"alg": ALL_ALGS[keyset], "kid": body["kid"], "typ": "JWT"}
@@ -92,9 +96,17 @@ def test_health_and_readiness(every_alg: KeysvcProcess) -> None:
     assert httpx.get(every_alg.public + "/readyz").status_code == 200
 
 
-def _post(proc: KeysvcProcess, path: str = "/v1/sign", *, key: str | None = "signer", content: bytes | None = None,
-          body: Any = None, content_type: str | None = "application/json", method: str = "POST",
-          headers: dict[str, str] | None = None) -> httpx.Response:
+def _post(
+    proc: KeysvcProcess,
+    path: str = "/v1/sign",
+    *,
+    key: str | None = "signer",
+    content: bytes | None = None,
+    body: Any = None,
+    content_type: str | None = "application/json",
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     h = dict(headers or {})
     if key is not None:
         h["Authorization"] = f"Bearer {api_key(key)}"
@@ -110,35 +122,65 @@ KS = {"keyset": "es256"}
 ERROR_CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("no credentials", {"key": None, "body": GOOD}, 401, "invalid_client"),
     ("wrong key", {"key": "nobody", "body": GOOD}, 401, "invalid_client"),
-    ("basic auth", {"key": None, "body": GOOD, "headers": {"Authorization": "Basic Zm9vOmJhcg=="}}, 401, "invalid_client"),
+    (
+        "basic auth",
+        {"key": None, "body": GOOD, "headers": {"Authorization": "Basic Zm9vOmJhcg=="}},
+        401,
+        "invalid_client",
+    ),
     ("bad json", {"content": b'{"claims": '}, 400, "invalid_request"),
     ("invalid utf-8", {"content": b'{"claims": {"sub": "\xff"}}'}, 400, "invalid_request"),
     ("duplicate keys", {"content": b'{"claims": {"aud": "connect.zapier.com", "aud": "x"}}'}, 400, "invalid_request"),
     ("NaN", {"content": b'{"claims": {"aud": "connect.zapier.com", "n": NaN}}'}, 400, "invalid_request"),
     ("deep nesting", {"content": b'{"claims": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"}, 413, "payload_too_large"),
-    ("deep nesting under limit", {"content": b'{"claims": {"x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}}"}, 400,
-     "invalid_request"),
-    ("huge number", {"content": b'{"keyset": "es256", "ttl": ' + b"9" * 5000 + b', "claims": {"aud": "x"}}'}, 400,
-     "invalid_request"),
+    (
+        "deep nesting under limit",
+        {"content": b'{"claims": {"x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}}"},
+        400,
+        "invalid_request",
+    ),
+    (
+        "huge number",
+        {"content": b'{"keyset": "es256", "ttl": ' + b"9" * 5000 + b', "claims": {"aud": "x"}}'},
+        400,
+        "invalid_request",
+    ),
     ("not an object", {"body": [1, 2]}, 400, "invalid_request"),
     ("claims not object", {"body": {**KS, "claims": "x"}}, 400, "invalid_request"),
     ("unknown field", {"body": {**GOOD, "kid": "x"}}, 400, "invalid_request"),
     ("reserved iss", {"body": {**KS, "claims": {"aud": "connect.zapier.com", "iss": "evil"}}}, 400, "invalid_request"),
-    ("reserved exp", {"body": {**KS, "claims": {"aud": "connect.zapier.com", "exp": 9999999999}}}, 400, "invalid_request"),
+    (
+        "reserved exp",
+        {"body": {**KS, "claims": {"aud": "connect.zapier.com", "exp": 9999999999}}},
+        400,
+        "invalid_request",
+    ),
     ("missing aud", {"body": {**KS, "claims": {"sub": "u"}}}, 400, "invalid_request"),
     ("aud not allowed", {"body": {**KS, "claims": {"aud": "evil.example"}}}, 403, "forbidden"),
     ("aud list with one bad", {"body": {**KS, "claims": {"aud": ["connect.zapier.com", "evil"]}}}, 403, "forbidden"),
-    ("keyset not allowed", {"key": "other", "body": {"keyset": "es384", "claims": {"aud": "other.example"}}}, 403,
-     "forbidden"),
+    (
+        "keyset not allowed",
+        {"key": "other", "body": {"keyset": "es384", "claims": {"aud": "other.example"}}},
+        403,
+        "forbidden",
+    ),
     ("unknown keyset", {"body": {**GOOD, "keyset": "nope"}}, 403, "forbidden"),
     ("ttl bool", {"body": {**GOOD, "ttl": True}}, 400, "invalid_request"),
     ("ttl negative", {"body": {**GOOD, "ttl": -5}}, 400, "invalid_request"),
     ("keyset needed", {"body": {"claims": GOOD["claims"]}}, 400, "invalid_request"),
-    ("wrong content type", {"content": json.dumps(GOOD).encode(), "content_type": "text/plain"}, 415,
-     "unsupported_media_type"),
+    (
+        "wrong content type",
+        {"content": json.dumps(GOOD).encode(), "content_type": "text/plain"},
+        415,
+        "unsupported_media_type",
+    ),
     ("no content type", {"content": json.dumps(GOOD).encode(), "content_type": None}, 415, "unsupported_media_type"),
-    ("too large", {"content": b'{"claims": {"aud": "connect.zapier.com", "x": "' + b"a" * 70_000 + b'"}}'}, 413,
-     "payload_too_large"),
+    (
+        "too large",
+        {"content": b'{"claims": {"aud": "connect.zapier.com", "x": "' + b"a" * 70_000 + b'"}}'},
+        413,
+        "payload_too_large",
+    ),
     ("wrong method", {"method": "GET", "body": None}, 405, "method_not_allowed"),
     ("unknown path", {"body": GOOD, "path": "/v1/nope"}, 404, "not_found"),
     ("admin route as non-admin", {"method": "GET", "path": "/v1/keys", "body": None}, 403, "forbidden"),
@@ -178,8 +220,11 @@ def test_public_listener_errors(every_alg: KeysvcProcess) -> None:
         response = httpx.get(every_alg.public + path)
         assert (response.status_code, response.json()["error"]) == (status, "not_found")
     response = httpx.post(every_alg.public + "/.well-known/jwks.json", content=b"{}")
-    assert (response.status_code, response.json()["error"], response.headers["allow"]) == (405, "method_not_allowed",
-                                                                                        "GET, HEAD")
+    assert (response.status_code, response.json()["error"], response.headers["allow"]) == (
+        405,
+        "method_not_allowed",
+        "GET, HEAD",
+    )
 
 
 def test_restart_keeps_kids_and_second_process_serves_same_jwks(keysvc: Start, tmp_path: Path) -> None:

@@ -48,9 +48,14 @@ class Signer(Protocol):
     (KMS) and must run in the backend's thread pool.
     """
 
-    kid: str
-    alg: str
-    in_process: bool
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def alg(self) -> str: ...
+
+    @property
+    def in_process(self) -> bool: ...
 
     def sign(self, signing_input: bytes) -> bytes: ...
 

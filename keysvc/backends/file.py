@@ -172,7 +172,9 @@ class FileBackend:
         except TypeError:
             raise StoreCorrupt(f"private key of {record.kid}: passphrase required or not expected") from None
         except ValueError:
-            raise StoreCorrupt(f"private key of {record.kid} cannot be decrypted (wrong passphrase?) or is corrupt") from None
+            raise StoreCorrupt(
+                f"private key of {record.kid} cannot be decrypted (wrong passphrase?) or is corrupt"
+            ) from None
         try:
             checked = keys.check_key_fits(key, record.alg)
         except ConfigError:
