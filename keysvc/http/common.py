@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any
@@ -38,6 +39,13 @@ def _no_constants(name: str) -> Any:
     raise InvalidRequest(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # 1e999 parses to inf, which would be signed as `Infinity`
+        raise InvalidRequest(f"number {text[:32]} is out of range")
+    return value
+
+
 def parse_json(raw: bytes) -> Any:
     """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, bounded nesting and number size."""
     try:
@@ -45,11 +53,18 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not valid UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                           parse_float=_finite_float)
+        # An escaped lone surrogate (\ud800) parses to a str that cannot be encoded as UTF-8 again when
+        # the claims are signed: refuse it here as a 400 rather than fail later as a 500.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("the JSON body holds an unpaired surrogate escape") from None
     except RecursionError:
         raise InvalidRequest("the JSON body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and ints over Python's digit limit
         raise InvalidRequest(f"malformed JSON: {str(exc)[:120]}") from None
+    return value
 
 
 def check_content_type(value: str | None) -> None:
@@ -66,7 +81,7 @@ def check_length(value: str | None) -> None:
     """Refuse a declared body over the limit before reading it."""
     if value is None:
         return
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # str.isdigit() alone accepts "²", which int() refuses
         raise InvalidRequest("invalid Content-Length")
-    if int(value) > MAX_BODY:
+    if len(value.lstrip("0")) > 9 or int(value) > MAX_BODY:  # int() refuses over 4300 digits
         raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
