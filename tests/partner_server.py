@@ -122,9 +122,7 @@ class PartnerServer:
         if failure is not None:
             return failure
         if not self._client_ok(request, form):
-            return oauth_error(
-                401, "invalid_client", "client authentication failed", **{"WWW-Authenticate": "Basic"}
-            )
+            return oauth_error(401, "invalid_client", "client authentication failed", **{"WWW-Authenticate": "Basic"})
         if form.get("grant_type") != GRANT_TYPE:
             return oauth_error(400, "unsupported_grant_type")
         try:
@@ -136,9 +134,7 @@ class PartnerServer:
             return oauth_error(400, "invalid_scope", f"unknown scope in {scope!r}")
         requested = form.get("requested_token_type")
         if requested == ACCESS_TOKEN:
-            return self._issue(
-                "at", Grant(grant.sub, grant.tenant, scope), ACCESS_TOKEN, st.access_expires_in
-            )
+            return self._issue("at", Grant(grant.sub, grant.tenant, scope), ACCESS_TOKEN, st.access_expires_in)
         if requested == CONNECT_TOKEN:
             resource = form.get("resource", "")
             if not resource.startswith(st.connect_prefix) or len(resource) == len(st.connect_prefix):

@@ -55,9 +55,7 @@ class RecordingSleep:
 def exchanger(world: World, signer: TokenSigner | None = None, **overrides: Any) -> TokenExchanger:
     sleep = overrides.pop("sleep", asyncio.sleep)
     clock = overrides.pop("clock", time.monotonic)
-    return TokenExchanger(
-        world.settings(**overrides), signer or world.signers["ES256"], sleep=sleep, clock=clock
-    )
+    return TokenExchanger(world.settings(**overrides), signer or world.signers["ES256"], sleep=sleep, clock=clock)
 
 
 async def access(world: World, *args: str, **overrides: Any) -> ExchangeResult:
@@ -302,9 +300,7 @@ def test_slow_partner_times_out_as_503(world: World) -> None:
 
 def test_unreachable_partner_is_503(world: World) -> None:
     """Nothing listens at the token URL: connection refused becomes 503 unavailable with Retry-After."""
-    error = failure(
-        access(world, "u-1", "t-9", token_url="http://127.0.0.1:9/oauth/token", total_timeout=0.5)
-    )
+    error = failure(access(world, "u-1", "t-9", token_url="http://127.0.0.1:9/oauth/token", total_timeout=0.5))
 
     assert (Unavailable, 1) == (type(error), error.retry_after)
 

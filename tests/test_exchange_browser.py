@@ -12,9 +12,7 @@ from keysvc.exchange.browser import CallbackResult, connect_url, parse_callback
 
 def test_connect_url_with_every_parameter() -> None:
     """token, redirect_uri, state and reconnect_id are all query parameters, correctly encoded."""
-    url = connect_url(
-        "SlackAPI", "ct-1+/=", redirect_uri="https://app.example/cb?x=1", state="s&t", reconnect_id="42"
-    )
+    url = connect_url("SlackAPI", "ct-1+/=", redirect_uri="https://app.example/cb?x=1", state="s&t", reconnect_id="42")
 
     parts = urlsplit(url)
     assert (parts.scheme, parts.netloc, parts.path) == ("https", "connect.zapier.com", "/to/SlackAPI")
@@ -29,10 +27,7 @@ def test_connect_url_with_every_parameter() -> None:
 def test_connect_url_minimal_and_custom_template() -> None:
     """Only the token when nothing else is given; a template with its own query gets '&'."""
     assert connect_url("SlackAPI", "t") == "https://connect.zapier.com/to/SlackAPI?token=t"
-    assert (
-        connect_url("X", "t", template="https://c.example/go?app={app}")
-        == "https://c.example/go?app=X&token=t"
-    )
+    assert connect_url("X", "t", template="https://c.example/go?app={app}") == "https://c.example/go?app=X&token=t"
 
 
 @pytest.mark.parametrize("app", ["", "../admin", "Slack API", "a/b", "é", "SlackAPI\n"])

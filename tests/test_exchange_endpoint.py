@@ -26,9 +26,7 @@ class RefusingSigner:
 
 def call(body: Any, allowed: frozenset[str] | None = None) -> RequestError:
     async def go() -> dict[str, Any]:
-        settings = TokenExchangeSettings(
-            client_id="c", client_secret=Secret("s"), token_url="http://127.0.0.1:9/"
-        )
+        settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), token_url="http://127.0.0.1:9/")
         async with TokenExchanger(settings, RefusingSigner()) as exchanger:
             return await exchange_request(exchanger, "billing-api", allowed, body)
 
@@ -80,9 +78,7 @@ def test_invalid_bodies(body: Any, words: str) -> None:
         ("zap:write", None),  # no exchange_scopes: the configured scope is the ceiling
     ],
 )
-def test_scopes_beyond_the_client_are_forbidden(
-    requested: str | None, allowed: frozenset[str] | None
-) -> None:
+def test_scopes_beyond_the_client_are_forbidden(requested: str | None, allowed: frozenset[str] | None) -> None:
     """A scope the client may not request is 403 forbidden; an empty allowance allows nothing."""
     error = call(OK | ({} if requested is None else {"scope": requested}), allowed)
 
@@ -105,8 +101,6 @@ def test_allowed_scope(requested: str | None, allowed: frozenset[str] | None, ex
 
 def test_parse_body_connect() -> None:
     """A valid connect body is read as given (scope normalised)."""
-    body = parse_body(
-        {"user_id": "u-1", "tenant_id": "t-9", "token": "connect", "app": "SlackAPI", "scope": "b a"}
-    )
+    body = parse_body({"user_id": "u-1", "tenant_id": "t-9", "token": "connect", "app": "SlackAPI", "scope": "b a"})
 
     assert (body.token, body.app, body.scope) == ("connect", "SlackAPI", "a b")

@@ -57,9 +57,7 @@ def test_retry_after_passes_through_and_defaults() -> None:
 def test_partner_text_cannot_smuggle_a_token() -> None:
     """A partner description quoting a JWT, or with control characters, is cleaned before reuse."""
     jwt_like = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1LTEifQ.c2lnbmF0dXJlc2lnbmF0dXJl"
-    error = partner_error(
-        answer(400, {"error": "invalid_grant", "error_description": f"bad {jwt_like}\r\nx"})
-    )
+    error = partner_error(answer(400, {"error": "invalid_grant", "error_description": f"bad {jwt_like}\r\nx"}))
 
     assert jwt_like not in error.description
     assert "\n" not in error.description

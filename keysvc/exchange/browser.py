@@ -72,9 +72,7 @@ def parse_callback(query: Mapping[str, str], expected_state: str) -> CallbackRes
     authentication_id, error = query.get("authentication_id"), query.get("error")
     if error:
         code = oauth_code(error) or "invalid_response"
-        return CallbackResult(
-            error=code, error_description=oauth_text(query.get("error_description")) or None
-        )
+        return CallbackResult(error=code, error_description=oauth_text(query.get("error_description")) or None)
     if not authentication_id:
         raise InvalidRequest("the callback carries neither authentication_id nor error")
     return CallbackResult(authentication_id=authentication_id)

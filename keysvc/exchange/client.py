@@ -96,9 +96,7 @@ class TokenExchanger:
         expires_in = None if expires_at is None else max(0, round(expires_at - self._clock()))
         return ExchangeResult(response.access_token, response.issued_token_type, expires_in)
 
-    async def connect_token(
-        self, user_id: str, tenant_id: str, app: str, scope: str | None = None
-    ) -> ExchangeResult:
+    async def connect_token(self, user_id: str, tenant_id: str, app: str, scope: str | None = None) -> ExchangeResult:
         """A fresh single-use connect token for `app`, with the Connect URL that carries it."""
         s = self.settings
         scope = normalise_scope(scope or s.scope)
@@ -128,9 +126,7 @@ class TokenExchanger:
     def _key(self, user_id: str, tenant_id: str, scope: str | None) -> CacheKey:
         return (user_id, tenant_id, normalise_scope(scope or self.settings.scope), self.settings.audience)
 
-    async def _access(
-        self, user_id: str, tenant_id: str, scope: str | None
-    ) -> tuple[TokenResponse, float | None]:
+    async def _access(self, user_id: str, tenant_id: str, scope: str | None) -> tuple[TokenResponse, float | None]:
         key = self._key(user_id, tenant_id, scope)
 
         async def fetch() -> tuple[tuple[TokenResponse, float | None], float | None]:
@@ -146,9 +142,7 @@ class TokenExchanger:
 
         return await self._cache.get(key, fetch)
 
-    async def _connect_from_access(
-        self, user_id: str, tenant_id: str, scope: str, resource: str
-    ) -> TokenResponse:
+    async def _connect_from_access(self, user_id: str, tenant_id: str, scope: str, resource: str) -> TokenResponse:
         for attempt in (1, 2):
             access, _ = await self._access(user_id, tenant_id, scope)
             form = {

@@ -118,18 +118,14 @@ class PartnerClient:
             await self._sleep(delay)
         raise AssertionError("unreachable: max_attempts >= 1")
 
-    async def _attempt(
-        self, form: dict[str, str], requested_type: str, deadline: float
-    ) -> TokenResponse | _Failure:
+    async def _attempt(self, form: dict[str, str], requested_type: str, deadline: float) -> TokenResponse | _Failure:
         """One request: the answer, or why it failed and whether trying again may help."""
         remaining = deadline - self._clock()
         try:
             async with asyncio.timeout(remaining):
                 response = await self._post(form, remaining)
         except (httpx.TimeoutException, TimeoutError):
-            return _Failure(
-                Unavailable("the partner's token endpoint timed out", retry_after=1), True, "timeout"
-            )
+            return _Failure(Unavailable("the partner's token endpoint timed out", retry_after=1), True, "timeout")
         except httpx.TransportError as exc:
             kind = type(exc).__name__
             unreachable = Unavailable(f"the partner's token endpoint is unreachable ({kind})", retry_after=1)

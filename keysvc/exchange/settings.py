@@ -149,9 +149,7 @@ def _numbers(raw: Mapping[str, Any]) -> dict[str, Any]:
 def _secret(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Secret:
     has_file, has_env = "client_secret_file" in raw, "client_secret_env" in raw
     if has_file == has_env:
-        raise ConfigError(
-            _f("client_secret_file"), "set exactly one of client_secret_file, client_secret_env"
-        )
+        raise ConfigError(_f("client_secret_file"), "set exactly one of client_secret_file, client_secret_env")
     if has_file:
         path = _string(raw, "client_secret_file")
         try:
@@ -190,9 +188,7 @@ def _check_url(url: str, name: str) -> None:
 def _check_connect_url(template: str) -> None:
     rest = template.replace("{app}", "", 1)
     if "{app}" not in template or "{" in rest or "}" in rest:
-        raise ConfigError(
-            _f("connect_url"), "must contain the placeholder {app} exactly once, no other braces"
-        )
+        raise ConfigError(_f("connect_url"), "must contain the placeholder {app} exactly once, no other braces")
     _check_url(template.replace("{app}", "app"), "connect_url")
 
 

@@ -71,9 +71,7 @@ class RemoteSigner:
         try:
             response = await self._client.post(self._url, json=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise Unavailable(
-                f"keysvc {self._url} unreachable ({type(exc).__name__})", retry_after=1
-            ) from None
+            raise Unavailable(f"keysvc {self._url} unreachable ({type(exc).__name__})", retry_after=1) from None
         if response.status_code == 200:
             return _signed_token(response)
         raise _sign_error(response)
@@ -115,9 +113,7 @@ def _sign_error(response: httpx.Response) -> RequestError:
     status = response.status_code
     text = oauth_text(body.get("error_description")) or f"HTTP {status}"
     if status == 401:
-        return UpstreamError(
-            "keysvc rejected this service's API key (invalid_client); check its configuration"
-        )
+        return UpstreamError("keysvc rejected this service's API key (invalid_client); check its configuration")
     error_class = _SIGN_ERRORS.get(status)
     if error_class is None:
         return UpstreamError(f"keysvc /v1/sign failed: {text}")
