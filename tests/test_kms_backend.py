@@ -26,8 +26,6 @@ from keysvc.backends.kms import TAG, KmsBackend, kms_algorithm
 from keysvc.errors import BackendUnavailable, ConfigError, StoreCorrupt
 from tests.kms_server import REGION, MotoServer, aws_env
 
-pytest_plugins = ["tests.kms_server"]
-
 ALL_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 NOW = 1_764_000_000.0
 
