@@ -256,7 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audience", action="append", help="audience the client may sign for (repeatable)")
     p.add_argument("--admin", action="store_true", help="may rotate, revoke and list keys")
     p.set_defaults(fn=cmd_client_new)
+    from keysvc.exchange.cli import add_exchange_parser
+
+    with_config(add_exchange_parser(sub)).set_defaults(fn=cmd_exchange)
     return parser
+
+
+def cmd_exchange(args: argparse.Namespace) -> int:
+    from keysvc.exchange.wiring import exchange_command
+
+    return exchange_command(args, _settings(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

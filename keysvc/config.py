@@ -456,6 +456,12 @@ def parse_settings(raw: object) -> Settings:
         from keysvc.exchange.settings import parse_token_exchange  # optional module, loaded when used
 
         exchange = parse_token_exchange(top.get("token_exchange"), {k: v.alg for k, v in keysets.items()})
+        if exchange.jwt_ttl > keysets[exchange.keyset].max_token_ttl:
+            raise ConfigError(
+                "token_exchange.jwt_ttl",
+                f"{exchange.jwt_ttl:g}s exceeds keysets.{exchange.keyset}.max_token_ttl "
+                f"({keysets[exchange.keyset].max_token_ttl:g}s)",
+            )
     canary = None
     if top.get("canary") is not None:
         csec = top.section("canary")

@@ -8,19 +8,20 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from starlette.routing import Route
 
 from keysvc import __version__
 from keysvc.backends.registry import open_backend
 from keysvc.clock import Clock, SystemClock
 from keysvc.config import Settings
-from keysvc.http.internal import build_internal_app
+from keysvc.http.internal import InternalApi, build_internal_app
 from keysvc.http.public import PublicApp
 from keysvc.keyring import Keyring
 from keysvc.logs import LOG
@@ -39,6 +40,7 @@ class Service:
     public_app: Any
     internal_app: Any
     scheduler: AsyncIOScheduler | None = None
+    canary: Any = None  # keysvc.canary.Canary.run when `canary` is configured
 
     async def start(self) -> None:
         """Load keys (creating the first ones if needed) and start the schedule."""
@@ -48,6 +50,12 @@ class Service:
             self._tick, "interval", seconds=self.settings.backend.refresh_interval, id="refresh",
             max_instances=1, coalesce=True, misfire_grace_time=None,
         )
+        if self.canary is not None and self.settings.canary is not None:
+            # first run one interval after start: the listeners are not serving yet at this point
+            scheduler.add_job(
+                self.canary, "interval", seconds=self.settings.canary.interval, id="canary",
+                max_instances=1, coalesce=True, misfire_grace_time=None,
+            )
         scheduler.start()
         self.scheduler = scheduler
         self._schedule_next_change()
@@ -87,28 +95,36 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     metrics = Metrics()
     metrics.build_info.info({"version": __version__, "backend": settings.backend.type})
     metrics.watch(keyring)
+    metrics.prime(settings.keysets)
     keyring.on_reconcile.append(_count_reconcile(metrics))
-    extra_routes = []
+    keyring.on_backend_op.append(metrics.backend_op)
+    extra_routes = None
     if settings.token_exchange is not None:
         from keysvc.exchange.wiring import exchange_routes
 
-        extra_routes = exchange_routes(settings, keyring, metrics)
+        def extra_routes(api: InternalApi) -> list[Route]:
+            return exchange_routes(settings, keyring, metrics, api)
+
     internal_app, _ = build_internal_app(settings, keyring, metrics, extra_routes)
     public_app = PublicApp(keyring, metrics, access_log=settings.access_log)
     if settings.mirror is not None:
         from keysvc.mirror_hook import attach_mirror
 
         attach_mirror(settings, keyring)
-    return Service(settings, keyring, metrics, public_app, internal_app)
+    canary = None
+    if settings.canary is not None:
+        from keysvc.canary import attach
+
+        canary = attach(settings, keyring, metrics)
+    return Service(settings, keyring, metrics, public_app, internal_app, canary=canary)
 
 
 def _count_reconcile(metrics: Metrics) -> Any:
     def hook(keyset: str, report: Any, error: BaseException | None) -> None:
+        # backend operations and their outcome are counted by the keyring's on_backend_op hook
         if error is not None:
             metrics.reconcile_errors.labels(keyset).inc()
-            metrics.backend_ops.labels("reconcile", "error").inc()
             return
-        metrics.backend_ops.labels("reconcile", "ok").inc()
         for event, n in (("create", report.created), ("activate", report.activated), ("destroy", report.destroyed)):
             if n:
                 metrics.key_events.labels(keyset, event).inc(n)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -20,17 +19,15 @@ from starlette.routing import Route
 
 from keysvc.backends.registry import open_backend
 from keysvc.clock import SystemClock
-from keysvc.config import ClientSettings, KeysetSettings, Settings
-from keysvc.errors import ConfigError, Forbidden, PayloadTooLarge, RateLimited
+from keysvc.config import KeysetSettings, Settings
+from keysvc.errors import ConfigError, Forbidden
 from keysvc.exchange.cli import run_exchange_async
 from keysvc.exchange.client import TokenExchanger
 from keysvc.exchange.endpoint import exchange_request
 from keysvc.exchange.signer import SignedToken
-from keysvc.http.common import MAX_BODY, check_content_type, check_length, parse_json
-from keysvc.http.internal import Authenticator
+from keysvc.http.internal import InternalApi
 from keysvc.keyring import Keyring
 from keysvc.metrics import Metrics
-from keysvc.ratelimit import TokenBucket, retry_after
 
 
 class LocalSigner:
@@ -68,48 +65,23 @@ class PrometheusObserver:
         self._metrics.exchange_cache.labels(result).inc()
 
 
-def client_gate(settings: Settings, metrics: Metrics) -> Callable[[Request], ClientSettings]:
-    """Authenticate the API key and apply the client's `rate_limit` (its own bucket for this route)."""
-    auth = Authenticator(settings.clients)
-    buckets = {
-        c.name: TokenBucket(c.rate_limit.rate, c.rate_limit.burst) for c in settings.clients.values() if c.rate_limit
-    }
-
-    def gate(request: Request) -> ClientSettings:
-        client = auth.authenticate(request.headers.get("authorization"))
-        request.state.client = client.name
-        bucket = buckets.get(client.name)
-        if bucket is not None and (wait := bucket.take(time.monotonic())) > 0:
-            metrics.rate_limited.labels(client.name).inc()
-            raise RateLimited("too many requests for this client", retry_after=retry_after(wait))
-        return client
-
-    return gate
-
-
-def exchange_routes(
-    settings: Settings,
-    keyring: Keyring,
-    metrics: Metrics,
-    authenticate: Callable[[Request], ClientSettings] | None = None,
-) -> list[Route]:
+def exchange_routes(settings: Settings, keyring: Keyring, metrics: Metrics, api: InternalApi) -> list[Route]:
     """The internal listener's token-exchange route, for `settings.token_exchange`.
 
-    `authenticate` maps a request to its client or raises (InvalidClient, RateLimited); pass the internal
-    API's own to share its rate-limit buckets with /v1/sign.
+    Authentication, the client's rate limit (one budget shared with /v1/sign) and strict JSON body reading
+    are the internal API's own.
     """
     exchange = settings.token_exchange
     signer = LocalSigner(keyring, settings.keysets, exchange.keyset)
     exchanger = TokenExchanger(exchange, signer, observer=PrometheusObserver(metrics))
-    gate = authenticate or client_gate(settings, metrics)
 
     async def token_exchange(request: Request) -> Response:
         """POST /v1/token-exchange"""
-        client = gate(request)
+        client = api.client(request)
         if not client.token_exchange:
             raise Forbidden("this client may not call /v1/token-exchange (token_exchange is not set)")
         scopes = None if client.exchange_scopes is None else frozenset(client.exchange_scopes)
-        answer = await exchange_request(exchanger, client.name, scopes, await _json_body(request))
+        answer = await exchange_request(exchanger, client.name, scopes, await api.body(request))
         return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     return [Route("/v1/token-exchange", token_exchange, methods=["POST"])]
@@ -131,15 +103,3 @@ def exchange_command(args: argparse.Namespace, settings: Settings) -> int:
             keyring.close()
 
     return asyncio.run(run())
-
-
-async def _json_body(request: Request) -> Any:
-    check_content_type(request.headers.get("content-type"))
-    check_length(request.headers.get("content-length"))
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return parse_json(b"".join(chunks))

@@ -72,7 +72,6 @@ class InternalApi:
         self.buckets = {
             c.name: TokenBucket(c.rate_limit.rate, c.rate_limit.burst) for c in settings.clients.values() if c.rate_limit
         }
-        self.exchange: Any = None  # set by the app factory when token exchange is configured
 
     # ----------------------------------------------------------------------------------- helpers
 
@@ -129,6 +128,12 @@ class InternalApi:
         self.metrics.sign_latency.labels(checked.keyset).observe(time.perf_counter() - started)
         self.metrics.sign_requests.labels(client.name, checked.keyset, "ok").inc()
         self.metrics.tokens_signed.labels(checked.keyset, token.kid).inc()
+        # iat <= now, so exp <= now + max_token_ttl holds for every token minted by the rules; the keyset's
+        # retain_after (>= max_token_ttl + I + S) then keeps its key published until the token expires.
+        if token.expires_at > self.keyring.clock.now() + self.settings.keysets[checked.keyset].max_token_ttl:
+            self.metrics.token_exp_beyond_retention.labels(checked.keyset).inc()
+            LOG.error("token exp beyond the keyset's retention guarantee", extra={
+                "keyset": checked.keyset, "kid": token.kid, "jti": token.jti, "exp": token.expires_at})
         audit(
             "token.sign", client=client.name, keyset=checked.keyset, kid=token.kid, sub=_short(checked.claims.get("sub")),
             aud=checked.claims.get("aud"), jti=token.jti, exp=token.expires_at,
@@ -160,6 +165,7 @@ class InternalApi:
             lambda: operations.rotate(self.keyring.backend, ks, self.keyring.clock.now, f"client:{client.name}",
                                       force=body.get("force", False))
         )
+        self.metrics.key_events.labels(name, "rotate").inc()
         await self.keyring.refresh(name)
         return JSONResponse({"keyset": name, "active_kid": record.kid, "activated_at": record.activates_at})
 
@@ -172,6 +178,7 @@ class InternalApi:
         record = await self.keyring.run_blocking(
             lambda: operations.revoke(self.keyring.backend, keysets, kid, self.keyring.clock.now, f"client:{client.name}")
         )
+        self.metrics.key_events.labels(record.keyset, "revoke").inc()
         await self.keyring.refresh(record.keyset)
         return JSONResponse({"keyset": record.keyset, "kid": record.kid, "revoked_at": record.revoked_at})
 
@@ -267,8 +274,9 @@ def _route_label(scope: dict[str, Any]) -> str:
 
 
 def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
-                       extra_routes: list[Route] | None = None) -> tuple[Any, InternalApi]:
-    """The internal ASGI app and its handler object."""
+                       extra_routes: Callable[[InternalApi], list[Route]] | None = None) -> tuple[Any, InternalApi]:
+    """The internal ASGI app and its handler object; `extra_routes` adds routes built on the same API
+    object (authentication, rate limits, body parsing)."""
     api = InternalApi(settings, keyring, metrics)
     routes = [
         Route("/v1/sign", api.sign, methods=["POST"]),
@@ -277,7 +285,7 @@ def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
         Route("/v1/keys/{kid}/revoke", api.revoke, methods=["POST"]),
         Route("/metrics", api.metrics_endpoint, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
-        *(extra_routes or []),
+        *(extra_routes(api) if extra_routes is not None else []),
     ]
     app = Starlette(
         routes=routes,
