@@ -32,6 +32,12 @@ _RECORD = re.compile(r"^key-(\d{6,})\.json$")
 _PEM = re.compile(r"^key-(\d{6,})\.pem$")
 LOCK_TIMEOUT = 10.0
 
+# POSIX locks belong to the process, not to a file descriptor or an object: a second FileBackend on the
+# same directory in this process would be granted the lock too, and closing its descriptor would drop
+# ours. So the in-process half of the lock is shared by every FileBackend, keyed by directory.
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -116,8 +122,6 @@ class FileBackend:
         self.root = Path(path)
         self._passphrase = passphrase
         self.instance_id = instance_id
-        self._thread_locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FileBackend({str(self.root)!r}, encrypted={self._passphrase is not None})"
@@ -221,8 +225,8 @@ class FileBackend:
             raise BackendUnavailable(f"cannot write key files in {keyset}: {exc.strerror}") from None
         return record
 
-    def update(self, record: KeyRecord) -> None:
-        """Persist activates_at / revoked_at / destroyed_at of an existing record."""
+    def _stored(self, record: KeyRecord) -> KeyRecord:
+        """The record as stored in the slot of `record`, which must hold the same kid."""
         path = self._record_path(record.keyset, record.seq)
         try:
             current = _record_from_json(path.read_bytes(), path.name)
@@ -230,6 +234,12 @@ class FileBackend:
             raise BackendUnavailable(f"key record of {record.kid} unreadable: {exc.strerror}") from None
         if current.kid != record.kid:
             raise StoreCorrupt(f"slot {record.seq} of {record.keyset} holds {current.kid}, not {record.kid}")
+        return current
+
+    def update(self, record: KeyRecord) -> None:
+        """Persist activates_at / revoked_at / destroyed_at of an existing record."""
+        path = self._record_path(record.keyset, record.seq)
+        self._stored(record)
         try:
             write_atomic(path, _record_to_json(record))
         except OSError as exc:
@@ -243,15 +253,20 @@ class FileBackend:
             _fsync_dir(pem_path.parent)
         except OSError as exc:
             raise BackendUnavailable(f"cannot delete private key of {record.kid}: {exc.strerror}") from None
-        destroyed = record.replace(destroyed_at=record.destroyed_at or now)
+        # Mark the stored record, not the caller's copy: a stale copy (another replica's view) would
+        # otherwise move destroyed_at, or write back fields changed since, such as revoked_at.
+        current = self._stored(record)
+        if current.destroyed_at is not None:
+            return current
+        destroyed = current.replace(destroyed_at=now)
         self.update(destroyed)
         return destroyed
 
     @contextlib.contextmanager
     def exclusive(self, keyset: str) -> Iterator[None]:
         """Hold the keyset's lock: a thread lock in this process, a POSIX lock across processes/hosts."""
-        with self._guard:
-            thread_lock = self._thread_locks.setdefault(keyset, threading.Lock())
+        with _THREAD_LOCKS_GUARD:
+            thread_lock = _THREAD_LOCKS.setdefault(os.path.realpath(self.root / keyset), threading.Lock())
         if not thread_lock.acquire(timeout=LOCK_TIMEOUT):
             raise BackendUnavailable(f"timed out waiting for the lock of keyset {keyset}")
         try:
