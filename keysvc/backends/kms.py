@@ -205,7 +205,8 @@ class KmsBackend:
         stem = f"{self.alias_prefix}/{keyset}/" if keyset else f"{self.alias_prefix}/"
         slots: dict[int, str] = {}
         with kms_errors("ListAliases"):
-            for page in self._client.get_paginator("list_aliases").paginate():
+            pages = self._client.get_paginator("list_aliases").paginate(PaginationConfig={"PageSize": 100})
+            for page in pages:
                 for alias in page.get("Aliases", []):
                     name, target = alias.get("AliasName", ""), alias.get("TargetKeyId")
                     if not name.startswith(stem) or not target:
@@ -442,7 +443,7 @@ class KmsBackend:
         with kms_errors("ListKeys"):
             key_ids = [
                 k["KeyId"]
-                for page in self._client.get_paginator("list_keys").paginate()
+                for page in self._client.get_paginator("list_keys").paginate(PaginationConfig={"PageSize": 1000})
                 for k in page.get("Keys", [])
             ]
         for key_id in key_ids:
