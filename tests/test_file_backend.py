@@ -1,0 +1,514 @@
+"""keysvc.backends.file and keysvc.operations on a real temporary directory (no mocks).
+
+Times come from a FixedClock; several threads and several OS processes race on the same directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from keysvc import lifecycle, operations
+from keysvc.backends import keys
+from keysvc.backends.base import KeyRecord
+from keysvc.backends.file import FileBackend
+from keysvc.clock import FixedClock
+from keysvc.config import KeysetSettings
+from keysvc.errors import ConfigError, Conflict, NotFound, StoreCorrupt
+from keysvc.lifecycle import State
+from tests.helpers import ROOT
+
+NOW = 1_764_300_000.0
+DAY = 86400.0
+KS = KeysetSettings(name="zapier", issuer="https://issuer.example", alg="ES256", rotation_period=30 * DAY,
+                    publish_ahead=2 * DAY, retain_after=DAY, max_token_ttl=300.0)
+PASSPHRASE = b"correct horse battery staple 1e4a"
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    """The time, moved only by the test."""
+    return FixedClock(NOW)
+
+
+@pytest.fixture
+def backend(keys_dir: Path) -> FileBackend:
+    """An unencrypted file backend on a fresh directory."""
+    return FileBackend(keys_dir, instance_id="test")
+
+
+@pytest.fixture
+def umask_zero() -> Iterator[None]:
+    """Run with umask 0, so that modes observed are the ones the code asked for, not the umask's."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def names(directory: Path) -> set[str]:
+    """The file names in a directory (including hidden ones)."""
+    return set(os.listdir(directory))
+
+
+def states(backend: FileBackend, now: float, ks: KeysetSettings = KS) -> dict[int, State]:
+    """seq -> state of every key of a keyset at `now`."""
+    status = lifecycle.evaluate(backend.load(ks.name), now, operations.policy_of(ks))
+    return {k.record.seq: k.state for k in status.keys}
+
+
+def signs_verifiably(backend: FileBackend, record: KeyRecord) -> bool:
+    """The record's private key signs what its published public JWK verifies (checked by PyJWT)."""
+    signature = backend.signer(record).sign(b"header.payload")
+    public = jwt.PyJWK(dict(record.public_jwk), algorithm=record.alg)
+    return bool(public.Algorithm.verify(b"header.payload", public.key, signature))
+
+
+# ------------------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "ES512"])
+def test_create_then_load_round_trip(backend: FileBackend, alg: str) -> None:
+    """A created record loads back equal (public JWK included), its kid is the thumbprint of the stored
+    private key, and that key signs what the public JWK verifies."""
+    record = backend.create("ks", 1, alg, activates_at=NOW + 5, now=NOW)
+    assert record is not None
+    (loaded,) = backend.load("ks")
+    assert record == loaded
+    assert dict(record.public_jwk) == dict(loaded.public_jwk)
+    assert ("ks", 1, alg, NOW, NOW + 5, None, None, "test") == (
+        loaded.keyset, loaded.seq, loaded.alg, loaded.created_at, loaded.activates_at, loaded.revoked_at,
+        loaded.destroyed_at, loaded.created_by)
+    signer = backend.signer(loaded)
+    assert (loaded.kid, alg) == (signer.kid, signer.alg)
+    assert signs_verifiably(backend, loaded)
+
+
+def test_load_of_an_unknown_keyset_is_empty(backend: FileBackend) -> None:
+    """No directory yet: no keys (and nothing created on a read)."""
+    assert backend.load("nothing-here") == []
+    assert not (backend.root / "nothing-here").exists()
+
+
+def test_update_persists_mutable_fields(backend: FileBackend) -> None:
+    """activates_at, revoked_at and destroyed_at written by update() are what load() returns."""
+    record = backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
+    assert record is not None
+    changed = record.replace(activates_at=NOW + 1, revoked_at=NOW + 2)
+    backend.update(changed)
+    assert [changed] == backend.load("ks")
+
+
+def test_files_are_0600_and_directories_0700(backend: FileBackend, umask_zero: None) -> None:
+    """Even with umask 0, the key directory is 0700 and every file in it (records, private keys, the
+    lock) is 0600."""
+    backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
+    with backend.exclusive("ks"):
+        pass
+    directory = backend.root / "ks"
+    assert {"key-000001.json", "key-000001.pem", ".lock"} == names(directory)
+    for path in (backend.root, directory):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for name in names(directory):
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+
+
+# ------------------------------------------------------------------------------------------ at rest
+
+
+def test_private_key_is_plain_pkcs8_without_passphrase(backend: FileBackend) -> None:
+    """Without a passphrase the PEM is unencrypted PKCS#8."""
+    backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
+    assert (backend.root / "ks" / "key-000001.pem").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_private_key_is_encrypted_with_a_passphrase(keys_dir: Path) -> None:
+    """With a passphrase the PEM says ENCRYPTED, loads with the right passphrase, and a wrong or missing
+    passphrase is StoreCorrupt with a clear message that never contains the passphrase."""
+    encrypted = FileBackend(keys_dir, PASSPHRASE)
+    record = encrypted.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
+    assert record is not None
+    pem = (keys_dir / "ks" / "key-000001.pem").read_bytes()
+    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert record.kid == keys.kid_of(serialization.load_pem_private_key(pem, PASSPHRASE))  # type: ignore[arg-type]
+    assert signs_verifiably(encrypted, record)
+    assert "correct horse" not in repr(encrypted)
+    for other, reason in ((FileBackend(keys_dir, b"wrong passphrase"), "wrong passphrase"),
+                          (FileBackend(keys_dir), "passphrase required")):
+        with pytest.raises(StoreCorrupt) as info:
+            other.signer(record)
+        assert reason in str(info.value)
+        assert record.kid in str(info.value)
+        assert PASSPHRASE.decode() not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------- CAS
+
+
+def test_create_of_a_taken_slot_returns_none_and_leaves_no_orphan(backend: FileBackend) -> None:
+    """The second create of slot 1 loses: None, the winner's files untouched, no extra file."""
+    first = backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
+    assert first is not None
+    directory = backend.root / "ks"
+    before = {n: (directory / n).read_bytes() for n in names(directory)}
+    assert backend.create("ks", 1, "ES256", activates_at=NOW + 9, now=NOW + 9) is None
+    assert before == {n: (directory / n).read_bytes() for n in names(directory)}
+    assert [first] == backend.load("ks")
+
+
+def test_create_refuses_a_key_already_in_the_keyset(backend: FileBackend) -> None:
+    """Importing the same private key into a second slot is refused (kids are unique in a keyset)."""
+    key = keys.generate("ES256")
+    pem = keys.to_pem(key, None)
+    assert backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW, pem=pem) is not None
+    with pytest.raises(ConfigError):
+        backend.create("ks", 2, "ES256", activates_at=NOW, now=NOW, pem=pem)
+    assert {"key-000001.json", "key-000001.pem"} == names(backend.root / "ks")
+
+
+def _check_bootstrapped(backend: FileBackend) -> None:
+    """Exactly seq 1 active at NOW and seq 2 pending, each with its own matching private key, and no
+    stray file."""
+    records = sorted(backend.load(KS.name), key=lambda r: r.seq)
+    assert [r.seq for r in records] == [1, 2]
+    assert states(backend, NOW) == {1: State.ACTIVE, 2: State.PENDING}
+    assert (NOW, NOW + KS.rotation_period) == (records[0].activates_at, records[1].activates_at)
+    assert len({r.kid for r in records}) == 2
+    for record in records:
+        assert signs_verifiably(backend, record)
+    assert {"key-000001.json", "key-000001.pem", "key-000002.json", "key-000002.pem", ".lock"} == names(
+        backend.root / KS.name)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one backend", "a backend per thread"])
+def test_threads_racing_reconcile_create_exactly_two_keys(keys_dir: Path, shared: bool) -> None:
+    """Eight threads reconcile an empty keyset at the same instant (a barrier releases them together):
+    exactly one active and one pending key exist afterwards, whether the threads share one backend
+    object or each has its own (as independent components of one process would)."""
+    n = 8
+    backends = [FileBackend(keys_dir, instance_id=f"t{i}") for i in range(1 if shared else n)]
+    barrier = threading.Barrier(n)
+    reports: list[operations.ReconcileReport] = []
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            reports.append(operations.reconcile(backends[i % len(backends)], KS, lambda: NOW, f"t{i}"))
+        except BaseException as exc:  # reported below with the failing thread's exception
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sum(r.created for r in reports) == 2
+    _check_bootstrapped(backends[0])
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from keysvc import operations
+from keysvc.backends.file import FileBackend
+from keysvc.config import KeysetSettings
+ks = KeysetSettings(name="zapier", issuer="https://issuer.example", alg="ES256", rotation_period=30 * 86400.0,
+                    publish_ahead=2 * 86400.0, retain_after=86400.0, max_token_ttl=300.0)
+backend = FileBackend(Path(sys.argv[1]), instance_id=sys.argv[3])
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+report = operations.reconcile(backend, ks, lambda: 1_764_300_000.0, sys.argv[3])
+print(report.created, report.lost_races)
+"""
+
+
+def test_processes_racing_reconcile_create_exactly_two_keys(keys_dir: Path) -> None:
+    """Four OS processes (the POSIX lock, not a thread lock, must serialise them) reconcile an empty
+    keyset at the same wall-clock instant: exactly two keys in all, seq 1 active and seq 2 pending."""
+    start = time.time() + 3.0
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACER, str(keys_dir), repr(start), f"p{i}"], cwd=str(ROOT),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    created = [int(out.split()[0]) for out, _ in outputs]
+    assert sum(created) == 2
+    assert time.time() > start
+    _check_bootstrapped(FileBackend(keys_dir))
+
+
+# ---------------------------------------------------------------------------------- repair, destroy
+
+
+def test_repair_removes_orphans_and_temp_files_only(backend: FileBackend) -> None:
+    """repair() deletes private keys with no record and temp files left by a crash, and nothing else:
+    records, their keys, the lock and unrelated files stay."""
+    backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
+    with backend.exclusive(KS.name):
+        pass
+    directory = backend.root / KS.name
+    (directory / "key-000002.pem").write_bytes(keys.to_pem(keys.generate("ES256"), None))
+    (directory / ".tmp-123-456-789").write_bytes(b"half a key")
+    (directory / "README").write_text("hands off")
+    (directory / "key-000003.json.bak").write_text("{}")
+    done = backend.repair(KS.name, NOW)
+    assert len(done) == 2
+    assert any("key-000002.pem" in d for d in done) and any(".tmp-123-456-789" in d for d in done)
+    assert {"key-000001.json", "key-000001.pem", ".lock", "README", "key-000003.json.bak"} == names(directory)
+    assert backend.repair(KS.name, NOW) == []
+
+
+def test_destroy_deletes_the_private_key_idempotently(backend: FileBackend) -> None:
+    """destroy() removes the PEM and records destroyed_at; calling it again (with the returned record or
+    with a stale copy, as another replica would) changes nothing."""
+    record = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
+    assert record is not None
+    destroyed = backend.destroy(record, NOW + 60)
+    assert destroyed.destroyed_at == NOW + 60
+    assert not (backend.root / KS.name / "key-000001.pem").exists()
+    assert [destroyed] == backend.load(KS.name)
+    assert destroyed == backend.destroy(destroyed, NOW + 99)
+    assert destroyed == backend.destroy(record, NOW + 120)
+    assert [destroyed] == backend.load(KS.name)
+    with pytest.raises(StoreCorrupt):
+        backend.signer(destroyed)
+
+
+def test_destroy_with_a_stale_record_keeps_the_revocation(backend: FileBackend) -> None:
+    """destroy() given a copy read before the key was revoked must not write the old revoked_at back:
+    a revoked key would otherwise return to the JWKS."""
+    stale = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
+    assert stale is not None
+    backend.update(stale.replace(revoked_at=NOW + 10))
+    destroyed = backend.destroy(stale, NOW + 20)
+    assert (destroyed.revoked_at, destroyed.destroyed_at) == (NOW + 10, NOW + 20)
+    assert [destroyed] == backend.load(KS.name)
+    with pytest.raises(StoreCorrupt):
+        backend.signer(destroyed)
+
+
+def test_a_pem_holding_another_key_is_store_corrupt(backend: FileBackend) -> None:
+    """A record whose PEM file holds another key (swapped files) never signs: StoreCorrupt."""
+    one = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
+    two = backend.create(KS.name, 2, "ES256", activates_at=NOW, now=NOW)
+    assert one is not None and two is not None
+    directory = backend.root / KS.name
+    (directory / "key-000001.pem").write_bytes((directory / "key-000002.pem").read_bytes())
+    with pytest.raises(StoreCorrupt, match="another key"):
+        backend.signer(one)
+    assert signs_verifiably(backend, two)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"{not json", "unreadable"), (b'{"kid": "x"}', "unreadable"), (b"[]", "unreadable")],
+)
+def test_an_unreadable_record_is_store_corrupt(backend: FileBackend, content: bytes, message: str) -> None:
+    """A record file that is not a valid record fails load() with StoreCorrupt naming the file."""
+    backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
+    (backend.root / KS.name / "key-000001.json").write_bytes(content)
+    with pytest.raises(StoreCorrupt, match=message) as info:
+        backend.load(KS.name)
+    assert "key-000001.json" in str(info.value)
+
+
+def test_a_key_that_does_not_fit_the_records_alg_is_store_corrupt(backend: FileBackend) -> None:
+    """A P-256 private key under a record that says ES384 never signs."""
+    record = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
+    assert record is not None
+    with pytest.raises(StoreCorrupt, match="does not fit"):
+        backend.signer(record.replace(alg="ES384"))
+
+
+# -------------------------------------------------------------------------------------------- import
+
+
+@pytest.fixture(scope="module")
+def rsa_2048() -> rsa.RSAPrivateKey:
+    """An RSA key of the minimum accepted size (generated once: slow)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_import_adopts_a_pem_as_the_next_key(backend: FileBackend, clock: FixedClock) -> None:
+    """An imported key takes over the pending slot: it is pending, activates no sooner than
+    publish_ahead from now (nor before the pending key it replaces would have), the replaced pending
+    key is revoked and its private material destroyed, and the active key is untouched."""
+    operations.reconcile(backend, KS, clock.now, "test")
+    clock.advance(3600)
+    key = keys.generate("ES256")
+    record = operations.import_key(backend, KS, keys.to_pem(key, None), clock.now, "test")
+    assert keys.kid_of(key) == record.kid
+    assert record.activates_at >= clock.now() + KS.publish_ahead
+    assert NOW + KS.rotation_period == record.activates_at  # the replaced pending key's time, later still
+    assert states(backend, clock.now()) == {1: State.ACTIVE, 2: State.REVOKED, 3: State.PENDING}
+    by_seq = {r.seq: r for r in backend.load(KS.name)}
+    assert (clock.now(), clock.now()) == (by_seq[2].revoked_at, by_seq[2].destroyed_at)
+    assert not (backend.root / KS.name / "key-000002.pem").exists()
+    assert signs_verifiably(backend, by_seq[3])
+    assert states(backend, record.activates_at) == {1: State.RETIRING, 2: State.REVOKED, 3: State.ACTIVE}
+
+
+def test_import_soon_after_start_still_waits_publish_ahead(backend: FileBackend, clock: FixedClock) -> None:
+    """With a short rotation period, the imported key still activates only publish_ahead from now."""
+    ks = KeysetSettings(name="short", issuer="https://i", alg="ES256", rotation_period=3 * DAY,
+                        publish_ahead=2 * DAY, retain_after=DAY, max_token_ttl=300.0)
+    operations.reconcile(backend, ks, clock.now, "test")
+    clock.advance(2 * DAY)
+    record = operations.import_key(backend, ks, keys.to_pem(keys.generate("ES256"), None), clock.now, "test")
+    assert clock.now() + ks.publish_ahead == record.activates_at
+
+
+def test_import_accepts_a_traditional_rsa_pem(backend: FileBackend, clock: FixedClock,
+                                              rsa_2048: rsa.RSAPrivateKey) -> None:
+    """A PKCS#1 ('BEGIN RSA PRIVATE KEY') PEM, as older tooling writes, is adopted for an RS256 keyset."""
+    ks = KeysetSettings(name="rsa", issuer="https://i", alg="RS256", rotation_period=30 * DAY,
+                        publish_ahead=2 * DAY, retain_after=DAY, max_token_ttl=300.0)
+    pem = rsa_2048.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())
+    record = operations.import_key(backend, ks, pem, clock.now, "test")
+    assert keys.kid_of(rsa_2048) == record.kid
+
+
+def _pem(key: object, password: bytes | None = None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+                             encryption)
+
+
+@pytest.mark.parametrize(
+    ("alg", "make_pem"),
+    [
+        ("ES256", lambda rsa_key: _pem(ec.generate_private_key(ec.SECP384R1()))),
+        ("ES384", lambda rsa_key: _pem(ec.generate_private_key(ec.SECP256R1()))),
+        ("ES256", lambda rsa_key: _pem(rsa_key)),
+        ("RS256", lambda rsa_key: _pem(ec.generate_private_key(ec.SECP256R1()))),
+        ("RS256", lambda rsa_key: _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024))),
+        ("EdDSA", lambda rsa_key: _pem(ec.generate_private_key(ec.SECP256R1()))),
+        ("ES256", lambda rsa_key: _pem(ec.generate_private_key(ec.SECP256R1()), b"secret")),
+        ("ES256", lambda rsa_key: b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n"),
+        ("ES256", lambda rsa_key: rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)),
+    ],
+    ids=["P-384 for ES256", "P-256 for ES384", "RSA for ES256", "EC for RS256", "RSA 1024", "EC for EdDSA",
+         "encrypted PEM", "garbage", "public key only"],
+)
+def test_import_refuses_a_key_that_does_not_fit(backend: FileBackend, clock: FixedClock,
+                                                rsa_2048: rsa.RSAPrivateKey, alg: str, make_pem: object) -> None:
+    """Wrong key type or curve, RSA under 2048 bits, an encrypted PEM, garbage or a public key: refused
+    with a ConfigError naming `pem`, and the keyset is left as it was (no new file)."""
+    ks = KeysetSettings(name="imp", issuer="https://i", alg=alg, rotation_period=30 * DAY,
+                        publish_ahead=2 * DAY, retain_after=DAY, max_token_ttl=300.0)
+    operations.reconcile(backend, ks, clock.now, "test")
+    before = names(backend.root / "imp")
+    with pytest.raises(ConfigError) as info:
+        operations.import_key(backend, ks, make_pem(rsa_2048), clock.now, "test")  # type: ignore[operator]
+    assert info.value.field == "pem"
+    assert before == names(backend.root / "imp")
+    assert states(backend, clock.now(), ks) == {1: State.ACTIVE, 2: State.PENDING}
+
+
+# ------------------------------------------------------------------------------------ rotate, revoke
+
+
+def test_rotate_promotes_the_pending_key_when_safe(backend: FileBackend, clock: FixedClock) -> None:
+    """rotate is refused (409, Retry-After until safe) while the pending key is younger than
+    publish_ahead; after that it activates the pending key now and creates the next pending key."""
+    operations.reconcile(backend, KS, clock.now, "test")
+    clock.advance(3600)
+    with pytest.raises(Conflict) as info:
+        operations.rotate(backend, KS, clock.now, "ops")
+    assert KS.publish_ahead - 3600 + 1 == info.value.retry_after
+    assert states(backend, clock.now()) == {1: State.ACTIVE, 2: State.PENDING}
+    clock.advance(KS.publish_ahead)
+    promoted = operations.rotate(backend, KS, clock.now, "ops")
+    assert (2, clock.now()) == (promoted.seq, promoted.activates_at)
+    assert states(backend, clock.now()) == {1: State.RETIRING, 2: State.ACTIVE, 3: State.PENDING}
+    new = {r.seq: r for r in backend.load(KS.name)}[3]
+    assert (clock.now(), clock.now() + KS.rotation_period) == (new.created_at, new.activates_at)
+
+
+def test_forced_rotate_promotes_at_once(backend: FileBackend, clock: FixedClock) -> None:
+    """force promotes a pending key younger than publish_ahead; a second forced rotation right after
+    promotes the brand-new pending key too."""
+    operations.reconcile(backend, KS, clock.now, "test")
+    clock.advance(10)
+    assert operations.rotate(backend, KS, clock.now, "ops", force=True).seq == 2
+    clock.advance(10)
+    assert operations.rotate(backend, KS, clock.now, "ops", force=True).seq == 3
+    assert states(
+        backend, clock.now()) == {1: State.RETIRING, 2: State.RETIRING, 3: State.ACTIVE, 4: State.PENDING}
+
+
+def test_revoke_the_active_key(backend: FileBackend, clock: FixedClock) -> None:
+    """Revoking the active key: it leaves signing and the JWKS at once, its private key is destroyed,
+    the pending key signs from now, and a new pending key is created."""
+    operations.reconcile(backend, KS, clock.now, "test")
+    clock.advance(60)
+    active = {r.seq: r for r in backend.load(KS.name)}[1]
+    revoked = operations.revoke(backend, {KS.name: KS}, active.kid, clock.now, "ops")
+    assert (active.kid, clock.now()) == (revoked.kid, revoked.revoked_at)
+    assert states(backend, clock.now()) == {1: State.REVOKED, 2: State.ACTIVE, 3: State.PENDING}
+    by_seq = {r.seq: r for r in backend.load(KS.name)}
+    assert (clock.now(), clock.now()) == (by_seq[1].destroyed_at, by_seq[2].activates_at)
+    assert not (backend.root / KS.name / "key-000001.pem").exists()
+    status = lifecycle.evaluate(backend.load(KS.name), clock.now(), operations.policy_of(KS))
+    assert active.kid not in [r.kid for r in status.published]
+
+
+def test_revoke_the_pending_key(backend: FileBackend, clock: FixedClock) -> None:
+    """Revoking the pending key leaves the active key alone (also once the revoked key's activation time
+    is near) and creates a new pending key, published for publish_ahead before it may sign, that takes
+    over the schedule."""
+    operations.reconcile(backend, KS, clock.now, "test")
+    clock.advance(60)
+    pending = {r.seq: r for r in backend.load(KS.name)}[2]
+    operations.revoke(backend, {KS.name: KS}, pending.kid, clock.now, "ops")
+    assert states(backend, clock.now()) == {1: State.ACTIVE, 2: State.REVOKED, 3: State.PENDING}
+    new = {r.seq: r for r in backend.load(KS.name)}[3]
+    assert new.activates_at - new.created_at >= KS.publish_ahead
+    assert states(backend, pending.activates_at - 1) == {1: State.ACTIVE, 2: State.REVOKED, 3: State.PENDING}
+    assert pending.activates_at == new.activates_at  # the rotation schedule is kept
+    assert states(backend, new.activates_at) == {1: State.RETIRING, 2: State.REVOKED, 3: State.ACTIVE}
+
+
+def test_revoke_of_an_unknown_kid_is_not_found(backend: FileBackend, clock: FixedClock) -> None:
+    """An unknown kid is 404 and changes nothing."""
+    operations.reconcile(backend, KS, clock.now, "test")
+    with pytest.raises(NotFound):
+        operations.revoke(backend, {KS.name: KS}, "no-such-kid", clock.now, "ops")
+    assert states(backend, clock.now()) == {1: State.ACTIVE, 2: State.PENDING}
+
+
+def test_scheduled_rotations_on_disk(backend: FileBackend, clock: FixedClock) -> None:
+    """Reconciling daily over five rotation periods on the real backend: one key per slot, and private
+    key files exactly for the published (retiring, active, pending) keys: retired ones deleted."""
+    operations.reconcile(backend, KS, clock.now, "test")
+    for _ in range(5 * 30):
+        clock.advance(DAY)
+        operations.reconcile(backend, KS, clock.now, "test")
+    records = backend.load(KS.name)
+    assert list(range(1, len(records) + 1)) == sorted(r.seq for r in records)
+    assert 6 <= len(records) <= 7
+    status = lifecycle.evaluate(records, clock.now(), operations.policy_of(KS))
+    published = {f"key-{r.seq:06d}.pem" for r in status.published}
+    assert published == {n for n in names(backend.root / KS.name) if n.endswith(".pem")}
+    assert published == {f"key-{r.seq:06d}.pem" for r in records if r.destroyed_at is None}
+    assert [status.state_of(r.kid) for r in status.published] == [State.RETIRING, State.ACTIVE, State.PENDING]
