@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from base64 import urlsafe_b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from keysvc.jwks import b64url
 
 RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp", "jti"})
 _REQUEST_FIELDS = frozenset({"keyset", "claims", "ttl"})
+# json.dumps(obj, separators=..., ensure_ascii=False) builds a new encoder per call; this is the same encoder, once
+_encode_claims = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,8 @@ def check_sign_request(
     """Validate a /v1/sign body against the client's permissions. Raises InvalidRequest or Forbidden."""
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - _REQUEST_FIELDS)
-    if unknown:
+    if not _REQUEST_FIELDS.issuperset(body):
+        unknown = sorted(set(body) - _REQUEST_FIELDS)
         raise InvalidRequest(f"unknown field {unknown[0]!r}; expected keyset, claims, ttl")
     keyset = body.get("keyset")
     if keyset is None:
@@ -55,8 +58,8 @@ def check_sign_request(
     claims = body.get("claims")
     if not isinstance(claims, dict):
         raise InvalidRequest("'claims' must be a JSON object")
-    reserved = sorted(RESERVED_CLAIMS & set(claims))
-    if reserved:
+    if not RESERVED_CLAIMS.isdisjoint(claims):
+        reserved = sorted(RESERVED_CLAIMS & set(claims))
         raise InvalidRequest(f"claim {reserved[0]!r} is set by keysvc and may not be supplied")
     _check_audience(claims.get("aud"), client)
     ttl = body.get("ttl")
@@ -98,12 +101,14 @@ class Minter:
         self.issuer = issuer
         header = {"alg": signer.alg, "kid": signer.kid, "typ": "JWT"}
         self._header = b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
+        self._prefix = self._header.encode("ascii") + b"."  # per token, only the claims are encoded
 
     def signing_input(self, claims: Mapping[str, Any], now: int, ttl: int) -> tuple[bytes, dict[str, Any]]:
         """The bytes to sign and the full claims set (caller claims + iss, iat, nbf, exp, jti)."""
-        full = {**claims, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + ttl, "jti": b64url(secrets.token_bytes(16))}
-        payload = b64url(json.dumps(full, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-        return f"{self._header}.{payload}".encode("ascii"), full
+        jti = secrets.token_urlsafe(16)  # 16 random bytes, base64url
+        full = {**claims, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + ttl, "jti": jti}
+        payload = urlsafe_b64encode(_encode_claims(full).encode("utf-8")).rstrip(b"=")
+        return self._prefix + payload, full
 
     def mint(self, claims: Mapping[str, Any], now: int, ttl: int) -> Token:
         """Sign in the calling thread (in-process signers; a remote signer blocks)."""
@@ -112,5 +117,5 @@ class Minter:
 
     def finish(self, signing_input: bytes, full: Mapping[str, Any], signature: bytes) -> Token:
         """Assemble the compact JWS once the signature is known."""
-        token = signing_input.decode("ascii") + "." + b64url(signature)
+        token = (signing_input + b"." + urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
         return Token(token, self.signer.kid, self.signer.alg, int(full["exp"]), str(full["jti"]))
