@@ -9,14 +9,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from jwcrypto.jwk import JWK
 
-from keysvc.algorithms import ALGORITHMS, Algorithm, der_to_jose
+from keysvc.algorithms import ALGORITHMS, RSA_KEY_BITS, Algorithm, der_to_jose
 from keysvc.errors import ConfigError
 from keysvc.jwks import public_members, thumbprint
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
-def generate(alg: str, rsa_bits: int = 2048) -> PrivateKey:
+def generate(alg: str, rsa_bits: int = RSA_KEY_BITS) -> PrivateKey:
     """A fresh private key for a JOSE algorithm."""
     spec = ALGORITHMS[alg]
     if spec.family in ("RSA", "RSA-PSS"):
