@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # would otherwise constrain the service's own dependencies.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
+# node `jose`: an independent verifier of our tokens, in another language
+NODE_STAMP := tests/node/node_modules/.installed
 
 .PHONY: run test lint unit bench tools clean
 
@@ -23,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check keysvc tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) $(TOOLS_STAMP) lint
+test: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -38,3 +40,7 @@ $(TOOLS_STAMP): requirements-tools.txt
 	$(TOOLS)/bin/python -m pip install --quiet -r requirements-tools.txt
 	touch $(TOOLS_STAMP)
 tools: $(TOOLS_STAMP)
+
+$(NODE_STAMP): tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --silent
+	touch $(NODE_STAMP)

@@ -265,3 +265,30 @@ def test_passphrase_encrypts_keys_at_rest(keysvc: Start, tmp_path: Path) -> None
     assert bad.sign().status_code == 503
     assert "cannot be decrypted" in bad.log_text()
     assert "Tr0ub4dor" not in bad.log_text() and "correct horse" not in bad.log_text()
+
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def test_tokens_verify_with_node_jose(every_alg: KeysvcProcess) -> None:
+    """An independent verifier in another language: node `jose` (createRemoteJWKSet on our JWKS URL,
+    as a node partner would) verifies tokens of every algorithm, checking iss, aud, exp, nbf and typ."""
+    import subprocess
+
+    assert (NODE_DIR / "node_modules" / "jose").is_dir(), "run `make test` (it installs tests/node)"
+    for keyset, alg in ALL_ALGS.items():
+        tokens = []
+        for i in range(10):
+            response = every_alg.sign(keyset=keyset, claims={"sub": f"u-{i}", "aud": "connect.zapier.com"})
+            assert response.status_code == 200, response.text
+            tokens.append({"token": response.json()["token"], "alg": alg})
+        job = {
+            "jwks_url": f"{every_alg.public}/keysets/{keyset}/jwks.json",
+            "issuer": f"https://issuer.example/{keyset}",
+            "audience": "connect.zapier.com",
+            "tokens": tokens,
+        }
+        run = subprocess.run(["node", "verify.mjs"], input=json.dumps(job), capture_output=True, text=True,
+                             cwd=NODE_DIR, timeout=60, check=False)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout) == {"verified": 10, "failures": []}, run.stdout
