@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class Keyring:
     on_reconcile: list[Callable[[str, operations.ReconcileReport | None, BaseException | None], Any]] = field(
         default_factory=list
     )
+    # metrics: (operation "sync" | "sign" | "write", the error or None, seconds)
+    on_backend_op: list[Callable[[str, BaseException | None, float], Any]] = field(default_factory=list)
     _views: dict[str, KeysetView] = field(default_factory=dict)
     _signers: dict[str, Signer] = field(default_factory=dict)
     health: dict[str, Health] = field(default_factory=dict)
@@ -90,11 +93,19 @@ class Keyring:
             return minter.mint(claims, now, ttl)
         signing_input, full = minter.signing_input(claims, now, ttl)
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
             signature = await loop.run_in_executor(self.executor, minter.signer.sign, signing_input)
         except BackendError as exc:
+            self._observe("sign", exc, started)
             raise Unavailable(f"the key store cannot sign right now: {exc}", retry_after=2) from None
+        self._observe("sign", None, started)
         return minter.finish(signing_input, full, signature)
+
+    def _observe(self, operation: str, error: BaseException | None, started: float) -> None:
+        seconds = time.perf_counter() - started
+        for hook in self.on_backend_op:
+            hook(operation, error, seconds)
 
     # ----------------------------------------------------------------------------------- writes
 
@@ -104,9 +115,8 @@ class Keyring:
         status = lifecycle.evaluate(records, now, operations.policy_of(ks))
         previous = self._views.get(ks.name)
         kids = tuple(r.kid for r in status.published)
-        document = (
-            previous.document if previous is not None and previous.document.kids == kids else jwks.build(status.published)
-        )
+        reuse = previous is not None and previous.document.kids == kids
+        document = previous.document if reuse and previous is not None else jwks.build(status.published)
         minter = None
         if status.active is not None and (signer := self._signers.get(status.active.kid)) is not None:
             same = previous is not None and previous.minter is not None and previous.minter.signer is signer
@@ -139,15 +149,18 @@ class Keyring:
         ks = self.settings.keysets[keyset]
         health = self.health.setdefault(keyset, Health())
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
             report, signers = await loop.run_in_executor(self.executor, self._sync, ks)
         except (KeysvcError, OSError) as exc:
+            self._observe("sync", exc, started)
             health.ok, health.errors = False, health.errors + 1
             health.last_error = type(exc).__name__
             LOG.warning("backend sync failed", extra={"keyset": keyset, "error": str(exc)[:300]})
             for hook in self.on_reconcile:
                 hook(keyset, None, exc)
             return self._views.get(keyset)
+        self._observe("sync", None, started)
         self._signers.update(signers)
         dead = {r.kid for r in report.records if r.destroyed_at is not None or r.revoked_at is not None}
         for kid in dead & self._signers.keys():
@@ -165,15 +178,23 @@ class Keyring:
         """The earliest lifecycle instant across keysets (for the scheduler)."""
         return min((v.valid_until for v in self._views.values()), default=math.inf)
 
-    async def run_blocking(self, fn: Callable[[], Any]) -> Any:
+    async def run_blocking(self, fn: Callable[[], Any], operation: str = "write") -> Any:
         """Run a blocking backend operation in the I/O pool, mapping backend failures to 503."""
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
-            return await loop.run_in_executor(self.executor, fn)
+            result = await loop.run_in_executor(self.executor, fn)
         except BackendUnavailable as exc:
+            self._observe(operation, exc, started)
             raise Unavailable(f"the key store is unavailable: {exc}", retry_after=5) from None
         except BackendError as exc:
+            self._observe(operation, exc, started)
             raise Unavailable(f"the key store failed: {exc}", retry_after=30) from None
+        except KeysvcError as exc:
+            self._observe(operation, exc, started)
+            raise
+        self._observe(operation, None, started)
+        return result
 
     def close(self) -> None:
         """Stop the I/O pool and close the backend."""

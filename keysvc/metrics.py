@@ -3,11 +3,15 @@
 Labels hold only bounded, non-secret values: configured client and keyset names, our own kids, outcomes.
 Never a caller-supplied value, a user id or a token. Keyset gauges are computed at scrape time from the
 keyring (a custom collector), so they are never stale.
+
+One process per pod serves both listeners (there is no worker option), so a plain registry is exact and
+prometheus-client's multiprocess mode is deliberately not used (docs/runbook.md, "Metrics").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -18,22 +22,51 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from keysvc.errors import BackendError, BackendUnavailable, KeysvcError, StoreCorrupt
 from keysvc.lifecycle import State
 
 if TYPE_CHECKING:
     from keysvc.keyring import Keyring
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+KEY_EVENTS = ("create", "activate", "destroy", "rotate", "revoke", "import")
+BACKEND_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# AWS error codes meaning "slow down" (KMS throttles per account and region). Matched on the botocore error
+# a backend chained as the cause, so the keyring needs no import of, or change to, a particular backend.
+_THROTTLING_CODES = frozenset({
+    "ThrottlingException", "Throttling", "ThrottledException", "RequestLimitExceeded",
+    "TooManyRequestsException", "LimitExceededException",
+})
+
+
+def backend_outcome(error: BaseException | None) -> str:
+    """The bounded `outcome` label of one backend operation: ok | throttled | unavailable | corrupt |
+    refused (a lifecycle rule said no, e.g. rotation not yet safe: the store itself is fine) | error."""
+    if error is None:
+        return "ok"
+    if isinstance(error, BackendUnavailable):
+        response = getattr(error.__cause__, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        return "throttled" if code in _THROTTLING_CODES else "unavailable"
+    if isinstance(error, StoreCorrupt):
+        return "corrupt"
+    if isinstance(error, KeysvcError) and not isinstance(error, BackendError):
+        return "refused"
+    return "error"
 
 
 class Metrics:
     """The metric objects of one process."""
 
     def __init__(self) -> None:
+        # `_created` gauges double the exposition and no rule uses them (process-wide: one process per pod)
+        disable_created_metrics()
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -59,22 +92,29 @@ class Metrics:
             "keysvc_http_requests_total", "HTTP requests", ["listener", "route", "status"], registry=r
         )
         self.backend_ops = Counter(
-            "keysvc_backend_operations_total", "Backend operations", ["operation", "outcome"], registry=r
+            "keysvc_backend_operations_total",
+            "Backend operations (sync: reconcile + load; sign: remote signature; write: admin rotate/revoke) "
+            "by outcome ok|throttled|unavailable|corrupt|error",
+            ["operation", "outcome"], registry=r,
         )
         self.backend_latency = Histogram(
             "keysvc_backend_operation_duration_seconds", "Backend operation latency", ["operation"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            buckets=BACKEND_BUCKETS, registry=r,
         )
         self.key_events = Counter(
-            "keysvc_key_events_total", "Key lifecycle writes", ["keyset", "event"], registry=r
+            "keysvc_key_events_total", "Key operations audited by this replica (create, activate, destroy, rotate, "
+            "revoke, import)", ["keyset", "event"], registry=r
         )
         self.reconcile_errors = Counter(
-            "keysvc_reconcile_errors_total", "Failed reconciles (backend unreachable or corrupt)", ["keyset"], registry=r
+            "keysvc_reconcile_errors_total", "Failed reconciles (backend unreachable or corrupt)", ["keyset"],
+            registry=r,
         )
         self.creation_races_lost = Counter(
             "keysvc_key_creation_races_lost_total", "Key creations lost to another replica", ["keyset"], registry=r
         )
-        self.rate_limited = Counter("keysvc_rate_limited_total", "Requests refused by rate limit", ["client"], registry=r)
+        self.rate_limited = Counter(
+            "keysvc_rate_limited_total", "Requests refused by rate limit", ["client"], registry=r
+        )
         self.exchange_calls = Counter(
             "keysvc_token_exchange_upstream_total", "Token-exchange upstream calls", ["outcome"], registry=r
         )
@@ -90,14 +130,63 @@ class Metrics:
             ["keyset"], registry=r,
         )
         self.canary_latency = Gauge(
-            "keysvc_canary_duration_seconds", "Duration of the last canary", ["keyset"], registry=r
+            "keysvc_canary_duration_seconds", "Duration of the last canary (sign, fetch, verify)", ["keyset"],
+            registry=r,
+        )
+        self.canary_last_success = Gauge(
+            "keysvc_canary_last_success_timestamp_seconds", "When the canary last passed", ["keyset"], registry=r
         )
         self.canary_runs = Counter("keysvc_canary_runs_total", "Canary runs", ["keyset", "outcome"], registry=r)
-        self.canary_etag = Info("keysvc_canary_observed", "ETag the canary saw at the public URL", ["keyset"], registry=r)
+        self.canary_etag = Info(
+            "keysvc_canary_observed", "ETag the canary saw at the public URL", ["keyset"], registry=r
+        )
+
+        self.key_event_counter = KeyEventCounter(self.key_events)
 
     def watch(self, keyring: Keyring) -> None:
         """Export the keyring's per-keyset state at scrape time."""
         self.registry.register(_KeyringCollector(keyring))
+
+    def prime(self, keysets: Iterable[str]) -> None:
+        """Create the series alerts compare against at 0, so the first increment is a visible change."""
+        self.key_event_counter.keysets = frozenset(keysets)
+        for keyset in self.key_event_counter.keysets:
+            self.token_exp_beyond_retention.labels(keyset)
+            self.reconcile_errors.labels(keyset)
+            self.creation_races_lost.labels(keyset)
+            for event in KEY_EVENTS:
+                self.key_events.labels(keyset, event)
+        for operation in ("sync", "sign", "write"):
+            self.backend_ops.labels(operation, "ok")
+            self.backend_ops.labels(operation, "unavailable")
+            self.backend_ops.labels(operation, "throttled")
+
+    def backend_op(self, operation: str, error: BaseException | None, seconds: float) -> None:
+        """Count one backend operation and its latency (a keyring `on_backend_op` hook)."""
+        self.backend_ops.labels(operation, backend_outcome(error)).inc()
+        self.backend_latency.labels(operation).observe(seconds)
+
+
+class KeyEventCounter(logging.Handler):
+    """Counts each `key.*` audit event as keysvc_key_events_total{keyset, event}.
+
+    Every key operation is audited (keysvc.operations), whichever path ran it: a scheduled reconcile, an
+    admin rotate (which reconciles inside the same backend call) or a revocation's promotion. Counting the
+    audit records keeps the metric and the audit trail equal by construction. Attached to the
+    `keysvc.audit` logger by the server; the CLI's writes are in its own audit output only.
+    """
+
+    def __init__(self, counter: Counter) -> None:
+        super().__init__(logging.INFO)
+        self.counter = counter
+        self.keysets: frozenset[str] = frozenset()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Count the record when it is a known key event of a configured keyset (labels stay bounded)."""
+        event = record.msg[4:] if isinstance(record.msg, str) and record.msg.startswith("key.") else None
+        keyset = getattr(record, "keyset", None)
+        if event in KEY_EVENTS and keyset in self.keysets:
+            self.counter.labels(keyset, event).inc()
 
 
 class _KeyringCollector(Collector):
@@ -106,12 +195,16 @@ class _KeyringCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self.keyring.clock.now()
-        age = GaugeMetricFamily("keysvc_active_key_age_seconds", "Age of the active key since activation", labels=["keyset"])
+        age = GaugeMetricFamily(
+            "keysvc_active_key_age_seconds", "Age of the active key since activation", labels=["keyset"]
+        )
         until = GaugeMetricFamily(
             "keysvc_next_activation_seconds", "Seconds until the pending key activates", labels=["keyset"]
         )
         states = GaugeMetricFamily("keysvc_keys", "Keys by state", labels=["keyset", "state"])
-        pending = GaugeMetricFamily("keysvc_pending_key_present", "1 when a pending key is published", labels=["keyset"])
+        pending = GaugeMetricFamily(
+            "keysvc_pending_key_present", "1 when a pending key is published", labels=["keyset"]
+        )
         sync = GaugeMetricFamily(
             "keysvc_backend_last_sync_timestamp_seconds", "Last successful backend sync", labels=["keyset"]
         )

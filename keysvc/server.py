@@ -24,7 +24,7 @@ from keysvc.config import Settings
 from keysvc.http.internal import InternalApi, build_internal_app
 from keysvc.http.public import PublicApp
 from keysvc.keyring import Keyring
-from keysvc.logs import LOG
+from keysvc.logs import AUDIT, LOG
 from keysvc.metrics import Metrics
 
 SCHEDULE_SLACK = 0.05  # run just after a lifecycle instant, never just before it
@@ -81,6 +81,7 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         self.keyring.close()
+        AUDIT.removeHandler(self.metrics.key_event_counter)
 
 
 def instance_id() -> str:
@@ -96,6 +97,7 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     metrics.build_info.info({"version": __version__, "backend": settings.backend.type})
     metrics.watch(keyring)
     metrics.prime(settings.keysets)
+    AUDIT.addHandler(metrics.key_event_counter)
     keyring.on_reconcile.append(_count_reconcile(metrics))
     keyring.on_backend_op.append(metrics.backend_op)
     extra_routes = None
@@ -121,13 +123,10 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
 
 def _count_reconcile(metrics: Metrics) -> Any:
     def hook(keyset: str, report: Any, error: BaseException | None) -> None:
-        # backend operations and their outcome are counted by the keyring's on_backend_op hook
+        # backend operations are counted by the keyring's on_backend_op hook, key events by their audit event
         if error is not None:
             metrics.reconcile_errors.labels(keyset).inc()
             return
-        for event, n in (("create", report.created), ("activate", report.activated), ("destroy", report.destroyed)):
-            if n:
-                metrics.key_events.labels(keyset, event).inc(n)
         if report.lost_races:
             metrics.creation_races_lost.labels(keyset).inc(report.lost_races)
 

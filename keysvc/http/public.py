@@ -47,7 +47,9 @@ class PublicApp:
         self.cache_control = keyring.settings.jwks.cache_control().encode("ascii")
         self._headers: dict[str, tuple[Headers, Headers]] = {}  # etag -> (200 headers, 304 headers)
         self._counters = {
-            (name, status): metrics.jwks_requests.labels(name, status) for name in keyring.settings.keysets for status in ("200", "304")
+            (name, status): metrics.jwks_requests.labels(name, status)
+            for name in keyring.settings.keysets
+            for status in ("200", "304")
         }
         self._bytes = {name: metrics.jwks_bytes.labels(name) for name in keyring.settings.keysets}
 
@@ -79,6 +81,8 @@ class PublicApp:
                 extra.append(_ALLOW)
             body = error_body(exc)
             await _respond(send, scope, status, [_JSON, _NO_STORE, *extra, (b"x-request-id", rid.encode())], body)
+            # errors only (never the JWKS hot path): 404/405 from scanners, 503 when nothing is loaded
+            self.metrics.http_requests.labels("public", type(exc).__name__, str(status)).inc()
         if self.access_log:
             LOG.info(
                 "access",
