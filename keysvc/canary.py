@@ -1,0 +1,168 @@
+"""The canary: sign a token in-process and verify it against the JWKS as the partner reaches it.
+
+Every `canary.interval`, each replica signs a short-lived token with each keyset's active key (through the
+keyring, the same path as /v1/sign, so a KMS signing failure shows too) and verifies it against the JWKS
+fetched from `canary.jwks_url` (the public URL through the ingress or CDN). That catches a broken ingress,
+a stale CDN and a key that never got published, none of which the replica's own view can see.
+
+`canary.jwks_url` may hold `{keyset}` (`https://keys.example.com/keysets/{keyset}/jwks.json`): every keyset
+is then checked at its own URL. Without it the URL is the default keyset's (`/.well-known/jwks.json`)
+and only that keyset is checked: guessing other keysets' public URLs would test our guess, not the
+partner's path.
+
+The canary token carries `aud: keysvc-canary` and lives at most 60 s; it is never logged or exported.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from jwcrypto.common import JWException
+from jwcrypto.jwk import JWK
+from jwcrypto.jws import JWS
+
+from keysvc.config import Settings
+from keysvc.errors import KeysvcError
+from keysvc.keyring import Keyring
+from keysvc.logs import LOG
+from keysvc.metrics import Metrics
+
+CANARY_AUDIENCE = "keysvc-canary"
+CANARY_TTL = 60
+
+# Every `outcome` label value (bounded): ok, or why the check failed.
+OUTCOMES = (
+    "ok", "sign_error", "fetch_error", "http_error", "bad_jwks", "kid_missing", "alg_mismatch", "bad_signature",
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The result of one check: `outcome` is one of OUTCOMES; `detail` is safe to log (no token)."""
+
+    outcome: str
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the token verified."""
+        return self.outcome == "ok"
+
+
+def verify(token: str, jwks_body: bytes, *, kid: str, alg: str) -> Verdict:
+    """Pure: does the JWKS `jwks_body` hold key `kid` (for `alg`) and does it verify `token`'s signature?"""
+    try:
+        document = json.loads(jwks_body)
+        keys = document["keys"]
+        if not isinstance(keys, list):
+            raise TypeError("keys is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        return Verdict("bad_jwks", f"not a JWKS: {type(exc).__name__}")
+    jwk = next((k for k in keys if isinstance(k, dict) and k.get("kid") == kid), None)
+    if jwk is None:
+        return Verdict("kid_missing", f"kid {kid} is not in the JWKS ({len(keys)} keys)")
+    if jwk.get("alg", alg) != alg:
+        return Verdict("alg_mismatch", f"kid {kid} is published for {jwk.get('alg')}, signs {alg}")
+    try:
+        key = JWK(**jwk)
+    except (JWException, ValueError, TypeError) as exc:
+        return Verdict("bad_jwks", f"kid {kid} is not a usable JWK: {type(exc).__name__}")
+    if key.has_private:
+        return Verdict("bad_jwks", f"kid {kid} is published WITH private material")
+    try:
+        jws = JWS()
+        jws.deserialize(token)
+        jws.verify(key, alg=alg)
+    except (JWException, ValueError, TypeError) as exc:
+        return Verdict("bad_signature", f"signature does not verify with kid {kid}: {type(exc).__name__}")
+    return Verdict("ok")
+
+
+def targets(settings: Settings) -> dict[str, str]:
+    """Keyset -> public JWKS URL to check (see the module docstring for the `{keyset}` rule)."""
+    if settings.canary is None:
+        return {}
+    url = settings.canary.jwks_url
+    if "{keyset}" in url:
+        return {name: url.replace("{keyset}", name) for name in settings.keysets}
+    default = settings.default_keyset
+    return {} if default is None else {default: url}
+
+
+def _safe_url(url: str) -> str:
+    """The URL without userinfo or query, for a log line."""
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
+
+
+class Canary:
+    """Runs the checks of one replica and exports them."""
+
+    def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        assert settings.canary is not None
+        self.keyring = keyring
+        self.metrics = metrics
+        self.timeout = settings.canary.timeout
+        self.targets = targets(settings)
+        self.transport = transport
+        for keyset in self.targets:  # every series exists from the start, so rate() sees the first failure
+            for outcome in OUTCOMES:
+                metrics.canary_runs.labels(keyset, outcome)
+        if not self.targets:
+            LOG.warning("canary: no default keyset and no {keyset} in canary.jwks_url: nothing to check")
+
+    async def run(self) -> Mapping[str, Verdict]:
+        """One round over every target keyset (never raises)."""
+        results: dict[str, Verdict] = {}
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=True, transport=self.transport,
+                                     headers={"User-Agent": "keysvc-canary"}) as client:
+            for keyset, url in self.targets.items():
+                started = time.perf_counter()
+                verdict, etag = await self._check(client, keyset, url)
+                self._export(keyset, verdict, etag, time.perf_counter() - started)
+                if not verdict.ok:
+                    LOG.warning("canary failed", extra={
+                        "keyset": keyset, "outcome": verdict.outcome, "detail": verdict.detail,
+                        "url": _safe_url(url),
+                    })
+                results[keyset] = verdict
+        return results
+
+    async def _check(self, client: httpx.AsyncClient, keyset: str, url: str) -> tuple[Verdict, str | None]:
+        ttl = int(min(CANARY_TTL, self.keyring.settings.keysets[keyset].max_token_ttl))
+        claims = {"sub": "keysvc-canary", "aud": CANARY_AUDIENCE}
+        try:
+            token = await self.keyring.sign(keyset, claims, max(ttl, 1))
+        except KeysvcError as exc:
+            return Verdict("sign_error", type(exc).__name__), None
+        try:
+            response = await client.get(url)
+        except httpx.HTTPError as exc:
+            return Verdict("fetch_error", type(exc).__name__), None
+        etag = response.headers.get("etag")
+        if response.status_code != 200:
+            return Verdict("http_error", f"HTTP {response.status_code}"), etag
+        return verify(token.token, response.content, kid=token.kid, alg=token.alg), etag
+
+    def _export(self, keyset: str, verdict: Verdict, etag: str | None, seconds: float) -> None:
+        m = self.metrics
+        m.canary_runs.labels(keyset, verdict.outcome).inc()
+        m.canary_success.labels(keyset).set(1.0 if verdict.ok else 0.0)
+        m.canary_latency.labels(keyset).set(seconds)
+        if verdict.ok:
+            m.canary_last_success.labels(keyset).set(time.time())
+        if etag is not None:
+            m.canary_etag.labels(keyset).info({"etag": etag.removeprefix("W/").strip('"')[:128]})
+
+
+def attach(settings: Settings, keyring: Keyring, metrics: Metrics) -> Any:
+    """The canary's coroutine function for the scheduler, or None when `canary` is not configured."""
+    if settings.canary is None:
+        return None
+    return Canary(settings, keyring, metrics).run
