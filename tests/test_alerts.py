@@ -1,0 +1,141 @@
+"""The alert rules: one file in two places, valid, each alert tested by `promtool test rules` against
+synthetic series (tests/promtool/keysvc_test.yaml), each with a runbook paragraph.
+
+promtool comes from Debian's `prometheus` package; tests/tools/ensure_promtool.sh installs it (CI calls it
+before the suite; this module calls it too when promtool is missing, so `make test` stands alone).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+
+CHART_RULES = ROOT / "helm" / "keysvc" / "files" / "alerts.yaml"
+PLAIN_RULES = ROOT / "helm" / "prometheus-rules.yaml"
+PROMTOOL_TESTS = ROOT / "tests" / "promtool" / "keysvc_test.yaml"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """The promtool binary (installed by tests/tools/ensure_promtool.sh when missing)."""
+    found = shutil.which("promtool")
+    if found is None:
+        subprocess.run(["sh", str(ROOT / "tests" / "tools" / "ensure_promtool.sh")], check=False, timeout=600)
+        found = shutil.which("promtool")
+    assert found is not None, "promtool is missing: run tests/tools/ensure_promtool.sh (as root)"
+    return found
+
+
+def alerts(path: Path = PLAIN_RULES) -> list[dict[str, Any]]:
+    """Every alerting rule of a rule file."""
+    doc = yaml.safe_load(path.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def test_chart_and_plain_rule_files_hold_the_same_rules() -> None:
+    """The PrometheusRule the chart renders and the plain file for non-operator setups never drift."""
+    assert yaml.safe_load(CHART_RULES.read_text()) == yaml.safe_load(PLAIN_RULES.read_text())
+
+
+def test_rule_files_are_valid(promtool: str) -> None:
+    """promtool parses both files and every PromQL expression in them."""
+    result = subprocess.run([promtool, "check", "rules", str(PLAIN_RULES), str(CHART_RULES)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_each_alert_fires_on_bad_series_and_not_on_healthy_ones(promtool: str) -> None:
+    """`promtool test rules`: at each evaluation time exactly the expected alerts fire, with their labels
+    and rendered annotations; the healthy series of each group raise nothing."""
+    result = subprocess.run([promtool, "test", "rules", str(PROMTOOL_TESTS)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_exercised_both_ways() -> None:
+    """Each alert has a promtool case where it fires, and the suite has at least one case where it stays
+    silent (an empty exp_alerts, or healthy series of the same group that must not appear)."""
+    cases = yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
+    fired = {c["alertname"] for t in cases for c in t["alert_rule_test"] if c["exp_alerts"]}
+    assert {a["alert"] for a in alerts()} == fired
+
+
+def test_the_promtool_cases_catch_a_broken_rule(promtool: str, tmp_path: Path) -> None:
+    """Mutation check: with one threshold loosened (sign error ratio 5% -> 50%) the cases fail, so they do
+    test the rules rather than pass on anything."""
+    rules = tmp_path / "helm" / "prometheus-rules.yaml"
+    rules.parent.mkdir()
+    text = PLAIN_RULES.read_text()
+    assert text.count("> 0.05") == 1
+    rules.write_text(text.replace("> 0.05", "> 0.5"))
+    cases = tmp_path / "tests" / "promtool" / "keysvc_test.yaml"
+    cases.parent.mkdir(parents=True)
+    cases.write_text(PROMTOOL_TESTS.read_text())
+    result = subprocess.run([promtool, "test", "rules", str(cases)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode != 0 and "KeysvcSignErrorRatioHigh" in result.stdout + result.stderr
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_has_a_runbook_paragraph() -> None:
+    """Each alert's runbook_url points at an existing heading of docs/runbook.md, with text under it, and
+    each has a severity, a summary and a description."""
+    text = RUNBOOK.read_text()
+    sections = dict(re.findall(r"^#{2,3} (.+)\n+((?:(?!#{2,3} ).*\n?)*)", text, flags=re.MULTILINE))
+    anchors = {_anchor(h): body for h, body in sections.items()}
+    for rule in alerts():
+        url = rule["annotations"]["runbook_url"]
+        assert url.endswith("docs/runbook.md#" + rule["alert"].lower()), url
+        body = anchors.get(rule["alert"].lower())
+        assert body is not None and len(body.split()) > 30, f"no runbook paragraph for {rule['alert']}"
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+DASHBOARD = ROOT / "helm" / "keysvc" / "files" / "dashboard.json"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard, with Grafana's variables filled in."""
+    import json
+
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    fill = {"$__rate_interval": "5m", "$__range": "6h", "$job": ".*", "$keyset": ".*"}
+    out = []
+    for expr in exprs:
+        for var, value in fill.items():
+            expr = expr.replace(var, value)
+        out.append(expr)
+    return out
+
+
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    """Each dashboard panel's query parses (checked by promtool as recording rules), and the dashboard has
+    the panels the issue asks for."""
+    queries = dashboard_queries()
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:q{i}", "expr": q} for i, q in enumerate(queries)]}]}
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = "\n".join(queries)
+    for metric in ("keysvc_active_key_age_seconds", "keysvc_next_activation_seconds", "keysvc_keys",
+                   "keysvc_jwks_info", "keysvc_sign_requests_total", "keysvc_sign_duration_seconds_bucket",
+                   "keysvc_backend_operations_total", "keysvc_canary_success"):
+        assert metric in text, metric
