@@ -66,7 +66,7 @@ class Metrics:
 
     def __init__(self) -> None:
         # `_created` gauges double the exposition and no rule uses them (process-wide: one process per pod)
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

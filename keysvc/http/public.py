@@ -87,7 +87,9 @@ class PublicApp:
             LOG.info(
                 "access",
                 extra={
-                    "listener": "public", "method": scope["method"], "path": scope["path"][:200], "status": status,
+                    # an unknown path is the caller's text (it may hold a token pasted by mistake): not logged
+                    "listener": "public", "method": scope["method"],
+                    "path": scope["path"][:200] if status != 404 else "(unknown)", "status": status,
                     "request_id": rid, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                 },
             )
