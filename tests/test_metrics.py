@@ -232,3 +232,32 @@ def test_every_metric_the_alerts_and_dashboard_query_is_exported(server: KeysvcP
             exported.add(family + "_info")
     missing = sorted(_referenced_metrics() - exported)
     assert not missing, missing
+
+
+def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
+    """`error` as `raise error from cause` leaves it."""
+    error.__cause__ = cause
+    return error
+
+
+def test_backend_outcome_tells_kms_throttling_from_other_failures() -> None:
+    """The outcome label comes from the error a backend raised and the botocore error it chained: AWS's
+    throttling codes are `throttled`, other unavailability `unavailable`, unreadable records `corrupt`,
+    a lifecycle refusal `refused`; KMS throttling is therefore counted without any KMS-specific code."""
+    from botocore.exceptions import ClientError
+
+    from keysvc.errors import BackendUnavailable, Conflict, StoreCorrupt
+    from keysvc.metrics import backend_outcome
+
+    def aws(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"}}, "Sign")
+
+    assert backend_outcome(None) == "ok"
+    assert backend_outcome(_raised_from(BackendUnavailable("KMS Sign failed"), aws("ThrottlingException"))) == \
+        "throttled"
+    assert backend_outcome(_raised_from(BackendUnavailable("KMS Sign failed"), aws("DisabledException"))) == \
+        "unavailable"
+    assert backend_outcome(BackendUnavailable("key directory unreadable")) == "unavailable"
+    assert backend_outcome(StoreCorrupt("bad record")) == "corrupt"
+    assert backend_outcome(Conflict("not yet safe")) == "refused"
+    assert backend_outcome(OSError("disk")) == "error"
