@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) lint
+	sh tests/tools/ensure_promtool.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
