@@ -1,0 +1,122 @@
+"""`make bench`: every benchmark in turn, then one summary of the issue-9 / issue-3 targets.
+
+Each script prints its own table (figures, the baseline measured in the same invocation, ratios, medians
+of several runs). Bounded: about 12 minutes on a 2-core machine. Loopback only.
+
+    .venv/bin/python bench/run_all.py            # the full run (what docs/benchmarks.md shows)
+    .venv/bin/python bench/run_all.py --quick    # one short run per figure: a smoke test, not figures
+    .venv/bin/python bench/run_all.py --only jwks_http,sign_http
+
+wrk and nginx are needed for the HTTP benchmarks. When they are missing and this runs as root, it installs
+them with `apt-get install -y wrk nginx-light` and says so; otherwise it prints how to install them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (full-run arguments, quick-run arguments)
+BENCHES: dict[str, tuple[list[str], list[str]]] = {
+    "mint_inprocess": (["--runs", "7", "--duration", "0.4"], ["--runs", "2", "--duration", "0.2"]),
+    "jwks_http": (["--runs", "5", "--duration", "4"], ["--runs", "1", "--duration", "1"]),
+    "sign_http": (["--runs", "5", "--duration", "4"], ["--runs", "1", "--duration", "1"]),
+    "scale": (["--runs", "3", "--duration", "4"], ["--runs", "1", "--duration", "1", "--sizes", "1,10,50"]),
+    "latency": (["--runs", "3", "--duration", "4"], ["--runs", "1", "--duration", "1"]),
+    "resources": (["--runs", "3"], ["--runs", "1"]),
+    "rotation_latency": (["--duration", "20"], ["--duration", "9", "--algs", "ES256"]),
+    "soak": (["--duration", "30"], ["--duration", "8"]),
+}
+NEEDS_TOOLS = {"jwks_http", "sign_http", "scale", "latency"}
+
+
+def ensure_tools() -> bool:
+    """True when wrk and nginx are available (installing them first when root); else print how to."""
+    missing = [t for t in ("wrk", "nginx") if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
+    if not missing:
+        return True
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"run_all: {', '.join(missing)} missing; installing with `apt-get install -y wrk nginx-light` "
+              "(running as root)", flush=True)
+        result = subprocess.run(["apt-get", "install", "-y", "wrk", "nginx-light"], capture_output=True, text=True,
+                                check=False)
+        if result.returncode == 0:
+            return True
+        print(f"run_all: apt-get failed:\n{result.stderr[-2000:]}", flush=True)
+        return False
+    print(f"run_all: {', '.join(missing)} missing. Install with: sudo apt-get install -y wrk nginx-light", flush=True)
+    return False
+
+
+def summary(results: dict[str, dict[str, object]]) -> None:
+    """Every figure that has a target: met or not."""
+    print("\n## Targets\n")
+    print("| benchmark | figure | value | target | met |")
+    print("|---|---|---:|---|---|")
+    for bench, doc in results.items():
+        for row in doc["rows"]:  # type: ignore[attr-defined]
+            if row["target"] is None:
+                continue
+            on_value = row["target_on_value"] or row["baseline_value"] is None
+            value = row["value"] if on_value else row["ratio"]
+            unit = f" {row['unit']}" if on_value and row["unit"] else "x" if not on_value else ""
+            sign = "<=" if row["at_most"] else ">="
+            name = row["name"] + (f" ({row['note']})" if row["note"] else "")
+            met = {True: "yes", False: "**no**", None: "?"}[row["met"]]
+            print(f"| {bench} | {name} | {value:.3g}{unit} | {sign} {row['target']:g}{unit} | {met} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one short run per figure (smoke test)")
+    parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(BENCHES))
+    args = parser.parse_args()
+    chosen = args.only.split(",") if args.only else list(BENCHES)
+    unknown = set(chosen) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    tools = ensure_tools() if NEEDS_TOOLS & set(chosen) else True
+    print(f"# keysvc benchmarks ({'quick smoke run' if args.quick else 'full run'}), "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, commit {git_commit()}", flush=True)
+    results: dict[str, dict[str, object]] = {}
+    failed = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="keysvc-bench-") as tmp:
+        for name in chosen:
+            if name in NEEDS_TOOLS and not tools:
+                print(f"\n(skipped {name}: wrk/nginx missing)", flush=True)
+                continue
+            out = Path(tmp) / f"{name}.json"
+            extra = BENCHES[name][1 if args.quick else 0]
+            t0 = time.monotonic()
+            code = subprocess.run([sys.executable, "-m", f"bench.{name}", *extra, "--json", str(out)], cwd=ROOT,
+                                  check=False).returncode
+            print(f"\n({name}: {time.monotonic() - t0:.0f} s)", flush=True)
+            if code != 0 or not out.exists():
+                failed.append(name)
+                continue
+            results[name] = json.loads(out.read_text())
+    summary(results)
+    print(f"\nTotal {time.monotonic() - started:.0f} s.", flush=True)
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", flush=True)
+        raise SystemExit(1)
+
+
+def git_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
+    return result.stdout.strip() or "?"
+
+
+if __name__ == "__main__":
+    main()
