@@ -52,6 +52,10 @@ class PublicApp:
             for status in ("200", "304")
         }
         self._bytes = {name: metrics.jwks_bytes.labels(name) for name in keyring.settings.keysets}
+        # path -> keyset: one dict lookup routes a JWKS request
+        self._jwks_paths = {f"/keysets/{name}/jwks.json": name for name in keyring.settings.keysets}
+        if self.default is not None:
+            self._jwks_paths[_WELL_KNOWN] = self.default
 
     def _jwks_headers(self, doc: JwksDocument) -> tuple[Headers, Headers]:
         cached = self._headers.get(doc.etag)
@@ -96,12 +100,12 @@ class PublicApp:
 
     async def _route(self, scope: Scope, headers: dict[bytes, bytes], rid: str, send: Send) -> int:
         path: str = scope["path"]
-        if path == _WELL_KNOWN or (path.startswith("/keysets/") and path.endswith("/jwks.json")):
-            name = self.default if path == _WELL_KNOWN else path[len("/keysets/") : -len("/jwks.json")]
-            if name is None or name not in self.keyring.settings.keysets:
-                raise NotFound("no such keyset")
+        name = self._jwks_paths.get(path)
+        if name is not None:
             _check_method(scope)
             return await self._jwks(scope, name, headers, rid, send)
+        if path == _WELL_KNOWN or (path.startswith("/keysets/") and path.endswith("/jwks.json")):
+            raise NotFound("no such keyset")
         if path in ("/healthz", "/readyz"):
             _check_method(scope)
             if path == "/readyz" and not self.keyring.ready():
