@@ -14,6 +14,7 @@ from keysvc import lifecycle
 from keysvc.backends.base import Backend, KeyRecord
 from keysvc.config import KeysetSettings
 from keysvc.errors import Conflict, NotFound
+from keysvc.faults import checkpoint
 from keysvc.lifecycle import Activate, Create, Destroy, Policy, State
 from keysvc.logs import LOG, audit
 
@@ -96,6 +97,7 @@ def reconcile(backend: Backend, ks: KeysetSettings, now: Now, actor: str) -> Rec
             action = lifecycle.next_action(records, t, policy)
             if action is None:
                 break
+            checkpoint(f"ops.reconcile.{type(action).__name__.lower()}")
             _apply(backend, ks, records, action, t, actor, report)
         report.records = backend.load(ks.name)
     return report
@@ -117,6 +119,7 @@ def rotate(backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, force:
         record = next(r for r in records if r.kid == action.kid)
         early = t < record.created_at + policy.publish_ahead
         backend.update(record.replace(activates_at=t))
+        checkpoint("ops.rotate.promoted")
         audit(
             "key.rotate",
             actor=actor,
@@ -139,6 +142,7 @@ def revoke(backend: Backend, keysets: dict[str, KeysetSettings], kid: str, now: 
             t = now()
             revoked, promotion = lifecycle.revoke(records, kid, t, policy_of(ks))
             backend.update(revoked)
+            checkpoint("ops.revoke.revoked")
             was_active = (
                 promotion is not None or lifecycle.evaluate(records, t, policy_of(ks)).state_of(kid) is State.ACTIVE
             )
@@ -152,6 +156,7 @@ def revoke(backend: Backend, keysets: dict[str, KeysetSettings], kid: str, now: 
             )
             if promotion is not None:
                 backend.update(next(r for r in records if r.kid == promotion.kid).replace(activates_at=promotion.at))
+                checkpoint("ops.revoke.promoted")
                 audit(
                     "key.activate",
                     actor=actor,
@@ -179,6 +184,10 @@ def import_key(backend: Backend, ks: KeysetSettings, pem: bytes, now: Now, actor
         record = backend.create(ks.name, lifecycle.next_seq(records), ks.alg, activates_at, t, pem=pem)
         if record is None:
             raise Conflict("another replica created a key at the same moment; try again")
+        # A crash here leaves the replaced pending key unrevoked: harmless, since the imported key activates
+        # at the same instant and, with the higher seq, supersedes it then; it leaves the JWKS retain_after
+        # later without ever signing (tests/test_crash_consistency.py).
+        checkpoint("ops.import.created")
         for old in pending:
             backend.update(old.replace(revoked_at=t))
             audit("key.revoke", actor=actor, keyset=ks.name, kid=old.kid, reason="replaced by imported key")

@@ -27,6 +27,7 @@ from typing import Any
 from keysvc.backends import keys
 from keysvc.backends.base import KeyRecord, Signer
 from keysvc.errors import BackendUnavailable, ConfigError, StoreCorrupt
+from keysvc.faults import checkpoint
 
 _RECORD = re.compile(r"^key-(\d{6,})\.json$")
 _PEM = re.compile(r"^key-(\d{6,})\.pem$")
@@ -60,18 +61,23 @@ def _write_temp(directory: Path, data: bytes) -> Path:
     return tmp
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with data atomically (readers see the old or the new file, never a torn one)."""
+def write_atomic(path: Path, data: bytes, step: str = "file.write") -> None:
+    """Replace `path` with data atomically (readers see the old or the new file, never a torn one).
+    `step` names the crash checkpoints (keysvc.faults) around the rename."""
     tmp = _write_temp(path.parent, data)
+    checkpoint(f"{step}.temp_written")
     os.replace(tmp, path)
+    checkpoint(f"{step}.renamed")
     _fsync_dir(path.parent)
 
 
-def create_exclusive(path: Path, data: bytes) -> bool:
+def create_exclusive(path: Path, data: bytes, step: str = "file.create") -> bool:
     """Create `path` atomically with data; False (and nothing written) if it already exists."""
     tmp = _write_temp(path.parent, data)
+    checkpoint(f"{step}.temp_written")
     try:
         os.link(tmp, path)
+        checkpoint(f"{step}.linked")
     except FileExistsError:
         return False
     finally:
@@ -217,8 +223,9 @@ class FileBackend:
             raise ConfigError("pem", f"key {record.kid} is already in keyset {keyset}")
         pem_path = self._pem_path(keyset, seq)
         try:
-            write_atomic(pem_path, keys.to_pem(key, self._passphrase))
-            if not create_exclusive(self._record_path(keyset, seq), _record_to_json(record)):
+            checkpoint("file.create.begin")
+            write_atomic(pem_path, keys.to_pem(key, self._passphrase), "file.create.pem")
+            if not create_exclusive(self._record_path(keyset, seq), _record_to_json(record), "file.create.record"):
                 pem_path.unlink(missing_ok=True)  # lost the slot: ours is an orphan
                 return None
         except OSError as exc:
@@ -241,7 +248,7 @@ class FileBackend:
         path = self._record_path(record.keyset, record.seq)
         self._stored(record)
         try:
-            write_atomic(path, _record_to_json(record))
+            write_atomic(path, _record_to_json(record), "file.update")
         except OSError as exc:
             raise BackendUnavailable(f"cannot write key record of {record.kid}: {exc.strerror}") from None
 
@@ -249,7 +256,9 @@ class FileBackend:
         """Delete the private key file (idempotent), then mark the record destroyed."""
         pem_path = self._pem_path(record.keyset, record.seq)
         try:
+            checkpoint("file.destroy.begin")
             pem_path.unlink(missing_ok=True)
+            checkpoint("file.destroy.unlinked")
             _fsync_dir(pem_path.parent)
         except OSError as exc:
             raise BackendUnavailable(f"cannot delete private key of {record.kid}: {exc.strerror}") from None
@@ -304,6 +313,7 @@ class FileBackend:
         for name in sorted(names):
             orphan_pem = (m := _PEM.match(name)) and f"key-{m.group(1)}.json" not in names
             if name.startswith(".tmp-") or orphan_pem:
+                checkpoint("file.repair.unlink")
                 (directory / name).unlink(missing_ok=True)
                 done.append(f"removed {'orphan private key' if orphan_pem else 'temp file'} {keyset}/{name}")
         if done:
