@@ -82,12 +82,18 @@ def _apply(
         )
 
 
-def reconcile(backend: Backend, ks: KeysetSettings, now: Now, actor: str) -> ReconcileReport:
-    """Bring a keyset to its steady state (one pending key, retired keys destroyed). Idempotent."""
+def reconcile(
+    backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, repair: bool = False
+) -> ReconcileReport:
+    """Bring a keyset to its steady state (one pending key, retired keys destroyed). Idempotent.
+
+    Leftovers of a crash are repaired before any write; `repair=True` (at start-up, i.e. after a possible
+    crash) repairs even when there is nothing to write, so an orphan private key does not linger on disk
+    until the next lifecycle instant, weeks later."""
     policy = policy_of(ks)
     records = backend.load(ks.name)
     report = ReconcileReport(records)
-    if lifecycle.next_action(records, now(), policy) is None:
+    if not repair and lifecycle.next_action(records, now(), policy) is None:
         return report
     with backend.exclusive(ks.name):
         report.repaired = len(backend.repair(ks.name, now()))
