@@ -128,12 +128,22 @@ class FileBackend:
         self.root = Path(path)
         self._passphrase = passphrase
         self.instance_id = instance_id
+        # Keysets this object has seen records of. Records are never deleted (a destroyed key keeps its
+        # record), so when one of these comes back empty or missing, the directory is gone (an unmounted
+        # volume showing its empty mount point), not new: refuse, rather than create a fresh keyset
+        # whose new active key no verifier has cached.
+        self._seen: set[str] = set()
 
     def __repr__(self) -> str:
         return f"FileBackend({str(self.root)!r}, encrypted={self._passphrase is not None})"
 
+    def _vanished(self, keyset: str) -> BackendUnavailable:
+        return BackendUnavailable(f"the key records of {keyset} vanished from {self.root / keyset} (volume gone?)")
+
     def _dir(self, keyset: str) -> Path:
         directory = self.root / keyset
+        if keyset in self._seen and not directory.is_dir():
+            raise self._vanished(keyset)
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.mkdir(mode=0o700, exist_ok=True)
@@ -155,6 +165,8 @@ class FileBackend:
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
+            if keyset in self._seen:
+                raise self._vanished(keyset) from None
             return []
         except OSError as exc:
             raise BackendUnavailable(f"key directory {directory} unreadable: {exc.strerror}") from None
@@ -168,6 +180,10 @@ class FileBackend:
                 except OSError as exc:
                     raise BackendUnavailable(f"key record {name} unreadable: {exc.strerror}") from None
                 records.append(_record_from_json(data, f"{keyset}/{name}"))
+        if records:
+            self._seen.add(keyset)
+        elif keyset in self._seen:
+            raise self._vanished(keyset)
         return records
 
     def signer(self, record: KeyRecord) -> Signer:
