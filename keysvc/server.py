@@ -133,11 +133,83 @@ def _count_reconcile(metrics: Metrics) -> Any:
     return hook
 
 
+MAX_REQUEST_HEAD = 16 * 1024  # request line + headers, bytes; past it: 431 and the connection closed
+
+
+def _http_protocol() -> Any:
+    """httptools (fast) with a bound on the request head, or h11 (bounded by uvicorn) without httptools."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools on CPython
+        return "h11"
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn applies `h11_max_incomplete_event_size` to h11 only: httptools buffers any number of
+        header bytes, so one client could make a replica hold megabytes per connection (header flood).
+        The head is measured twice: parsed (URL and headers, refused mid-parse) and received while still
+        incomplete (a head that never ends); past MAX_REQUEST_HEAD the answer is 431 and the connection
+        is closed."""
+
+        _in_head = True
+        _received = 0  # bytes received since the current head began
+        _parsed = 0  # bytes of URL and headers parsed in the current head
+        _too_large = False
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._received += len(data)
+            super().data_received(data)
+            if self._in_head and self._received > MAX_REQUEST_HEAD and not self.transport.is_closing():
+                self._refuse()
+
+        def on_message_begin(self) -> None:
+            self._in_head, self._parsed = True, 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head, self._received = False, 0
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head = True
+
+        def _count(self, n: int) -> None:
+            self._parsed += n
+            if self._parsed > MAX_REQUEST_HEAD:
+                self._too_large = True
+                raise ValueError("request head too large")  # httptools aborts: send_400_response below
+
+        def send_400_response(self, msg: str) -> None:
+            if self._too_large:
+                self._refuse()
+            else:
+                super().send_400_response(msg)
+
+        def _refuse(self) -> None:
+            body = b'{"error":"invalid_request","error_description":"request headers too large"}'
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+            )
+            self.transport.close()
+
+    return BoundedHttpToolsProtocol
+
+
 def _server(app: Any, host: str, port: int, sock: socket.socket | None) -> uvicorn.Server:
     config = uvicorn.Config(
         app, host=host, port=port, lifespan="off", access_log=False, log_config=None, server_header=False,
-        date_header=True, timeout_graceful_shutdown=20, loop="auto", http="auto", proxy_headers=False,
-        limit_concurrency=2000, h11_max_incomplete_event_size=16 * 1024,
+        date_header=True, timeout_graceful_shutdown=20, loop="auto", http=_http_protocol(), proxy_headers=False,
+        limit_concurrency=2000, h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
     )
     return _Server(config)
 
