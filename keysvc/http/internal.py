@@ -31,6 +31,7 @@ from keysvc.http.common import MAX_BODY, check_content_type, check_length, error
 from keysvc.keyring import Keyring
 from keysvc.logs import LOG, audit
 from keysvc.metrics import Metrics
+from keysvc.openapi import openapi_endpoint
 from keysvc.ratelimit import TokenBucket, retry_after
 from keysvc.tokens import check_sign_request
 
@@ -287,6 +288,7 @@ def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
         Route("/v1/keys/{kid}/revoke", api.revoke, methods=["POST"]),
         Route("/metrics", api.metrics_endpoint, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(settings), methods=["GET"]),
         *(extra_routes(api) if extra_routes is not None else []),
     ]
     app = Starlette(
