@@ -125,6 +125,17 @@ class ClientSettings:
     token_exchange: bool = False
     exchange_scopes: tuple[str, ...] | None = None
     rate_limit: RateLimit | None = None
+    cert_subjects: tuple[str, ...] = ()  # client-certificate CN or SAN values that identify this client
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS on the internal listener; with `client_ca_file`, client certificates verified against it (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    require_client_cert: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,7 @@ class Settings:
     canary: CanarySettings | None = None
     mirror: MirrorSettings | None = None
     access_log: bool = True
+    tls: TlsSettings | None = None
 
     @property
     def default_keyset(self) -> str | None:
@@ -358,6 +370,7 @@ def _client(name: str, sec: _Section, keysets: Mapping[str, KeysetSettings]) -> 
     max_ttl = sec.duration("max_ttl", "5m")
     if max_ttl < 1:
         raise ConfigError(sec.name("max_ttl"), "must be at least 1s")
+    cert_subjects = sec.str_list("cert_subjects")
     raw_scopes = sec.get("exchange_scopes")
     scopes = sec.str_list("exchange_scopes") if raw_scopes is not None else None
     client = ClientSettings(
@@ -370,9 +383,28 @@ def _client(name: str, sec: _Section, keysets: Mapping[str, KeysetSettings]) -> 
         token_exchange=sec.flag("token_exchange"),
         exchange_scopes=scopes,
         rate_limit=_rate_limit(sec.section("rate_limit")),
+        cert_subjects=cert_subjects,
     )
     sec.done()
     return client
+
+
+def _tls(sec: _Section) -> TlsSettings | None:
+    """`listen.tls`: cert_file, key_file (PEM), optional client_ca_file and require_client_cert."""
+    if not sec.raw:
+        sec.seen.update(sec.raw)
+        return None
+    names = ("cert_file", "key_file", "client_ca_file")
+    files = {key: sec.text(key, required=key != "client_ca_file") for key in names}
+    for key, value in files.items():
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(sec.name(key), f"no such file: {value}")
+    required = sec.flag("require_client_cert")
+    if required and files["client_ca_file"] is None:
+        raise ConfigError(sec.name("require_client_cert"), "needs client_ca_file (the CA of client certificates)")
+    sec.done()
+    ca = files["client_ca_file"]
+    return TlsSettings(Path(files["cert_file"]), Path(files["key_file"]), Path(ca) if ca else None, required)
 
 
 def _named(sec: _Section, parse: Callable[[str, _Section], Any]) -> dict[str, Any]:
@@ -425,6 +457,7 @@ def parse_settings(raw: object) -> Settings:
     listen = top.section("listen")
     public = _address(listen.text("public", "0.0.0.0:8080"), "listen.public")
     internal = _address(listen.text("internal", "127.0.0.1:8081"), "listen.internal")
+    tls = _tls(listen.section("tls"))
     listen.done()
     if (public.host, public.port) == (internal.host, internal.port) and public.port != 0:
         raise ConfigError("listen.internal", "must differ from listen.public")
@@ -451,6 +484,14 @@ def parse_settings(raw: object) -> Settings:
                 f"clients.{client.name}.api_key_sha256", f"same API key as {hashes[client.api_key_sha256]}"
             )
         hashes[client.api_key_sha256] = client.name
+    subjects: dict[str, str] = {}
+    for client in clients.values():
+        if client.cert_subjects and (tls is None or tls.client_ca_file is None):
+            raise ConfigError(f"clients.{client.name}.cert_subjects", "needs listen.tls.client_ca_file")
+        for subject in client.cert_subjects:
+            if subject in subjects:
+                raise ConfigError(f"clients.{client.name}.cert_subjects", f"{subject!r} also names {subjects[subject]}")
+            subjects[subject] = client.name
     exchange = None
     if top.get("token_exchange") is not None:
         from keysvc.exchange.settings import parse_token_exchange  # optional module, loaded when used
@@ -496,6 +537,7 @@ def parse_settings(raw: object) -> Settings:
         canary=canary,
         mirror=mirror,
         access_log=access_log,
+        tls=tls,
     )
     top.done()
     check_invariants(settings)
@@ -507,7 +549,8 @@ def load_settings(path: str | Path) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {path}: {type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError("config", f"cannot read {path}: {type(exc).__name__}: {reason}") from None
     return parse_yaml(text)
 
 
