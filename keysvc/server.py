@@ -17,7 +17,7 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from starlette.routing import Route
 
-from keysvc import __version__
+from keysvc import __version__, tls
 from keysvc.backends.registry import open_backend
 from keysvc.clock import Clock, SystemClock
 from keysvc.config import Settings
@@ -165,6 +165,9 @@ def _http_protocol() -> Any:
         def on_message_begin(self) -> None:
             self._in_head, self._parsed = True, 0
             super().on_message_begin()
+            if self.scheme == "https":  # the verified client certificate's identities, for mTLS clients
+                extension = tls.scope_extension(self.transport.get_extra_info("ssl_object"))
+                self.scope["extensions"] = {**self.scope.get("extensions", {}), **extension}
 
         def on_url(self, url: bytes) -> None:
             self._count(len(url))
@@ -205,11 +208,11 @@ def _http_protocol() -> Any:
     return BoundedHttpToolsProtocol
 
 
-def _server(app: Any, host: str, port: int, sock: socket.socket | None) -> uvicorn.Server:
+def _server(app: Any, host: str, port: int, sock: socket.socket | None, **ssl_options: Any) -> uvicorn.Server:
     config = uvicorn.Config(
         app, host=host, port=port, lifespan="off", access_log=False, log_config=None, server_header=False,
         date_header=True, timeout_graceful_shutdown=20, loop="auto", http=_http_protocol(), proxy_headers=False,
-        limit_concurrency=2000, h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+        limit_concurrency=2000, h11_max_incomplete_event_size=MAX_REQUEST_HEAD, **ssl_options,
     )
     return _Server(config)
 
@@ -226,7 +229,8 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
     """Run both listeners until SIGTERM/SIGINT, then drain in-flight requests and stop."""
     service = build_service(settings)
     public = _server(service.public_app, settings.listen_public.host, settings.listen_public.port, None)
-    internal = _server(service.internal_app, settings.listen_internal.host, settings.listen_internal.port, None)
+    internal = _server(service.internal_app, settings.listen_internal.host, settings.listen_internal.port, None,
+                       **tls.uvicorn_ssl_options(settings.tls))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

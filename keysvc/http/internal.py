@@ -33,23 +33,38 @@ from keysvc.logs import LOG, audit
 from keysvc.metrics import Metrics
 from keysvc.openapi import openapi_endpoint
 from keysvc.ratelimit import TokenBucket, retry_after
+from keysvc.tls import client_identities
 from keysvc.tokens import check_sign_request
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Authenticator:
-    """Maps an `Authorization: Bearer <api key>` header to a configured client.
+    """Maps an `Authorization: Bearer <api key>` header, or a verified client certificate, to a client.
 
     The key is hashed (SHA-256) and looked up by digest; the stored digest is then compared in constant
     time. Looking up by digest leaks nothing useful about the key: an attacker cannot steer SHA-256.
+    A client certificate (mTLS, keysvc.tls) counts only when the request has no Authorization header;
+    when both are sent they must name the same client.
     """
 
     def __init__(self, clients: Mapping[str, ClientSettings]) -> None:
         self._by_digest = {c.api_key_sha256: c for c in clients.values()}
+        self._by_subject = {subject: c for c in clients.values() for subject in c.cert_subjects}
 
-    def authenticate(self, authorization: str | None) -> ClientSettings:
+    def authenticate(self, authorization: str | None, cert_identities: tuple[str, ...] = ()) -> ClientSettings:
         """The client, or InvalidClient."""
+        by_cert = next((self._by_subject[i] for i in cert_identities if i in self._by_subject), None)
+        if authorization is None and cert_identities:
+            if by_cert is None:
+                raise InvalidClient("the client certificate names no configured client")
+            return by_cert
+        client = self._by_key(authorization)
+        if by_cert is not None and by_cert is not client:
+            raise InvalidClient("the client certificate and the API key name different clients")
+        return client
+
+    def _by_key(self, authorization: str | None) -> ClientSettings:
         scheme, _, key = (authorization or "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -80,7 +95,7 @@ class InternalApi:
 
     def client(self, request: Request) -> ClientSettings:
         """Authenticate and rate-limit the caller."""
-        client = self.auth.authenticate(request.headers.get("authorization"))
+        client = self.auth.authenticate(request.headers.get("authorization"), client_identities(request.scope))
         request.state.client = client.name
         bucket = self.buckets.get(client.name)
         if bucket is not None and (wait := bucket.take(time.monotonic())) > 0:
