@@ -87,8 +87,10 @@ def schemathesis(
         "--phases", phases, "--workers", "1", "--request-timeout", "10",
         "--suppress-health-check", "all", "--no-shrink", *extra,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False,
-                          env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    workdir = live.config_path.parent  # schemathesis writes its cache (.schemathesis/) in the cwd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False, cwd=workdir,
+                          env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                               "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
 
 
 def test_schemathesis_thousand_requests_zero_5xx_all_conforming(live: KeysvcProcess) -> None:
