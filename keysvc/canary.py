@@ -105,7 +105,7 @@ class Canary:
 
     def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        assert settings.canary is not None
+        assert settings.canary is not None  # nosec B101 - only called when configured
         self.keyring = keyring
         self.metrics = metrics
         self.timeout = settings.canary.timeout

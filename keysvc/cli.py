@@ -54,7 +54,7 @@ def dev_settings(directory: Path = DEV_DIR) -> tuple[Settings, Path]:
                 "rotation_period": "30d",
                 "publish_ahead": "2d",
                 "retain_after": "1d",
-                "max_token_ttl": "5m",
+                "max_token_ttl": "5m",  # nosec B105 - a duration, not a password
             }
         },
         "clients": {

@@ -140,7 +140,9 @@ class Keyring:
         return loaded
 
     def _sync(self, ks: KeysetSettings) -> tuple[operations.ReconcileReport, dict[str, Signer]]:
-        report = operations.reconcile(self.backend, ks, self.clock.now, self.instance_id)
+        # the first sync of a keyset in this process also repairs what a crash left (orphans, temp files)
+        first = ks.name not in self._views
+        report = operations.reconcile(self.backend, ks, self.clock.now, self.instance_id, repair=first)
         return report, self._load_signers(ks, report.records)
 
     async def refresh(self, keyset: str) -> KeysetView | None:

@@ -64,7 +64,7 @@ class MirrorSync:
 
 def attach_mirror(settings: Settings, keyring: Keyring) -> MirrorSync:
     """Write each change of each keyset's JWKS to the configured S3 mirror."""
-    assert settings.mirror is not None
+    assert settings.mirror is not None  # nosec B101 - only called when configured
     m = settings.mirror
     mirror = S3Mirror(m.bucket, m.key_prefix, m.region, m.endpoint_url)
     sync = MirrorSync(mirror, settings.jwks.cache_control())

@@ -15,28 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # (test id, file, the flagged line stripped) -> why it is not a vulnerability. To be moved inline.
-PENDING: dict[tuple[str, str, str], str] = {
-    ("B101", "keysvc/backends/keys.py", "assert isinstance(key, rsa.RSAPrivateKey)"):
-        "type narrowing after check_key_fits() chose the family; not a security check",
-    ("B101", "keysvc/backends/keys.py", "assert isinstance(key, ec.EllipticCurvePrivateKey)"):
-        "type narrowing after check_key_fits() chose the family; not a security check",
-    ("B101", "keysvc/backends/keys.py", "assert isinstance(key, ed25519.Ed25519PrivateKey)"):
-        "type narrowing after check_key_fits() chose the family; not a security check",
-    ("B101", "keysvc/backends/registry.py", "assert settings.path is not None"):
-        "config validation guarantees it for type=file; narrowing for mypy",
-    ("B101", "keysvc/backends/registry.py",
-     "assert settings.region is not None and settings.alias_prefix is not None"):
-        "config validation guarantees both for type=kms; narrowing for mypy",
-    ("B101", "keysvc/canary.py", "assert settings.canary is not None"):
-        "called only when the canary is configured; narrowing for mypy",
-    ("B101", "keysvc/mirror_hook.py", "assert settings.mirror is not None"):
-        "called only when the mirror is configured; narrowing for mypy",
-    ("B105", "keysvc/cli.py", '"max_token_ttl": "5m",'):
-        "a duration named *token*, not a password (the dev config)",
-    ("B311", "keysvc/exchange/partner.py",
-     "return min(self._backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)  # noqa: S311"):
-        "retry jitter, not a secret; secrets come from the secrets module",
-}
+PENDING: dict[tuple[str, str, str], str] = {}
 
 
 def _flagged_line(result: dict[str, object]) -> str:

@@ -55,20 +55,20 @@ def kid_of(key: PrivateKey) -> str:
 
 def _sign_function(key: PrivateKey, spec: Algorithm) -> Callable[[bytes], bytes]:
     if spec.family == "RSA":
-        assert isinstance(key, rsa.RSAPrivateKey)
+        assert isinstance(key, rsa.RSAPrivateKey)  # nosec B101 - type narrowing, not a security check
         rsa_key, pkcs1, digest = key, padding.PKCS1v15(), spec.hash()
         return lambda data: rsa_key.sign(data, pkcs1, digest)
     if spec.family == "RSA-PSS":
-        assert isinstance(key, rsa.RSAPrivateKey)
+        assert isinstance(key, rsa.RSAPrivateKey)  # nosec B101 - type narrowing, not a security check
         pss_key, digest = key, spec.hash()
         # RFC 7518 §3.5: salt length = hash length (not the cryptography default of maximum)
         pss = padding.PSS(mgf=padding.MGF1(spec.hash()), salt_length=digest.digest_size)
         return lambda data: pss_key.sign(data, pss, digest)
     if spec.family == "EC":
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)  # nosec B101 - type narrowing, not a security check
         ec_key, ecdsa, size = key, ec.ECDSA(spec.hash()), spec.coord_size
         return lambda data: der_to_jose(ec_key.sign(data, ecdsa), size)
-    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)  # nosec B101 - type narrowing, not a security check
     return key.sign
 
 

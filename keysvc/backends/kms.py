@@ -361,18 +361,22 @@ class KmsBackend:
     # --- mutable fields, destruction -------------------------------------------------------------------
 
     def update(self, record: KeyRecord) -> None:
-        """Write `activates_at` and `revoked_at` to the key's tags; a revocation disables the key first
-        (compromise outranks availability: a failure after DisableKey leaves the key unusable)."""
+        """Write `activates_at` and `revoked_at` to the key's tags; a revocation then disables the key.
+
+        Tag first: a crash between the two leaves a record that says revoked (out of every JWKS, never
+        chosen to sign) on a key still enabled, which `repair()` disables. The other order would leave a
+        disabled key whose record is not revoked, which no replica can load until an operator steps in.
+        """
         if record.destroyed_at is not None:
             return  # pending deletion: KMS refuses tag writes, and the key can no longer sign anyway
         key_id = self._key_id(record)
-        if record.revoked_at is not None:
-            with kms_errors("DisableKey"):
-                self._client.disable_key(KeyId=key_id)
         fields = {"activates_at": repr(float(record.activates_at))}
         if record.revoked_at is not None:
             fields["revoked_at"] = repr(float(record.revoked_at))
         self._tag(key_id, fields)
+        if record.revoked_at is not None:
+            with kms_errors("DisableKey"):
+                self._client.disable_key(KeyId=key_id)
 
     def destroy(self, record: KeyRecord, now: float) -> KeyRecord:
         """Tag `destroyed_at` (impossible once pending deletion), then ScheduleKeyDeletion. Idempotent."""

@@ -11,7 +11,7 @@ from keysvc.config import BackendSettings
 def _file(settings: BackendSettings, instance_id: str) -> Backend:
     from keysvc.backends.file import FileBackend
 
-    assert settings.path is not None
+    assert settings.path is not None  # nosec B101 - guaranteed by config validation
     passphrase = settings.passphrase.reveal().encode("utf-8") if settings.passphrase else None
     return FileBackend(settings.path, passphrase, instance_id=instance_id)
 
@@ -19,7 +19,8 @@ def _file(settings: BackendSettings, instance_id: str) -> Backend:
 def _kms(settings: BackendSettings, instance_id: str) -> Backend:
     from keysvc.backends.kms import KmsBackend  # boto3 is only imported when KMS is used
 
-    assert settings.region is not None and settings.alias_prefix is not None
+    assert settings.region is not None  # nosec B101 - guaranteed by config validation
+    assert settings.alias_prefix is not None  # nosec B101 - guaranteed by config validation
     return KmsBackend(
         region=settings.region,
         alias_prefix=settings.alias_prefix,

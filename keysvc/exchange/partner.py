@@ -142,7 +142,8 @@ class PartnerClient:
 
     def _pause(self, attempt: int) -> float:
         # Jitter spreads replicas' retries apart; it is not a security decision.
-        return min(self._backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)  # noqa: S311
+        jitter = random.uniform(0.5, 1.0)  # noqa: S311  # nosec B311 - retry jitter, not a secret
+        return min(self._backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * jitter
 
     async def _post(self, form: dict[str, str], remaining: float) -> httpx.Response:
         s = self._settings
