@@ -406,11 +406,15 @@ def test_kms_backend_survives_kill_at_random_instants(tmp_path: Path, own_moto: 
             assert last_progress(Path(command(i)["progress"])).done
         duration = 0.9 * min(durations)
         killed, steps_hit, attempts = 0, set(), 0
-        while killed < KMS_CRASHES and attempts < 2 * KMS_CRASHES:
+        while (killed < KMS_CRASHES or steps_hit != set(KMS_STEPS)) and attempts < 3 * KMS_CRASHES:
             attempts += 1
             reset_moto(own_moto)
             cmd = command(attempts)
-            if not server.run(cmd, rng.uniform(0.0, duration)):
+            # stratified instants cover the whole run; on a loaded machine a run is slower than the warm-up
+            # ones, so instants past `duration` are drawn too until every step has been hit
+            spread = 1.0 if killed < KMS_CRASHES else 1.6
+            stratum = (attempts - 1) % 10
+            if not server.run(cmd, duration * spread * (stratum + rng.random()) / 10):
                 continue  # finished before the kill: not counted
             killed += 1
             crash = last_progress(Path(cmd["progress"]))
