@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from keysvc.errors import BackendError, BackendUnavailable, KeysvcError, StoreCorrupt
 from keysvc.lifecycle import State
+from keysvc.logs import fields
 
 if TYPE_CHECKING:
     from keysvc.keyring import Keyring
@@ -167,6 +168,29 @@ class Metrics:
         self.backend_latency.labels(operation).observe(seconds)
 
 
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """The labelled children of one metric, each bound by `labels()` on first use and kept.
+
+    `labels()` validates, stringifies and locks on every call (~2 us); the request paths call it several
+    times per request. Keys must be bounded like the labels themselves (configured names, our own kids,
+    fixed outcome codes), so the dict stays as small as the metric's own set of children.
+    """
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        """The child for `values` (the same object `metric.labels(*values)` returns)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class KeyEventCounter(logging.Handler):
     """Counts each `key.*` audit event as keysvc_key_events_total{keyset, event}.
 
@@ -184,7 +208,7 @@ class KeyEventCounter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Count the record when it is a known key event of a configured keyset (labels stay bounded)."""
         event = record.msg[4:] if isinstance(record.msg, str) and record.msg.startswith("key.") else None
-        keyset = getattr(record, "keyset", None)
+        keyset = fields(record).get("keyset")
         if event in KEY_EVENTS and keyset in self.keysets:
             self.counter.labels(keyset, event).inc()
 

@@ -14,7 +14,7 @@ from keysvc.errors import MethodNotAllowed, NotFound, RequestError, Unavailable
 from keysvc.http.common import error_body, request_id
 from keysvc.jwks import JwksDocument
 from keysvc.keyring import Keyring
-from keysvc.logs import LOG
+from keysvc.logs import LOG, event
 from keysvc.metrics import Metrics
 
 Scope = dict[str, Any]
@@ -88,15 +88,12 @@ class PublicApp:
             # errors only (never the JWKS hot path): 404/405 from scanners, 503 when nothing is loaded
             self.metrics.http_requests.labels("public", type(exc).__name__, str(status)).inc()
         if self.access_log:
-            LOG.info(
-                "access",
-                extra={
-                    # an unknown path is the caller's text (it may hold a token pasted by mistake): not logged
-                    "listener": "public", "method": scope["method"],
-                    "path": scope["path"][:200] if status != 404 else "(unknown)", "status": status,
-                    "request_id": rid, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                },
-            )
+            event(LOG, "access", {
+                # an unknown path is the caller's text (it may hold a token pasted by mistake): not logged
+                "listener": "public", "method": scope["method"],
+                "path": scope["path"][:200] if status != 404 else "(unknown)", "status": status,
+                "request_id": rid, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            })
 
     async def _route(self, scope: Scope, headers: dict[bytes, bytes], rid: str, send: Send) -> int:
         path: str = scope["path"]
