@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -92,7 +93,11 @@ def instance_id() -> str:
 def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     """Wire settings, backend, keyring, metrics and both apps (no I/O yet)."""
     ident = instance_id()
-    keyring = Keyring(settings, open_backend(settings.backend, ident), clock or SystemClock(), ident)
+    backend = open_backend(settings.backend, ident)
+    # one I/O thread per pooled backend connection (KMS: botocore's pool), so a burst of remote signatures
+    # queues in the pool instead of waiting on connections
+    workers = int(getattr(backend, "max_workers", 8))
+    keyring = Keyring(settings, backend, clock or SystemClock(), ident, ThreadPoolExecutor(workers, "keysvc-io"))
     metrics = Metrics()
     metrics.build_info.info({"version": __version__, "backend": settings.backend.type})
     metrics.watch(keyring)
