@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from keysvc import operations
 from keysvc.config import ClientSettings, Settings
@@ -29,14 +31,22 @@ from keysvc.errors import (
 )
 from keysvc.http.common import MAX_BODY, check_content_type, check_length, error_body, parse_json, request_id
 from keysvc.keyring import Keyring
-from keysvc.logs import LOG, audit
-from keysvc.metrics import Metrics
+from keysvc.logs import LOG, audit, event
+from keysvc.metrics import Children, Metrics
 from keysvc.openapi import openapi_endpoint
 from keysvc.ratelimit import TokenBucket, retry_after
 from keysvc.tls import client_identities
 from keysvc.tokens import check_sign_request
 
+Headers = list[tuple[bytes, bytes]]
 Handler = Callable[[Request], Awaitable[Response]]
+
+# Starlette's JSONResponse encoding, so the raw /v1/sign answers the same bytes the route did
+_ANSWER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_JSON = (b"content-type", b"application/json")
+_NO_STORE = (b"cache-control", b"no-store")
+_ALLOW_POST = (b"allow", b"POST")
+_INTERNAL_ERROR = b'{"error":"internal_error","error_description":"internal error"}'
 
 
 class Authenticator:
@@ -90,18 +100,27 @@ class InternalApi:
             for c in settings.clients.values()
             if c.rate_limit
         }
+        self._rate_limited = Children(metrics.rate_limited)
+        self._sign_requests = Children(metrics.sign_requests)
+        self._sign_latency = Children(metrics.sign_latency)
+        self._tokens_signed = Children(metrics.tokens_signed)
 
     # ----------------------------------------------------------------------------------- helpers
 
-    def client(self, request: Request) -> ClientSettings:
-        """Authenticate and rate-limit the caller."""
-        client = self.auth.authenticate(request.headers.get("authorization"), client_identities(request.scope))
-        request.state.client = client.name
+    def authorize(self, scope: Scope, authorization: str | None) -> ClientSettings:
+        """Authenticate (API key or verified client certificate) and rate-limit the caller of a request;
+        the client's name goes to the request state for the access log, 429s included."""
+        client = self.auth.authenticate(authorization, client_identities(scope))
+        scope.setdefault("state", {})["client"] = client.name
         bucket = self.buckets.get(client.name)
         if bucket is not None and (wait := bucket.take(time.monotonic())) > 0:
-            self.metrics.rate_limited.labels(client.name).inc()
+            self._rate_limited(client.name).inc()
             raise RateLimited("too many requests for this client", retry_after=retry_after(wait))
         return client
+
+    def client(self, request: Request) -> ClientSettings:
+        """Authenticate and rate-limit the caller (Starlette routes)."""
+        return self.authorize(request.scope, request.headers.get("authorization"))
 
     def admin(self, request: Request) -> ClientSettings:
         """Authenticate a caller who must be an admin client."""
@@ -111,41 +130,32 @@ class InternalApi:
         return client
 
     async def body(self, request: Request, *, optional: bool = False) -> Any:
-        """The JSON body: content type, size limit (declared and streamed), strict parsing."""
+        """The JSON body of a Starlette route's request (see read_json); `optional`: none sent is {}."""
         if optional and request.headers.get("content-length") in (None, "0") and "content-type" not in request.headers:
             return {}
-        check_content_type(request.headers.get("content-type"))
-        check_length(request.headers.get("content-length"))
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
-            chunks.append(chunk)
-        return parse_json(b"".join(chunks))
+        return await read_json(request.receive, request.headers.get("content-type"),
+                               request.headers.get("content-length"))
 
     # ------------------------------------------------------------------------------------ routes
 
-    async def sign(self, request: Request) -> Response:
-        """POST /v1/sign"""
-        client = self.client(request)
-        body = await self.body(request)
+    async def sign(self, client: ClientSettings, body: Any) -> bytes:
+        """POST /v1/sign past authentication and body parsing: check, sign, count, audit; the JSON answer."""
         started = time.perf_counter()
         try:
             checked = check_sign_request(body, client, self.settings.keysets)
         except RequestError as exc:
             keyset = body.get("keyset") if isinstance(body, dict) else None
             label = keyset if isinstance(keyset, str) and keyset in self.settings.keysets else "-"
-            self.metrics.sign_requests.labels(client.name, label, exc.code).inc()
+            self._sign_requests(client.name, label, exc.code).inc()
             raise
         try:
             token = await self.keyring.sign(checked.keyset, checked.claims, checked.ttl)
         except RequestError as exc:
-            self.metrics.sign_requests.labels(client.name, checked.keyset, exc.code).inc()
+            self._sign_requests(client.name, checked.keyset, exc.code).inc()
             raise
-        self.metrics.sign_latency.labels(checked.keyset).observe(time.perf_counter() - started)
-        self.metrics.sign_requests.labels(client.name, checked.keyset, "ok").inc()
-        self.metrics.tokens_signed.labels(checked.keyset, token.kid).inc()
+        self._sign_latency(checked.keyset).observe(time.perf_counter() - started)
+        self._sign_requests(client.name, checked.keyset, "ok").inc()
+        self._tokens_signed(checked.keyset, token.kid).inc()
         # iat <= now, so exp <= now + max_token_ttl holds for every token minted by the rules; the keyset's
         # retain_after (>= max_token_ttl + I + S) then keeps its key published until the token expires.
         if token.expires_at > self.keyring.clock.now() + self.settings.keysets[checked.keyset].max_token_ttl:
@@ -156,7 +166,8 @@ class InternalApi:
             "token.sign", client=client.name, keyset=checked.keyset, kid=token.kid,
             sub=_short(checked.claims.get("sub")), aud=checked.claims.get("aud"), jti=token.jti, exp=token.expires_at,
         )
-        return JSONResponse({"token": token.token, "kid": token.kid, "alg": token.alg, "expires_at": token.expires_at})
+        answer = {"token": token.token, "kid": token.kid, "alg": token.alg, "expires_at": token.expires_at}
+        return _ANSWER.encode(answer).encode("utf-8")
 
     async def list_keys(self, request: Request) -> Response:
         """GET /v1/keys (admin)"""
@@ -209,6 +220,73 @@ class InternalApi:
         return JSONResponse({"status": "ok"})
 
 
+async def read_json(receive: Receive, content_type: str | None, content_length: str | None) -> Any:
+    """The JSON body of an ASGI request: content type, size limit (declared and streamed), strict parsing."""
+    check_content_type(content_type)
+    check_length(content_length)
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return parse_json(b"".join(chunks))
+
+
+class SignEndpoint:
+    """POST /v1/sign as a raw ASGI endpoint: the route internal services call on their hot paths, so it skips
+    Starlette's middleware, routing and Request/Response objects (as the public JWKS route does). Same
+    checks in the same order as the Starlette routes (method, then client and rate limit, then body), same
+    statuses, bodies and headers; the sign logic itself is InternalApi.sign."""
+
+    def __init__(self, api: InternalApi) -> None:
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> int:
+        """Answer one request; the status sent."""
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed("method not allowed here")
+            # the first of repeated headers counts, as with Starlette's request.headers.get()
+            headers = dict(reversed(scope["headers"]))
+            client = self.api.authorize(scope, _text(headers.get(b"authorization")))
+            body = await read_json(receive, _text(headers.get(b"content-type")), _text(headers.get(b"content-length")))
+            answer = await self.api.sign(client, body)
+        except RequestError as exc:
+            head = [*error_headers(exc), (b"x-request-id", rid)]
+            if isinstance(exc, MethodNotAllowed):
+                head.insert(-1, _ALLOW_POST)
+            await _send(send, exc.status, head, error_body(exc))
+            return exc.status
+        except Exception as exc:
+            LOG.error("unexpected error", extra={"path": scope["path"], "error_type": type(exc).__name__})
+            await _send(send, 500, [_JSON, (b"x-request-id", rid)], _INTERNAL_ERROR)
+            return 500
+        await _send(send, 200, [_JSON, (b"x-request-id", rid)], answer)
+        return 200
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def error_headers(exc: RequestError) -> Headers:
+    """The headers of a RequestError's JSON answer but its length (those error_response sends)."""
+    return [*((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()), _NO_STORE,
+            _JSON]
+
+
+async def _send(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _short(value: object) -> object:
     """Bound what a caller-chosen claim can add to a log line."""
     return value[:128] if isinstance(value, str) else None if value is None else type(value).__name__
@@ -249,18 +327,25 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 class _AccessLog:
-    """ASGI middleware: request id in and out, JSON access log line, request counter by route."""
+    """ASGI middleware: request id in and out, JSON access log line, request counter by route; the raw
+    endpoints (POST /v1/sign) are dispatched here, ahead of Starlette."""
 
-    def __init__(self, app: Any, metrics: Metrics, enabled: bool) -> None:
-        self.app, self.metrics, self.enabled = app, metrics, enabled
+    def __init__(self, app: Any, metrics: Metrics, enabled: bool, sign: SignEndpoint) -> None:
+        self.app, self.enabled, self.sign = app, enabled, sign
+        self._requests = Children(metrics.http_requests)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
+        scope.setdefault("state", {})["request_id"] = rid
+        if scope["path"] == "/v1/sign":
+            status = await self.sign(scope, receive, send, rid.encode())
+            self._done(scope, "sign", status, rid, started)
+            return
         status = 500
 
         async def send_with_id(message: dict[str, Any]) -> None:
@@ -270,23 +355,24 @@ class _AccessLog:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        scope.setdefault("state", {})["request_id"] = rid
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:  # noqa: S110 - Starlette already answered 500 and logged the type  # nosec B110
             pass
         finally:
-            route = _route_label(scope)
-            self.metrics.http_requests.labels("internal", route, str(status)).inc()
-            if self.enabled:
-                LOG.info("access", extra={
-                    "listener": "internal", "method": scope["method"], "route": route, "status": status,
-                    "request_id": rid, "client": scope.get("state", {}).get("client"),
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                })
+            self._done(scope, _route_label(scope), status, rid, started)
+
+    def _done(self, scope: Scope, route: str, status: int, rid: str, started: float) -> None:
+        self._requests("internal", route, str(status)).inc()
+        if self.enabled:
+            event(LOG, "access", {
+                "listener": "internal", "method": scope["method"], "route": route, "status": status,
+                "request_id": rid, "client": scope["state"].get("client"),
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            })
 
 
-def _route_label(scope: dict[str, Any]) -> str:
+def _route_label(scope: Scope) -> str:
     """The handler's name (bounded), never the raw path (a caller could make labels unbounded)."""
     return str(getattr(scope.get("endpoint"), "__name__", "unmatched"))
 
@@ -294,10 +380,10 @@ def _route_label(scope: dict[str, Any]) -> str:
 def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
                        extra_routes: Callable[[InternalApi], list[Route]] | None = None) -> tuple[Any, InternalApi]:
     """The internal ASGI app and its handler object; `extra_routes` adds routes built on the same API
-    object (authentication, rate limits, body parsing)."""
+    object (authentication, rate limits, body parsing). POST /v1/sign is raw ASGI (SignEndpoint), the rest
+    Starlette routes."""
     api = InternalApi(settings, keyring, metrics)
     routes = [
-        Route("/v1/sign", api.sign, methods=["POST"]),
         Route("/v1/keys", api.list_keys, methods=["GET"]),
         Route("/v1/keysets/{name}/rotate", api.rotate, methods=["POST"]),
         Route("/v1/keys/{kid}/revoke", api.revoke, methods=["POST"]),
@@ -314,4 +400,4 @@ def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
             Exception: _on_unexpected,
         },
     )
-    return _AccessLog(app, metrics, settings.access_log), api
+    return _AccessLog(app, metrics, settings.access_log, SignEndpoint(api)), api
