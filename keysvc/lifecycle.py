@@ -4,9 +4,11 @@ No I/O, no clock, no randomness: every replica that has read the same records co
 
     pending -> active -> retiring -> retired        (or revoked at any time)
 
-- The active key at time t is the non-revoked key with the greatest `activates_at <= t`.
-- A key is superseded at s = the `activates_at` of the next non-revoked key that has activated; it is
-  `retiring` until s + retain_after, then `retired` (its private material is destroyed).
+- The keys that ever activated are those with `activates_at <= t`, except keys revoked before they
+  activated. The latest of them is the active key at time t, unless it is revoked: then no key is active
+  until the pending key is promoted (never the retiring key before it; see README "Key lifecycle").
+- A key is superseded at s = the `activates_at` of the next key that activated; it is `retiring` until
+  s + retain_after, then `retired` (its private material is destroyed).
 - One pending key is kept at all times; the next key activates one rotation period after the current one,
   and never sooner than `publish_ahead` after its creation.
 """

@@ -146,12 +146,10 @@ def revoke(backend: Backend, keysets: dict[str, KeysetSettings], kid: str, now: 
             if not any(r.kid == kid for r in records):
                 continue
             t = now()
+            was_active = lifecycle.evaluate(records, t, policy_of(ks)).state_of(kid) is State.ACTIVE
             revoked, promotion = lifecycle.revoke(records, kid, t, policy_of(ks))
             backend.update(revoked)
             checkpoint("ops.revoke.revoked")
-            was_active = (
-                promotion is not None or lifecycle.evaluate(records, t, policy_of(ks)).state_of(kid) is State.ACTIVE
-            )
             audit(
                 "key.revoke",
                 actor=actor,

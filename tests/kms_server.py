@@ -146,9 +146,8 @@ class MotoServer:
         self.control("fault/clear")
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    """One moto server for the session, with dummy AWS credentials in the environment meanwhile."""
+def running_moto() -> Iterator[MotoServer]:
+    """Launch a moto server, with dummy AWS credentials in the environment while it runs."""
     with pytest.MonkeyPatch.context() as mp:
         for name, value in AWS_ENV.items():
             mp.setenv(name, value)
@@ -160,6 +159,12 @@ def moto_server() -> Iterator[MotoServer]:
             yield server
         finally:
             server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server for the session."""
+    yield from running_moto()
 
 
 @pytest.fixture

@@ -340,19 +340,9 @@ class ForkServer:
 @pytest.fixture(scope="module")
 def own_moto() -> Any:
     """A moto server for this module only, so restarts list only this test's KMS keys."""
-    from tests.kms_server import AWS_ENV, AWS_ENV_UNSET, MotoServer
+    from tests.kms_server import running_moto
 
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        for name in AWS_ENV_UNSET:
-            mp.delenv(name, raising=False)
-        server = MotoServer()
-        server.launch()
-        try:
-            yield server
-        finally:
-            server.shutdown()
+    yield from running_moto()
 
 
 def reset_moto(server: Any) -> None:
