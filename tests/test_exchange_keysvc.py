@@ -274,3 +274,17 @@ def test_exchange_command_signs_with_the_backend_key(stack: Stack, capsys: pytes
     body = json.loads(capsys.readouterr().out)
     assert (status, body["access_token"][:3]) == (0, "ct-")
     assert body["connect_url"].startswith("https://connect.zapier.com/to/SlackAPI?token=")
+
+
+def test_exchange_cli_black_box(stack: Stack, tmp_path: Path) -> None:
+    """`python -m keysvc exchange --config F --user U --tenant T` as an operator runs it: exit 0 and the
+    partner's access token as JSON on stdout; the partner verified our JWT against keysvc's JWKS URL. Without
+    a token_exchange section the command is refused as a configuration error (exit 2) naming the field."""
+    run = run_cli("exchange", "--user", "u-8", "--tenant", "t-9", config=stack.keysvc.config_path)
+    assert run.returncode == 0, run.stderr
+    body = json.loads(run.stdout)
+    assert body["access_token"] and body["expires_in"] > 0
+    assert stack.partner.calls_for("urn:ietf:params:oauth:token-type:access-token") == 1
+    bare = write_config(tmp_path / "bare.yaml", base_config(tmp_path / "keys"))
+    refused = run_cli("exchange", "--user", "u-8", "--tenant", "t-9", config=bare)
+    assert refused.returncode == 2 and "token_exchange" in refused.stderr
