@@ -65,6 +65,7 @@ class Keyring:
     )
     # metrics: (operation "sync" | "sign" | "write", the error or None, seconds)
     on_backend_op: list[Callable[[str, BaseException | None, float], Any]] = field(default_factory=list)
+    on_exp_violation: list[Callable[[str, int], Any]] = field(default_factory=list)
     _views: dict[str, KeysetView] = field(default_factory=dict)
     _signers: dict[str, Signer] = field(default_factory=dict)
     health: dict[str, Health] = field(default_factory=dict)
@@ -87,6 +88,13 @@ class Keyring:
         view = self.view(keyset)
         if view is None or view.minter is None:
             raise Unavailable("no active signing key is loaded for this keyset yet", retry_after=5)
+        if ttl > view.settings.max_token_ttl:
+            # exp = iat + ttl with iat <= now: within max_token_ttl, retain_after (>= max_token_ttl + I + S)
+            # keeps the key published until the token expires. Beyond it, refuse rather than mint a token
+            # verifiers would reject early. Every caller caps ttl first, so this must never happen.
+            for violation in self.on_exp_violation:
+                violation(keyset, ttl)
+            raise Unavailable("refusing a token that would outlive its key's retention guarantee", retry_after=60)
         minter = view.minter
         now = int(self.clock.now())
         if minter.signer.in_process:

@@ -81,7 +81,7 @@ class Metrics:
         self.tokens_signed = Counter("keysvc_tokens_signed_total", "Tokens signed", ["keyset", "kid"], registry=r)
         self.token_exp_beyond_retention = Counter(
             "keysvc_token_exp_beyond_retention_total",
-            "Tokens whose exp outlives the signing key's retention guarantee (must stay 0)",
+            "Tokens refused because their exp would outlive the signing key's retention guarantee (must stay 0)",
             ["keyset"],
             registry=r,
         )

@@ -105,6 +105,7 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     AUDIT.addHandler(metrics.key_event_counter)
     keyring.on_reconcile.append(_count_reconcile(metrics))
     keyring.on_backend_op.append(metrics.backend_op)
+    keyring.on_exp_violation.append(_report_exp_violation(metrics))
     extra_routes = None
     if settings.token_exchange is not None:
         from keysvc.exchange.wiring import exchange_routes
@@ -124,6 +125,14 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
 
         canary = attach(settings, keyring, metrics)
     return Service(settings, keyring, metrics, public_app, internal_app, canary=canary)
+
+
+def _report_exp_violation(metrics: Metrics) -> Any:
+    def hook(keyset: str, ttl: int) -> None:
+        metrics.token_exp_beyond_retention.labels(keyset).inc()
+        LOG.error("token refused: exp beyond the keyset's retention guarantee", extra={"keyset": keyset, "ttl": ttl})
+
+    return hook
 
 
 def _count_reconcile(metrics: Metrics) -> Any:

@@ -156,12 +156,6 @@ class InternalApi:
         self._sign_latency(checked.keyset).observe(time.perf_counter() - started)
         self._sign_requests(client.name, checked.keyset, "ok").inc()
         self._tokens_signed(checked.keyset, token.kid).inc()
-        # iat <= now, so exp <= now + max_token_ttl holds for every token minted by the rules; the keyset's
-        # retain_after (>= max_token_ttl + I + S) then keeps its key published until the token expires.
-        if token.expires_at > self.keyring.clock.now() + self.settings.keysets[checked.keyset].max_token_ttl:
-            self.metrics.token_exp_beyond_retention.labels(checked.keyset).inc()
-            LOG.error("token exp beyond the keyset's retention guarantee", extra={
-                "keyset": checked.keyset, "kid": token.kid, "jti": token.jti, "exp": token.expires_at})
         audit(
             "token.sign", client=client.name, keyset=checked.keyset, kid=token.kid,
             sub=_short(checked.claims.get("sub")), aud=checked.claims.get("aud"), jti=token.jti, exp=token.expires_at,
