@@ -64,7 +64,7 @@ def minting(alg: str, work: Path) -> tuple[Callable[[], object], Callable[[], ob
     key = generate(alg)
     minter = Minter(LocalSigner(kid_of(key), alg, key), keysets["bench"].issuer)
     now = int(time.time())
-    signing_input, _ = minter.signing_input(BODY["claims"], now, 300)
+    signing_input = minter.signing_input(BODY["claims"], now, 300).signing_input
     sign = bare_sign(key, alg)
 
     def mint() -> object:

@@ -99,16 +99,16 @@ class Keyring:
         now = int(self.clock.now())
         if minter.signer.in_process:
             return minter.mint(claims, now, ttl)
-        signing_input, full = minter.signing_input(claims, now, ttl)
+        unsigned = minter.signing_input(claims, now, ttl)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            signature = await loop.run_in_executor(self.executor, minter.signer.sign, signing_input)
+            signature = await loop.run_in_executor(self.executor, minter.signer.sign, unsigned.signing_input)
         except BackendError as exc:
             self._observe("sign", exc, started)
             raise Unavailable(f"the key store cannot sign right now: {exc}", retry_after=2) from None
         self._observe("sign", None, started)
-        return minter.finish(signing_input, full, signature)
+        return minter.finish(unsigned, signature)
 
     def _observe(self, operation: str, error: BaseException | None, started: float) -> None:
         seconds = time.perf_counter() - started

@@ -7,11 +7,12 @@ of each kid is encoded once; per token only the claims are encoded and signed.
 from __future__ import annotations
 
 import json
-import secrets
+import os
 from base64 import urlsafe_b64encode
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from keysvc.backends.base import Signer
 from keysvc.config import ClientSettings, KeysetSettings
@@ -20,13 +21,22 @@ from keysvc.jwks import b64url
 
 RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp", "jti"})
 _REQUEST_FIELDS = frozenset({"keyset", "claims", "ttl"})
-# json.dumps(obj, separators=..., ensure_ascii=False) builds a new encoder per call; this is the same encoder, once
-_encode_claims = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_stdlib_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-@dataclass(frozen=True)
-class SignRequest:
-    """A checked request: which keyset, what claims, for how long (seconds)."""
+def encode_claims(claims: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of a claims set. orjson writes what json.dumps(separators=(",", ":"),
+    ensure_ascii=False) writes (floats in their shortest form: 1e-7, not 1e-07) in a tenth of the time;
+    integers beyond 64 bits, which it refuses and a strict JSON body may hold, go to the stdlib encoder."""
+    try:
+        return orjson.dumps(claims)
+    except orjson.JSONEncodeError:
+        return _stdlib_encode(claims).encode("utf-8")
+
+
+class SignRequest(NamedTuple):
+    """A checked request: which keyset, what claims, for how long (seconds). (A NamedTuple, like Token:
+    built per request, and a frozen dataclass's __init__ costs about 1 us more.)"""
 
     keyset: str
     claims: Mapping[str, Any]
@@ -72,23 +82,33 @@ def check_sign_request(
 
 
 def _check_audience(aud: object, client: ClientSettings) -> None:
+    if isinstance(aud, str):  # the common case, checked without building a list
+        if aud not in client.audiences:
+            raise Forbidden("this client may not sign for that audience")
+        return
     if aud is None:
         raise InvalidRequest("claim 'aud' is required")
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
+    if not isinstance(aud, list) or not aud or not all(isinstance(a, str) for a in aud):
         raise InvalidRequest("claim 'aud' must be a string or a non-empty list of strings")
-    for audience in audiences:
+    for audience in aud:
         if audience not in client.audiences:
             raise Forbidden("this client may not sign for that audience")
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     """A signed JWT and what a caller needs to know about it."""
 
     token: str
     kid: str
     alg: str
+    expires_at: int
+    jti: str
+
+
+class Unsigned(NamedTuple):
+    """A token's signing input (`header.payload`), and what its Token will report."""
+
+    signing_input: bytes
     expires_at: int
     jti: str
 
@@ -103,19 +123,19 @@ class Minter:
         self._header = b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
         self._prefix = self._header.encode("ascii") + b"."  # per token, only the claims are encoded
 
-    def signing_input(self, claims: Mapping[str, Any], now: int, ttl: int) -> tuple[bytes, dict[str, Any]]:
-        """The bytes to sign and the full claims set (caller claims + iss, iat, nbf, exp, jti)."""
-        jti = secrets.token_urlsafe(16)  # 16 random bytes, base64url
-        full = {**claims, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + ttl, "jti": jti}
-        payload = urlsafe_b64encode(_encode_claims(full).encode("utf-8")).rstrip(b"=")
-        return self._prefix + payload, full
+    def signing_input(self, claims: Mapping[str, Any], now: int, ttl: int) -> Unsigned:
+        """The bytes to sign for the full claims set (caller claims + iss, iat, nbf, exp, jti)."""
+        jti = urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")  # secrets.token_urlsafe(16), inlined
+        exp = now + ttl
+        full = {**claims, "iss": self.issuer, "iat": now, "nbf": now, "exp": exp, "jti": jti}
+        return Unsigned(self._prefix + urlsafe_b64encode(encode_claims(full)).rstrip(b"="), exp, jti)
 
     def mint(self, claims: Mapping[str, Any], now: int, ttl: int) -> Token:
         """Sign in the calling thread (in-process signers; a remote signer blocks)."""
-        signing_input, full = self.signing_input(claims, now, ttl)
-        return self.finish(signing_input, full, self.signer.sign(signing_input))
+        unsigned = self.signing_input(claims, now, ttl)
+        return self.finish(unsigned, self.signer.sign(unsigned.signing_input))
 
-    def finish(self, signing_input: bytes, full: Mapping[str, Any], signature: bytes) -> Token:
+    def finish(self, unsigned: Unsigned, signature: bytes) -> Token:
         """Assemble the compact JWS once the signature is known."""
-        token = (signing_input + b"." + urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
-        return Token(token, self.signer.kid, self.signer.alg, int(full["exp"]), str(full["jti"]))
+        token = (unsigned.signing_input + b"." + urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
+        return Token(token, self.signer.kid, self.signer.alg, unsigned.expires_at, unsigned.jti)

@@ -320,6 +320,26 @@ def test_der_to_jose_keeps_leading_zeros(r: int, s: int, size: int) -> None:
     assert expected == der_to_jose(encode_dss_signature(r, s), size)
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([32, 48, 66]), st.data())
+def test_der_to_jose_equals_the_reference_conversion(size: int, data: st.DataObject) -> None:
+    """The sliced fast path (one-byte DER lengths) and decode_dss_signature's path give the same R||S as
+    converting the decoded integers, for every size of R and S a curve can produce (P-521's long-form
+    lengths included)."""
+    bound = 2 ** (8 * size) - 1 if size != 66 else 2**521 - 1
+    r = data.draw(st.integers(1, bound))
+    s = data.draw(st.integers(1, bound))
+    assert r.to_bytes(size, "big") + s.to_bytes(size, "big") == der_to_jose(encode_dss_signature(r, s), size)
+
+
+@pytest.mark.parametrize("der", [b"", b"\x30\x06\x02\x01\x01\x02\x01", b"\x31\x06\x02\x01\x01\x02\x01\x01",
+                                 b"\x30\x07\x02\x01\x01\x02\x01\x01", b"\x30\x06\x02\x05\x01\x02\x01\x01"])
+def test_der_to_jose_refuses_what_is_not_a_der_signature(der: bytes) -> None:
+    """Input the fast path does not recognise goes to decode_dss_signature, which refuses it."""
+    with pytest.raises(ValueError):
+        der_to_jose(der, 32)
+
+
 @pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512"])
 def test_pss_salt_length_is_the_hash_length(private_keys: dict[str, keys.PrivateKey], alg: str) -> None:
     """RFC 7518 §3.5: the PSS salt is as long as the hash. cryptography checks the salt length exactly,
