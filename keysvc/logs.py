@@ -1,12 +1,18 @@
 """Structured JSON logs on stdout, and the audit trail (who did what to which key, when; never a secret).
 
-Hot paths (every signature's audit line, every access line) pass their fields in one record attribute
-(`event()`), so the formatter copies one dict instead of scanning the record's `__dict__`; lines logged
-with `extra=` (uvicorn's, and the rest of keysvc's) are formatted as before.
+Three ways to write a line, all in the same JSON layout and to the same stream, in order:
+- `LOG.info(...)` with `extra=` (keysvc's and uvicorn's ordinary lines): through `logging`.
+- `audit(name, ...)`: key operations, through `logging` too, so the handlers on `keysvc.audit` see them
+  (the server counts key events there: `metrics.KeyEventCounter`).
+- The lines written per request, `event()` (access lines) and `audit_request()` (one per token signed or
+  exchanged): formatted by keysvc's handler directly, without a `LogRecord` (about 6 us less per line).
+  Access lines are written in one write per event-loop turn; a request's audit line is written before its
+  response is sent, so no token leaves without its audit line on the stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -14,10 +20,16 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+import orjson
+
 AUDIT = logging.getLogger("keysvc.audit")
 LOG = logging.getLogger("keysvc")
 
 FIELDS = "keysvc_fields"  # the record attribute that holds an event()'s fields
+MAX_PENDING = 256  # access lines held before a write, at most (a busy event-loop turn)
+# dataclasses and datetimes go to `default=str` as with the stdlib encoder: a dataclass's repr hides what
+# its fields mark repr=False (key material), which orjson's own dataclass encoding would not
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 
 
@@ -30,19 +42,71 @@ class JsonFormatter(logging.Formatter):
         self._second, self._stamp = -1, ""  # the last whole second formatted, and its text
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        extra = fields(record)
+        if record.exc_info and record.exc_info[0] is not None:
+            # the type only: a traceback may quote secrets
+            extra = {**extra, "exception": record.exc_info[0].__name__}
+        return self.line(record.created, record.levelname.lower(), record.name, record.getMessage(), extra)
+
+    def line(self, created: float, level: str, logger: str, event: str, values: Mapping[str, Any]) -> str:
+        """The JSON text of one line (no newline)."""
+        second = int(created)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         doc: dict[str, Any] = {
-            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
+            "ts": f"{self._stamp}.{int((created - second) * 1000):03d}Z", "level": level, "logger": logger,
+            "event": event,
         }
-        doc.update(fields(record))
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["exception"] = record.exc_info[0].__name__  # the type only: a traceback may quote secrets
-        return self._encoder.encode(doc)
+        doc.update(values)
+        try:
+            text = orjson.dumps(doc, default=str, option=_ORJSON_OPTIONS).decode("ascii")
+        except (orjson.JSONEncodeError, UnicodeDecodeError):
+            # integers past 64 bits, non-str keys, or non-ASCII text: the stdlib writes \u escapes, so a
+            # line stays ASCII whatever the stream's encoding
+            text = self._encoder.encode(doc)
+        return text
+
+
+class JsonHandler(logging.StreamHandler[TextIO]):
+    """The handler `setup()` installs: JSON lines from records, and the per-request lines written without
+    a record (`write()`), in the order they were logged."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.json = JsonFormatter()
+        self.setFormatter(self.json)
+        self._pending: list[str] = []  # per-request lines not written yet, each ending in a newline
+
+    def write(self, logger: str, event: str, values: Mapping[str, Any], *, now: bool) -> None:
+        """Write a per-request line: at once (`now`), or with the others of this event-loop turn."""
+        text = self.json.line(time.time(), "info", logger, event, values) + "\n"
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._pending.append(text)
+            if now or len(self._pending) >= MAX_PENDING:
+                self.flush()
+                return
+            if len(self._pending) == 1:  # the first line held: write it when this loop turn ends
+                try:
+                    asyncio.get_running_loop().call_soon(self.flush)
+                except RuntimeError:  # no event loop in this thread: nothing would write it later
+                    self.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:
+            self.flush()  # the lines held were logged first
+        super().emit(record)
+
+    def flush(self) -> None:
+        """Write the lines held, then flush the stream (also what logging.shutdown() calls at exit)."""
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                self.stream.write(text)
+            super().flush()
+
+
+_handler: JsonHandler | None = None  # the handler setup() installed, for the per-request lines
 
 
 def fields(record: logging.LogRecord) -> Mapping[str, Any]:
@@ -55,15 +119,17 @@ def fields(record: logging.LogRecord) -> Mapping[str, Any]:
 
 def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send every log line as JSON to `stream` (stdout by default; idempotent)."""
+    global _handler
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_keysvc", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    for old in list(root.handlers):
+        if getattr(old, "_keysvc", False):
+            old.flush()
+            root.removeHandler(old)
+    handler = JsonHandler(stream or sys.stdout)
     handler._keysvc = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    _handler = handler
     # What JsonFormatter never writes, so no record needs to collect it: the caller's file and line (a
     # stack walk per record), thread and process names. The switches the logging docs list under
     # "Optimization"; together about a third of the cost of a record.
@@ -78,12 +144,29 @@ def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-def event(logger: logging.Logger, name: str, values: Mapping[str, Any], /, level: int = logging.INFO) -> None:
-    """Log event `name` with `values` as its fields (one attribute: the cheap path for hot lines)."""
-    if logger.isEnabledFor(level):
-        logger.log(level, name, extra={FIELDS: values})
+def _write(logger: logging.Logger, name: str, values: Mapping[str, Any], now: bool) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _handler
+    if handler is None or handler not in logging.getLogger().handlers:  # keysvc's logging is not set up
+        logger.info(name, extra={FIELDS: values})
+        return
+    handler.write(logger.name, name, values, now=now)
+
+
+def event(logger: logging.Logger, name: str, values: Mapping[str, Any], /) -> None:
+    """A per-request line (the access log), written with the others of this event-loop turn. It reaches
+    keysvc's handler only: handlers added to `logger` do not see it."""
+    _write(logger, name, values, False)
 
 
 def audit(name: str, /, **values: Any) -> None:
-    """Record an audit event (key operations, signatures). Fields must never hold secrets."""
-    event(AUDIT, name, {"audit": True, **values})
+    """Record an audit event (key operations) through logging. Fields must never hold secrets."""
+    if AUDIT.isEnabledFor(logging.INFO):
+        AUDIT.info(name, extra={FIELDS: {"audit": True, **values}})
+
+
+def audit_request(name: str, values: Mapping[str, Any], /) -> None:
+    """Record the audit line of one request (a token signed or exchanged), written at once: call it before
+    the response is sent. Handlers added to `keysvc.audit` do not see it. Never a secret in `values`."""
+    _write(AUDIT, name, {"audit": True, **values}, True)

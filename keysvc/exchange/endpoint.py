@@ -16,7 +16,7 @@ from typing import Any
 from keysvc.errors import Forbidden, InvalidRequest, RequestError
 from keysvc.exchange.browser import APP_NAME
 from keysvc.exchange.client import TokenExchanger, normalise_scope
-from keysvc.logs import audit
+from keysvc.logs import audit_request
 
 _FIELDS = frozenset({"user_id", "tenant_id", "token", "app", "scope"})
 _IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces: ends up in a JWT claim
@@ -95,7 +95,7 @@ async def exchange_request(
         else:
             result = await exchanger.access_token(request.user_id, request.tenant_id, scope)
     except RequestError as exc:
-        audit("token.exchange", **fields, outcome=exc.code)
+        audit_request("token.exchange", {**fields, "outcome": exc.code})
         raise
-    audit("token.exchange", **fields, outcome="ok")
+    audit_request("token.exchange", {**fields, "outcome": "ok"})
     return result.to_json()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from json.encoder import encode_basestring
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,7 +31,7 @@ from keysvc.errors import (
 )
 from keysvc.http.common import MAX_BODY, check_content_type, check_length, error_body, parse_json, request_id
 from keysvc.keyring import Keyring
-from keysvc.logs import LOG, audit, event
+from keysvc.logs import LOG, audit_request, event
 from keysvc.metrics import Children, Metrics
 from keysvc.openapi import openapi_endpoint
 from keysvc.ratelimit import TokenBucket, retry_after
@@ -41,8 +41,7 @@ from keysvc.tokens import check_sign_request
 Headers = list[tuple[bytes, bytes]]
 Handler = Callable[[Request], Awaitable[Response]]
 
-# Starlette's JSONResponse encoding, so the raw /v1/sign answers the same bytes the route did
-_ANSWER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_json_string = encode_basestring  # a str as a JSON string, as json.dumps(ensure_ascii=False) writes it
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
 _ALLOW_POST = (b"allow", b"POST")
@@ -156,12 +155,14 @@ class InternalApi:
         self._sign_latency(checked.keyset).observe(time.perf_counter() - started)
         self._sign_requests(client.name, checked.keyset, "ok").inc()
         self._tokens_signed(checked.keyset, token.kid).inc()
-        audit(
-            "token.sign", client=client.name, keyset=checked.keyset, kid=token.kid,
-            sub=_short(checked.claims.get("sub")), aud=checked.claims.get("aud"), jti=token.jti, exp=token.expires_at,
-        )
-        answer = {"token": token.token, "kid": token.kid, "alg": token.alg, "expires_at": token.expires_at}
-        return _ANSWER.encode(answer).encode("utf-8")
+        audit_request("token.sign", {
+            "client": client.name, "keyset": checked.keyset, "kid": token.kid, "sub": _short(checked.claims.get("sub")),
+            "aud": checked.claims.get("aud"), "jti": token.jti, "exp": token.expires_at,
+        })
+        # What json.dumps(answer, ensure_ascii=False, separators=(",", ":")) writes, without its generic
+        # machinery; a compact JWS is base64url and dots only, so it needs no escaping.
+        kid, alg = _json_string(token.kid), _json_string(token.alg)
+        return f'{{"token":"{token.token}","kid":{kid},"alg":{alg},"expires_at":{token.expires_at:d}}}'.encode()
 
     async def list_keys(self, request: Request) -> Response:
         """GET /v1/keys (admin)"""
@@ -241,13 +242,12 @@ class SignEndpoint:
     def __init__(self, api: InternalApi) -> None:
         self.api = api
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> int:
-        """Answer one request; the status sent."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes],
+                       rid: bytes) -> int:
+        """Answer one request (`headers`: the first of each name); the status sent."""
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("method not allowed here")
-            # the first of repeated headers counts, as with Starlette's request.headers.get()
-            headers = dict(reversed(scope["headers"]))
             client = self.api.authorize(scope, _text(headers.get(b"authorization")))
             body = await read_json(receive, _text(headers.get(b"content-type")), _text(headers.get(b"content-length")))
             answer = await self.api.sign(client, body)
@@ -333,11 +333,12 @@ class _AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = dict(scope["headers"])
+        # the first of repeated headers counts, as with Starlette's request.headers.get()
+        headers = dict(reversed(scope["headers"]))
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
         scope.setdefault("state", {})["request_id"] = rid
         if scope["path"] == "/v1/sign":
-            status = await self.sign(scope, receive, send, rid.encode())
+            status = await self.sign(scope, receive, send, headers, rid.encode())
             self._done(scope, "sign", status, rid, started)
             return
         status = 500

@@ -1,0 +1,152 @@
+"""keysvc.logs: one JSON layout for every line, per-request lines in order and never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from keysvc import logs
+
+
+@pytest.fixture()
+def stream() -> Iterator[io.StringIO]:
+    """keysvc's logging set up on a StringIO; the root handlers are restored afterwards."""
+    root = logging.getLogger()
+    saved_handlers, saved_level, saved = list(root.handlers), root.level, logs._handler
+    out = io.StringIO()
+    logs.setup("INFO", out)
+    yield out
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved_handlers:
+        root.addHandler(handler)
+    root.setLevel(saved_level)
+    logs._handler = saved
+
+
+def lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_the_three_kinds_of_line_share_one_layout(stream: io.StringIO) -> None:
+    """A record, a key-operation audit and a per-request line have the same envelope fields."""
+    logs.LOG.info("jwks changed", extra={"keyset": "zapier"})
+    logs.audit("key.create", keyset="zapier", kid="k1")
+    logs.audit_request("token.sign", {"client": "svc", "kid": "k1"})
+    got = lines(stream)
+    assert [line["event"] for line in got] == ["jwks changed", "key.create", "token.sign"]
+    assert [list(line)[:4] for line in got] == [["ts", "level", "logger", "event"]] * 3
+    assert [line["logger"] for line in got] == ["keysvc", "keysvc.audit", "keysvc.audit"]
+    assert {k: got[2][k] for k in ("client", "kid", "audit")} == {"client": "svc", "kid": "k1", "audit": True}
+    assert all(str(line["ts"]).endswith("Z") and len(str(line["ts"])) == 24 for line in got)
+
+
+def test_access_lines_wait_for_the_end_of_the_loop_turn_and_keep_their_order(stream: io.StringIO) -> None:
+    """Inside an event loop, access lines are held until the turn ends, then written in one write; a
+    record logged meanwhile is written after them, and an audit line makes them go out at once."""
+
+    async def scenario() -> list[list[str]]:
+        seen = []
+        logs.event(logs.LOG, "access", {"n": 1})
+        logs.event(logs.LOG, "access", {"n": 2})
+        seen.append([str(line["n"]) for line in lines(stream)])  # nothing written yet
+        await asyncio.sleep(0)
+        seen.append([str(line["n"]) for line in lines(stream)])
+        logs.event(logs.LOG, "access", {"n": 3})
+        logs.LOG.info("record", extra={"n": 4})
+        logs.event(logs.LOG, "access", {"n": 5})
+        logs.audit_request("token.sign", {"n": 6})
+        seen.append([str(line["n"]) for line in lines(stream)])
+        return seen
+
+    before, after_turn, after_audit = asyncio.run(scenario())
+    assert before == []
+    assert after_turn == ["1", "2"]
+    assert after_audit == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_lines_held_are_written_by_flush_at_exit(stream: io.StringIO) -> None:
+    """A line still held is written by the handler's flush (what logging.shutdown() calls at exit, and
+    what a stopping loop would otherwise skip), so none is lost on a clean stop."""
+
+    async def log_then_flush() -> tuple[int, int]:
+        logs.event(logs.LOG, "access", {"n": 1})
+        held = len(lines(stream))
+        assert logs._handler is not None
+        logs._handler.flush()
+        return held, len(lines(stream))
+
+    assert asyncio.run(log_then_flush()) == (0, 1)
+
+
+def test_outside_an_event_loop_lines_are_written_at_once(stream: io.StringIO) -> None:
+    """With no running loop nothing would write a held line later: it goes out immediately (CLI)."""
+    logs.event(logs.LOG, "access", {"n": 1})
+    assert [line["n"] for line in lines(stream)] == [1]
+
+
+def test_a_busy_turn_holds_at_most_max_pending_lines(stream: io.StringIO) -> None:
+    """Memory is bounded: past MAX_PENDING held lines, they are written without waiting for the turn."""
+
+    async def burst() -> int:
+        for n in range(logs.MAX_PENDING):
+            logs.event(logs.LOG, "access", {"n": n})
+        return len(lines(stream))
+
+    assert asyncio.run(burst()) == logs.MAX_PENDING
+
+
+@dataclass
+class _Holder:
+    name: str
+    secret: str = field(repr=False)
+
+
+def test_odd_values_stay_ascii_json_and_hide_what_repr_hides(stream: io.StringIO) -> None:
+    """Non-ASCII text is escaped (a line is ASCII whatever the stream's encoding), integers past 64 bits
+    are written exactly, and a dataclass is written as its repr, never its hidden fields."""
+    logs.audit_request("token.sign", {"sub": "Zoë", "big": 2**70, "holder": _Holder("a", "s3cr3t")})
+    raw = stream.getvalue()
+    assert raw.isascii()
+    assert "s3cr3t" not in raw
+    line = lines(stream)[0]
+    assert (line["sub"], line["big"], line["holder"]) == ("Zoë", 2**70, "_Holder(name='a')")
+
+
+def test_levels_and_disabled_loggers_are_respected(stream: io.StringIO) -> None:
+    """Per-request lines obey the logger's level like records do."""
+    logs.LOG.setLevel(logging.WARNING)
+    try:
+        logs.event(logs.LOG, "access", {"n": 1})
+        logs.LOG.warning("kept")
+    finally:
+        logs.LOG.setLevel(logging.NOTSET)
+    assert [line["event"] for line in lines(stream)] == ["kept"]
+
+
+def test_without_keysvc_logging_set_up_lines_go_through_logging() -> None:
+    """Embedded use (no setup()): per-request lines are ordinary records any handler can see."""
+    saved = logs._handler
+    logs._handler = None
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Collect()
+    logs.AUDIT.addHandler(handler)
+    logs.AUDIT.setLevel(logging.INFO)
+    try:
+        logs.audit_request("token.sign", {"kid": "k1"})
+    finally:
+        logs.AUDIT.removeHandler(handler)
+        logs.AUDIT.setLevel(logging.NOTSET)
+        logs._handler = saved
+    assert [(r.getMessage(), logs.fields(r)) for r in seen] == [("token.sign", {"audit": True, "kid": "k1"})]
