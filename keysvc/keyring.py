@@ -18,6 +18,7 @@ from typing import Any
 
 from keysvc import jwks, lifecycle, operations
 from keysvc.backends.base import Backend, KeyRecord, Signer
+from keysvc.batching import Audit, SignBatch, audit_signed
 from keysvc.clock import Clock
 from keysvc.config import KeysetSettings, Settings
 from keysvc.errors import BackendError, BackendUnavailable, KeysvcError, Unavailable
@@ -66,6 +67,7 @@ class Keyring:
     # metrics: (operation "sync" | "sign" | "write", the error or None, seconds)
     on_backend_op: list[Callable[[str, BaseException | None, float], Any]] = field(default_factory=list)
     on_exp_violation: list[Callable[[str, int], Any]] = field(default_factory=list)
+    _batch: SignBatch = field(default_factory=SignBatch)
     _views: dict[str, KeysetView] = field(default_factory=dict)
     _signers: dict[str, Signer] = field(default_factory=dict)
     health: dict[str, Health] = field(default_factory=dict)
@@ -83,8 +85,9 @@ class Keyring:
         """True when every keyset has an active key loaded."""
         return all((v := self.view(name)) is not None and v.minter is not None for name in self.settings.keysets)
 
-    async def sign(self, keyset: str, claims: Mapping[str, Any], ttl: int) -> Token:
-        """Sign claims with the keyset's active key."""
+    async def sign(self, keyset: str, claims: Mapping[str, Any], ttl: int, audit: Audit = None) -> Token:
+        """Sign claims with the keyset's active key. With `audit` (who asked), the token's `token.sign`
+        audit line is written before the token is returned."""
         view = self.view(keyset)
         if view is None or view.minter is None:
             raise Unavailable("no active signing key is loaded for this keyset yet", retry_after=5)
@@ -97,9 +100,9 @@ class Keyring:
             raise Unavailable("refusing a token that would outlive its key's retention guarantee", retry_after=60)
         minter = view.minter
         now = int(self.clock.now())
-        if minter.signer.in_process:
-            return minter.mint(claims, now, ttl)
         unsigned = minter.signing_input(claims, now, ttl)
+        if minter.signer.in_process:
+            return await self._batch.sign(minter, unsigned, audit)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
@@ -108,7 +111,10 @@ class Keyring:
             self._observe("sign", exc, started)
             raise Unavailable(f"the key store cannot sign right now: {exc}", retry_after=2) from None
         self._observe("sign", None, started)
-        return minter.finish(unsigned, signature)
+        token = minter.finish(unsigned, signature)
+        if audit is not None:
+            audit_signed([(audit, token)])
+        return token
 
     def _observe(self, operation: str, error: BaseException | None, started: float) -> None:
         seconds = time.perf_counter() - started

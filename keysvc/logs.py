@@ -4,10 +4,11 @@ Three ways to write a line, all in the same JSON layout and to the same stream, 
 - `LOG.info(...)` with `extra=` (keysvc's and uvicorn's ordinary lines): through `logging`.
 - `audit(name, ...)`: key operations, through `logging` too, so the handlers on `keysvc.audit` see them
   (the server counts key events there: `metrics.KeyEventCounter`).
-- The lines written per request, `event()` (access lines) and `audit_request()` (one per token signed or
-  exchanged): formatted by keysvc's handler directly, without a `LogRecord` (about 6 us less per line).
-  Access lines are written in one write per event-loop turn; a request's audit line is written before its
-  response is sent, so no token leaves without its audit line on the stream.
+- The lines written per request, `event()` (access lines) and `audit_request()` / `audit_requests()` (one
+  per token signed or exchanged): formatted by keysvc's handler directly, without a `LogRecord` (about
+  6 us less per line). Access lines are written in one write per event-loop turn; audit lines are written
+  before the responses they describe are sent (the tokens of one signing batch in one write), so no token
+  leaves without its audit line on the stream.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -77,9 +78,11 @@ class JsonHandler(logging.StreamHandler[TextIO]):
         self.setFormatter(self.json)
         self._pending: list[str] = []  # per-request lines not written yet, each ending in a newline
 
-    def write(self, logger: str, event: str, values: Mapping[str, Any], *, now: bool) -> None:
-        """Write a per-request line: at once (`now`), or with the others of this event-loop turn."""
-        text = self.json.line(time.time(), "info", logger, event, values) + "\n"
+    def write(self, logger: str, event: str, lines: Sequence[Mapping[str, Any]], *, now: bool) -> None:
+        """Write per-request lines (one per mapping): at once (`now`), or with the others of this
+        event-loop turn."""
+        created, line = time.time(), self.json.line
+        text = "".join([line(created, "info", logger, event, values) + "\n" for values in lines])
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._pending.append(text)
             if now or len(self._pending) >= MAX_PENDING:
@@ -144,20 +147,21 @@ def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-def _write(logger: logging.Logger, name: str, values: Mapping[str, Any], now: bool) -> None:
+def _write(logger: logging.Logger, name: str, lines: Sequence[Mapping[str, Any]], now: bool) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = _handler
     if handler is None or handler not in logging.getLogger().handlers:  # keysvc's logging is not set up
-        logger.info(name, extra={FIELDS: values})
+        for values in lines:
+            logger.info(name, extra={FIELDS: values})
         return
-    handler.write(logger.name, name, values, now=now)
+    handler.write(logger.name, name, lines, now=now)
 
 
 def event(logger: logging.Logger, name: str, values: Mapping[str, Any], /) -> None:
     """A per-request line (the access log), written with the others of this event-loop turn. It reaches
     keysvc's handler only: handlers added to `logger` do not see it."""
-    _write(logger, name, values, False)
+    _write(logger, name, (values,), False)
 
 
 def audit(name: str, /, **values: Any) -> None:
@@ -169,4 +173,9 @@ def audit(name: str, /, **values: Any) -> None:
 def audit_request(name: str, values: Mapping[str, Any], /) -> None:
     """Record the audit line of one request (a token signed or exchanged), written at once: call it before
     the response is sent. Handlers added to `keysvc.audit` do not see it. Never a secret in `values`."""
-    _write(AUDIT, name, {"audit": True, **values}, True)
+    _write(AUDIT, name, ({"audit": True, **values},), True)
+
+
+def audit_requests(name: str, lines: Sequence[Mapping[str, Any]], /) -> None:
+    """audit_request() for several requests (the tokens of one signing batch), in one write."""
+    _write(AUDIT, name, [{"audit": True, **values} for values in lines], True)

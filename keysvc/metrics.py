@@ -11,7 +11,10 @@ prometheus-client's multiprocess mode is deliberately not used (docs/runbook.md,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import math
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import (
@@ -24,8 +27,15 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from keysvc.errors import BackendError, BackendUnavailable, KeysvcError, StoreCorrupt
 from keysvc.lifecycle import State
@@ -72,24 +82,27 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self.build_info = Info("keysvc_build", "keysvc version and backend", registry=r)
-        self.sign_requests = Counter(
+        # the request paths' metrics: incremented on the event loop only (LoopCounter, LoopHistogram)
+        self.sign_requests = LoopCounter(
             "keysvc_sign_requests_total", "POST /v1/sign requests", ["client", "keyset", "outcome"], registry=r
         )
-        self.sign_latency = Histogram(
+        self.sign_latency = LoopHistogram(
             "keysvc_sign_duration_seconds", "Time to sign a token", ["keyset"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.tokens_signed = Counter("keysvc_tokens_signed_total", "Tokens signed", ["keyset", "kid"], registry=r)
+        self.tokens_signed = LoopCounter("keysvc_tokens_signed_total", "Tokens signed", ["keyset", "kid"], registry=r)
         self.token_exp_beyond_retention = Counter(
             "keysvc_token_exp_beyond_retention_total",
             "Tokens refused because their exp would outlive the signing key's retention guarantee (must stay 0)",
             ["keyset"],
             registry=r,
         )
-        self.jwks_requests = Counter(
+        self.jwks_requests = LoopCounter(
             "keysvc_jwks_requests_total", "JWKS requests", ["keyset", "status"], registry=r
         )
-        self.jwks_bytes = Counter("keysvc_jwks_response_bytes_total", "JWKS body bytes served", ["keyset"], registry=r)
-        self.http_requests = Counter(
+        self.jwks_bytes = LoopCounter(
+            "keysvc_jwks_response_bytes_total", "JWKS body bytes served", ["keyset"], registry=r
+        )
+        self.http_requests = LoopCounter(
             "keysvc_http_requests_total", "HTTP requests", ["listener", "route", "status"], registry=r
         )
         self.backend_ops = Counter(
@@ -166,6 +179,62 @@ class Metrics:
         """Count one backend operation and its latency (a keyring `on_backend_op` hook)."""
         self.backend_ops.labels(operation, backend_outcome(error)).inc()
         self.backend_latency.labels(operation).observe(seconds)
+
+
+class LoopCounter(Collector):
+    """A labelled counter of the request paths, incremented on the event loop thread only.
+
+    prometheus_client's Counter takes a lock and makes four calls per increment (~0.8 us in a loop, more
+    between requests as caches go cold; four increments per signed token). Here an increment is one dict
+    update: no lock is needed because every increment and every scrape (the /metrics route) runs on the
+    event loop. Exposed exactly like a Counter of the same name.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], *,
+                 registry: CollectorRegistry) -> None:
+        self._name, self._documentation = name.removesuffix("_total"), documentation
+        self._labelnames = list(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}  # label values -> total; bounded like the labels
+        registry.register(self)
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        """Add `amount` to the series of `labels` (one value per label name, in order)."""
+        values = self.values
+        values[labels] = values.get(labels, 0.0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labels, value in list(self.values.items()):
+            family.add_metric(labels, value)
+        yield family
+
+
+class LoopHistogram(Collector):
+    """A labelled histogram of the request paths, observed on the event loop thread only (see LoopCounter).
+    Buckets as prometheus_client's Histogram: a value lands in the first bucket whose bound is >= it."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], *, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self._name, self._documentation = name, documentation
+        self._labelnames = list(labelnames)
+        self._bounds = tuple(float(b) for b in buckets)
+        self._les = [floatToGoString(b) for b in (*self._bounds, math.inf)]  # type: ignore[no-untyped-call]
+        self.series: dict[tuple[str, ...], list[float]] = {}  # label values -> [count per bucket..., +Inf, sum]
+        registry.register(self)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        """Record one observation in the series of `labels`."""
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [0.0] * (len(self._bounds) + 2)
+        series[bisect_left(self._bounds, value)] += 1
+        series[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labels, series in list(self.series.items()):
+            family.add_metric(labels, list(zip(self._les, accumulate(series[:-1]), strict=True)), sum_value=series[-1])
+        yield family
 
 
 M = TypeVar("M", Counter, Gauge, Histogram)

@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from keysvc import logs
 from tests.helpers import KeysvcProcess, base_config, write_config
 
 pytest_plugins = ["tests.kms_server"]
+
+
+class LogStream(io.StringIO):
+    """A log stream that records each write, and can be made to fail like a broken stdout pipe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if self.broken:
+            raise OSError("broken pipe")
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[LogStream]:
+    """keysvc's logging (keysvc.logs.setup) on a LogStream; the root logger is restored afterwards."""
+    root = logging.getLogger()
+    saved_handlers, saved_level, saved = list(root.handlers), root.level, logs._handler
+    out = LogStream()
+    logs.setup("INFO", out)
+    yield out
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved_handlers:
+        root.addHandler(handler)
+    root.setLevel(saved_level)
+    logs._handler = saved
 
 
 @pytest.fixture

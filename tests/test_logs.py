@@ -3,43 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import pytest
-
 from keysvc import logs
+from tests.conftest import LogStream
 
 
-@pytest.fixture()
-def stream() -> Iterator[io.StringIO]:
-    """keysvc's logging set up on a StringIO; the root handlers are restored afterwards."""
-    root = logging.getLogger()
-    saved_handlers, saved_level, saved = list(root.handlers), root.level, logs._handler
-    out = io.StringIO()
-    logs.setup("INFO", out)
-    yield out
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
-    logs._handler = saved
-
-
-def lines(out: io.StringIO) -> list[dict[str, object]]:
+def lines(out: LogStream) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
-def test_the_three_kinds_of_line_share_one_layout(stream: io.StringIO) -> None:
+def test_the_three_kinds_of_line_share_one_layout(log_stream: LogStream) -> None:
     """A record, a key-operation audit and a per-request line have the same envelope fields."""
     logs.LOG.info("jwks changed", extra={"keyset": "zapier"})
     logs.audit("key.create", keyset="zapier", kid="k1")
     logs.audit_request("token.sign", {"client": "svc", "kid": "k1"})
-    got = lines(stream)
+    got = lines(log_stream)
     assert [line["event"] for line in got] == ["jwks changed", "key.create", "token.sign"]
     assert [list(line)[:4] for line in got] == [["ts", "level", "logger", "event"]] * 3
     assert [line["logger"] for line in got] == ["keysvc", "keysvc.audit", "keysvc.audit"]
@@ -47,7 +28,7 @@ def test_the_three_kinds_of_line_share_one_layout(stream: io.StringIO) -> None:
     assert all(str(line["ts"]).endswith("Z") and len(str(line["ts"])) == 24 for line in got)
 
 
-def test_access_lines_wait_for_the_end_of_the_loop_turn_and_keep_their_order(stream: io.StringIO) -> None:
+def test_access_lines_wait_for_the_end_of_the_loop_turn_and_keep_their_order(log_stream: LogStream) -> None:
     """Inside an event loop, access lines are held until the turn ends, then written in one write; a
     record logged meanwhile is written after them, and an audit line makes them go out at once."""
 
@@ -55,14 +36,14 @@ def test_access_lines_wait_for_the_end_of_the_loop_turn_and_keep_their_order(str
         seen = []
         logs.event(logs.LOG, "access", {"n": 1})
         logs.event(logs.LOG, "access", {"n": 2})
-        seen.append([str(line["n"]) for line in lines(stream)])  # nothing written yet
+        seen.append([str(line["n"]) for line in lines(log_stream)])  # nothing written yet
         await asyncio.sleep(0)
-        seen.append([str(line["n"]) for line in lines(stream)])
+        seen.append([str(line["n"]) for line in lines(log_stream)])
         logs.event(logs.LOG, "access", {"n": 3})
         logs.LOG.info("record", extra={"n": 4})
         logs.event(logs.LOG, "access", {"n": 5})
         logs.audit_request("token.sign", {"n": 6})
-        seen.append([str(line["n"]) for line in lines(stream)])
+        seen.append([str(line["n"]) for line in lines(log_stream)])
         return seen
 
     before, after_turn, after_audit = asyncio.run(scenario())
@@ -71,33 +52,33 @@ def test_access_lines_wait_for_the_end_of_the_loop_turn_and_keep_their_order(str
     assert after_audit == ["1", "2", "3", "4", "5", "6"]
 
 
-def test_lines_held_are_written_by_flush_at_exit(stream: io.StringIO) -> None:
+def test_lines_held_are_written_by_flush_at_exit(log_stream: LogStream) -> None:
     """A line still held is written by the handler's flush (what logging.shutdown() calls at exit, and
     what a stopping loop would otherwise skip), so none is lost on a clean stop."""
 
     async def log_then_flush() -> tuple[int, int]:
         logs.event(logs.LOG, "access", {"n": 1})
-        held = len(lines(stream))
+        held = len(lines(log_stream))
         assert logs._handler is not None
         logs._handler.flush()
-        return held, len(lines(stream))
+        return held, len(lines(log_stream))
 
     assert asyncio.run(log_then_flush()) == (0, 1)
 
 
-def test_outside_an_event_loop_lines_are_written_at_once(stream: io.StringIO) -> None:
+def test_outside_an_event_loop_lines_are_written_at_once(log_stream: LogStream) -> None:
     """With no running loop nothing would write a held line later: it goes out immediately (CLI)."""
     logs.event(logs.LOG, "access", {"n": 1})
-    assert [line["n"] for line in lines(stream)] == [1]
+    assert [line["n"] for line in lines(log_stream)] == [1]
 
 
-def test_a_busy_turn_holds_at_most_max_pending_lines(stream: io.StringIO) -> None:
+def test_a_busy_turn_holds_at_most_max_pending_lines(log_stream: LogStream) -> None:
     """Memory is bounded: past MAX_PENDING held lines, they are written without waiting for the turn."""
 
     async def burst() -> int:
         for n in range(logs.MAX_PENDING):
             logs.event(logs.LOG, "access", {"n": n})
-        return len(lines(stream))
+        return len(lines(log_stream))
 
     assert asyncio.run(burst()) == logs.MAX_PENDING
 
@@ -108,18 +89,18 @@ class _Holder:
     secret: str = field(repr=False)
 
 
-def test_odd_values_stay_ascii_json_and_hide_what_repr_hides(stream: io.StringIO) -> None:
+def test_odd_values_stay_ascii_json_and_hide_what_repr_hides(log_stream: LogStream) -> None:
     """Non-ASCII text is escaped (a line is ASCII whatever the stream's encoding), integers past 64 bits
     are written exactly, and a dataclass is written as its repr, never its hidden fields."""
     logs.audit_request("token.sign", {"sub": "Zoë", "big": 2**70, "holder": _Holder("a", "s3cr3t")})
-    raw = stream.getvalue()
+    raw = log_stream.getvalue()
     assert raw.isascii()
     assert "s3cr3t" not in raw
-    line = lines(stream)[0]
+    line = lines(log_stream)[0]
     assert (line["sub"], line["big"], line["holder"]) == ("Zoë", 2**70, "_Holder(name='a')")
 
 
-def test_levels_and_disabled_loggers_are_respected(stream: io.StringIO) -> None:
+def test_levels_and_disabled_loggers_are_respected(log_stream: LogStream) -> None:
     """Per-request lines obey the logger's level like records do."""
     logs.LOG.setLevel(logging.WARNING)
     try:
@@ -127,7 +108,7 @@ def test_levels_and_disabled_loggers_are_respected(stream: io.StringIO) -> None:
         logs.LOG.warning("kept")
     finally:
         logs.LOG.setLevel(logging.NOTSET)
-    assert [line["event"] for line in lines(stream)] == ["kept"]
+    assert [line["event"] for line in lines(log_stream)] == ["kept"]
 
 
 def test_without_keysvc_logging_set_up_lines_go_through_logging() -> None:

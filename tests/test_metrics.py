@@ -261,3 +261,26 @@ def test_backend_outcome_tells_kms_throttling_from_other_failures() -> None:
     assert backend_outcome(StoreCorrupt("bad record")) == "corrupt"
     assert backend_outcome(Conflict("not yet safe")) == "refused"
     assert backend_outcome(OSError("disk")) == "error"
+
+
+def test_loop_metrics_expose_exactly_what_prometheus_client_would() -> None:
+    """LoopCounter and LoopHistogram (the request paths' lock-free metrics) write the same exposition text
+    as prometheus_client's Counter and Histogram given the same increments and observations, bucket
+    edges included (a value equal to a bound lands in that bound's bucket)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+
+    from keysvc.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # as keysvc.metrics does
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter = LoopCounter("x_requests_total", "Requests", ["client", "status"], registry=ours)
+    reference = Counter("x_requests_total", "Requests", ["client", "status"], registry=theirs)
+    histogram = LoopHistogram("x_duration_seconds", "Latency", ["keyset"], buckets=LATENCY_BUCKETS, registry=ours)
+    expected = Histogram("x_duration_seconds", "Latency", ["keyset"], buckets=LATENCY_BUCKETS, registry=theirs)
+    for client, status, amount in [("a", "200", 1), ("b", "403", 1), ("a", "200", 2.5), ("c", "200", 914)]:
+        counter.inc((client, status), amount)
+        reference.labels(client, status).inc(amount)
+    for keyset, value in [("z", 0.0005), ("z", 0.0004), ("z", 0.003), ("y", 7.0), ("z", 5.0), ("y", 0.0)]:
+        histogram.observe((keyset,), value)
+        expected.labels(keyset).observe(value)
+    assert generate_latest(ours).decode() == generate_latest(theirs).decode()

@@ -31,7 +31,7 @@ from keysvc.errors import (
 )
 from keysvc.http.common import MAX_BODY, check_content_type, check_length, error_body, parse_json, request_id
 from keysvc.keyring import Keyring
-from keysvc.logs import LOG, audit_request, event
+from keysvc.logs import LOG, event
 from keysvc.metrics import Children, Metrics
 from keysvc.openapi import openapi_endpoint
 from keysvc.ratelimit import TokenBucket, retry_after
@@ -100,9 +100,6 @@ class InternalApi:
             if c.rate_limit
         }
         self._rate_limited = Children(metrics.rate_limited)
-        self._sign_requests = Children(metrics.sign_requests)
-        self._sign_latency = Children(metrics.sign_latency)
-        self._tokens_signed = Children(metrics.tokens_signed)
 
     # ----------------------------------------------------------------------------------- helpers
 
@@ -145,20 +142,19 @@ class InternalApi:
         except RequestError as exc:
             keyset = body.get("keyset") if isinstance(body, dict) else None
             label = keyset if isinstance(keyset, str) and keyset in self.settings.keysets else "-"
-            self._sign_requests(client.name, label, exc.code).inc()
+            self.metrics.sign_requests.inc((client.name, label, exc.code))
             raise
         try:
-            token = await self.keyring.sign(checked.keyset, checked.claims, checked.ttl)
+            token = await self.keyring.sign(checked.keyset, checked.claims, checked.ttl, audit={
+                "client": client.name, "keyset": checked.keyset, "sub": _short(checked.claims.get("sub")),
+                "aud": checked.claims.get("aud"),
+            })
         except RequestError as exc:
-            self._sign_requests(client.name, checked.keyset, exc.code).inc()
+            self.metrics.sign_requests.inc((client.name, checked.keyset, exc.code))
             raise
-        self._sign_latency(checked.keyset).observe(time.perf_counter() - started)
-        self._sign_requests(client.name, checked.keyset, "ok").inc()
-        self._tokens_signed(checked.keyset, token.kid).inc()
-        audit_request("token.sign", {
-            "client": client.name, "keyset": checked.keyset, "kid": token.kid, "sub": _short(checked.claims.get("sub")),
-            "aud": checked.claims.get("aud"), "jti": token.jti, "exp": token.expires_at,
-        })
+        self.metrics.sign_latency.observe((checked.keyset,), time.perf_counter() - started)
+        self.metrics.sign_requests.inc((client.name, checked.keyset, "ok"))
+        self.metrics.tokens_signed.inc((checked.keyset, token.kid))
         # What json.dumps(answer, ensure_ascii=False, separators=(",", ":")) writes, without its generic
         # machinery; a compact JWS is base64url and dots only, so it needs no escaping.
         kid, alg = _json_string(token.kid), _json_string(token.alg)
@@ -326,7 +322,7 @@ class _AccessLog:
 
     def __init__(self, app: Any, metrics: Metrics, enabled: bool, sign: SignEndpoint) -> None:
         self.app, self.enabled, self.sign = app, enabled, sign
-        self._requests = Children(metrics.http_requests)
+        self._requests = metrics.http_requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -358,7 +354,7 @@ class _AccessLog:
             self._done(scope, _route_label(scope), status, rid, started)
 
     def _done(self, scope: Scope, route: str, status: int, rid: str, started: float) -> None:
-        self._requests("internal", route, str(status)).inc()
+        self._requests.inc(("internal", route, str(status)))
         if self.enabled:
             event(LOG, "access", {
                 "listener": "internal", "method": scope["method"], "route": route, "status": status,

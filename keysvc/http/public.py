@@ -46,12 +46,6 @@ class PublicApp:
         self.default = keyring.settings.default_keyset
         self.cache_control = keyring.settings.jwks.cache_control().encode("ascii")
         self._headers: dict[str, tuple[Headers, Headers]] = {}  # etag -> (200 headers, 304 headers)
-        self._counters = {
-            (name, status): metrics.jwks_requests.labels(name, status)
-            for name in keyring.settings.keysets
-            for status in ("200", "304")
-        }
-        self._bytes = {name: metrics.jwks_bytes.labels(name) for name in keyring.settings.keysets}
         # path -> keyset: one dict lookup routes a JWKS request
         self._jwks_paths = {f"/keysets/{name}/jwks.json": name for name in keyring.settings.keysets}
         if self.default is not None:
@@ -86,7 +80,7 @@ class PublicApp:
             body = error_body(exc)
             await _respond(send, scope, status, [_JSON, _NO_STORE, *extra, (b"x-request-id", rid.encode())], body)
             # errors only (never the JWKS hot path): 404/405 from scanners, 503 when nothing is loaded
-            self.metrics.http_requests.labels("public", type(exc).__name__, str(status)).inc()
+            self.metrics.http_requests.inc(("public", type(exc).__name__, str(status)))
         if self.access_log:
             event(LOG, "access", {
                 # an unknown path is the caller's text (it may hold a token pasted by mistake): not logged
@@ -124,14 +118,14 @@ class PublicApp:
         if inm is not None and _etag_matches(inm, doc.etag):
             await send({"type": "http.response.start", "status": 304, "headers": [*common, rid_header]})
             await send({"type": "http.response.body", "body": b""})
-            self._counters[(name, "304")].inc()
+            self.metrics.jwks_requests.inc((name, "304"))
             return 304
         await send({"type": "http.response.start", "status": 200, "headers": [*full, rid_header]})
         head = scope["method"] == "HEAD"
         await send({"type": "http.response.body", "body": b"" if head else doc.body})
-        self._counters[(name, "200")].inc()
+        self.metrics.jwks_requests.inc((name, "200"))
         if not head:
-            self._bytes[name].inc(len(doc.body))
+            self.metrics.jwks_bytes.inc((name,), len(doc.body))
         return 200
 
 

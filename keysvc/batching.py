@@ -1,0 +1,73 @@
+"""In-process signatures run back to back, once per event-loop turn, and are audited in one write.
+
+An ES256 signature costs ~16 us when signatures follow each other and ~30 us when each one runs between
+HTTP parsing, JSON and logging: the curve's precomputed tables fall out of the CPU cache in between.
+Requests that reach the signing step during one event-loop turn therefore queue here, and the queue is
+signed in one go when the turn ends; the audit lines of the tokens signed are then written in one write,
+before any of them is handed back (measured over HTTP on one core: 25% more ES256 /v1/sign requests per
+second for the batch, a few % more for the single write; docs/benchmarks.md). A request alone in its
+turn waits for nothing but the end of that turn. Remote signers (KMS) do not come here: they run in the
+keyring's I/O pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from keysvc.logs import audit_requests
+from keysvc.tokens import Minter, Token, Unsigned
+
+Audit = Mapping[str, Any] | None  # who asked for a token (client, keyset, claims summary), or None: no line
+_Entry = tuple[Minter, Unsigned, Audit, "asyncio.Future[Token]"]
+
+
+def audit_signed(signed: Sequence[tuple[Mapping[str, Any], Token]]) -> None:
+    """The `token.sign` audit lines of tokens signed (the caller's fields, then kid, jti, exp), in one write."""
+    audit_requests("token.sign", [{**fields, "kid": t.kid, "jti": t.jti, "exp": t.expires_at} for fields, t in signed])
+
+
+class SignBatch:
+    """Queues signatures of one event loop and runs them when the current turn ends."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: list[_Entry] = []
+
+    async def sign(self, minter: Minter, unsigned: Unsigned, audit: Audit = None) -> Token:
+        """The signed token, once this turn's queue has been signed (and audited, when `audit` is given)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests run several): nothing queued on the old one runs
+            self._loop, self._queue = loop, []
+        future: asyncio.Future[Token] = loop.create_future()
+        self._queue.append((minter, unsigned, audit, future))
+        if len(self._queue) == 1:
+            loop.call_soon(self._run)
+        return await future
+
+    def _run(self) -> None:
+        queue, self._queue = self._queue, []
+        results: list[tuple[asyncio.Future[Token], Token | Exception]] = []
+        audited: list[tuple[Mapping[str, Any], Token]] = []
+        for minter, unsigned, audit, future in queue:
+            if future.cancelled():  # the request is gone: no token is made for it
+                continue
+            try:
+                token = minter.finish(unsigned, minter.signer.sign(unsigned.signing_input))
+            except Exception as exc:  # it belongs to that request, not to the others queued
+                results.append((future, exc))
+                continue
+            results.append((future, token))
+            if audit is not None:
+                audited.append((audit, token))
+        try:
+            if audited:
+                audit_signed(audited)
+        except Exception as exc:  # fail closed: no token is handed out without its audit line
+            results = [(future, exc) for future, _ in results]
+        for future, result in results:
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
