@@ -150,6 +150,44 @@ def _count_reconcile(metrics: Metrics) -> Any:
 MAX_REQUEST_HEAD = 16 * 1024  # request line + headers, bytes; past it: 431 and the connection closed
 
 
+class OneWriteResponses(asyncio.Transport):
+    """What a request/response cycle writes through: the response head is held until the body is written,
+    so a response leaves in one send() instead of two (uvicorn writes the head as soon as the app sends
+    `http.response.start`, and each write to an idle socket is a system call). A head whose body does not
+    follow in the same event-loop turn (HEAD, a slow streaming body, 100 Continue) is written when the turn
+    ends. Measured on one core: JWKS +21%, POST /v1/sign +10% requests per second (docs/benchmarks.md)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._transport = transport
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held is None:
+            self._held = bytes(data)
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            held, self._held = self._held, None
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        """Write what is held (end of the turn, before closing, before the protocol answers by itself)."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+
 def _http_protocol() -> Any:
     """httptools (fast) with a bound on the request head, or h11 (bounded by uvicorn) without httptools."""
     try:
@@ -194,6 +232,8 @@ def _http_protocol() -> Any:
         def on_headers_complete(self) -> None:
             self._in_head, self._received = False, 0
             super().on_headers_complete()
+            if self.cycle is not None and not isinstance(self.cycle.transport, OneWriteResponses):
+                self.cycle.transport = OneWriteResponses(self.transport)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -206,12 +246,18 @@ def _http_protocol() -> Any:
                 raise ValueError("request head too large")  # httptools aborts: send_400_response below
 
         def send_400_response(self, msg: str) -> None:
+            self._flush_cycle()  # a response head still held goes out before this answer
             if self._too_large:
                 self._refuse()
             else:
                 super().send_400_response(msg)
 
+        def _flush_cycle(self) -> None:
+            if self.cycle is not None and isinstance(self.cycle.transport, OneWriteResponses):
+                self.cycle.transport.flush()
+
         def _refuse(self) -> None:
+            self._flush_cycle()
             body = b'{"error":"invalid_request","error_description":"request headers too large"}'
             self.transport.write(
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
