@@ -125,3 +125,26 @@ def test_request_id_keeps_only_sane_ids(given: str | None, kept: bool) -> None:
     assert (rid == given) is kept
     if not kept:
         assert len(rid) == 24 and rid != request_id(given)
+
+
+def test_fresh_request_ids_are_unique_in_a_process_and_across_a_fork() -> None:
+    """Fresh ids never repeat: 10,000 in a row are distinct hex, and a forked child (its own prefix) does
+    not make the ids its parent makes next."""
+    import os
+
+    ids = [request_id(None) for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next ids and leave at once
+        os.write(write, ",".join(request_id(None) for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = set(os.read(read, 1 << 16).decode().split(","))
+    os.close(read)
+    parent = {request_id(None) for _ in range(100)}
+    assert len(child) == 100
+    assert not child & parent
+    assert {i[:12] for i in child} != {i[:12] for i in parent}

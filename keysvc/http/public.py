@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from keysvc.errors import MethodNotAllowed, NotFound, RequestError, Unavailable
 from keysvc.http.common import error_body, request_id
@@ -28,6 +28,14 @@ _ALLOW = (b"allow", b"GET, HEAD")
 _WELL_KNOWN = "/.well-known/jwks.json"
 
 
+class _Heads(NamedTuple):
+    """The response headers of one JWKS version, built once."""
+
+    full: Headers  # 200
+    common: Headers  # 304 (and the tail of 200)
+    etag: bytes
+
+
 def _etag_matches(if_none_match: bytes, etag: str) -> bool:
     """RFC 9110 §13.1.2: weak comparison, a list of tags, or `*`."""
     value = if_none_match.decode("latin-1")
@@ -45,18 +53,19 @@ class PublicApp:
         self.access_log = access_log
         self.default = keyring.settings.default_keyset
         self.cache_control = keyring.settings.jwks.cache_control().encode("ascii")
-        self._headers: dict[str, tuple[Headers, Headers]] = {}  # etag -> (200 headers, 304 headers)
+        self._headers: dict[str, _Heads] = {}  # etag -> the headers of its 200 and 304 answers
         # path -> keyset: one dict lookup routes a JWKS request
         self._jwks_paths = {f"/keysets/{name}/jwks.json": name for name in keyring.settings.keysets}
         if self.default is not None:
             self._jwks_paths[_WELL_KNOWN] = self.default
 
-    def _jwks_headers(self, doc: JwksDocument) -> tuple[Headers, Headers]:
+    def _jwks_headers(self, doc: JwksDocument) -> _Heads:
         cached = self._headers.get(doc.etag)
         if cached is None:
-            common = [(b"cache-control", self.cache_control), (b"etag", doc.etag.encode("ascii"))]
+            etag = doc.etag.encode("ascii")
+            common = [(b"cache-control", self.cache_control), (b"etag", etag)]
             full = [_JSON, (b"content-length", str(len(doc.body)).encode("ascii")), *common]
-            cached = self._headers[doc.etag] = (full, common)
+            cached = self._headers[doc.etag] = _Heads(full, common, etag)
             if len(self._headers) > 64:
                 self._headers = {doc.etag: cached}
         return cached
@@ -112,10 +121,11 @@ class PublicApp:
             # fail closed: never serve an empty key set as if it were fine
             raise Unavailable("the key set is not loaded yet", retry_after=5)
         doc = view.document
-        full, common = self._jwks_headers(doc)
+        full, common, etag = self._jwks_headers(doc)
         rid_header = (b"x-request-id", rid.encode())
         inm = headers.get(b"if-none-match")
-        if inm is not None and _etag_matches(inm, doc.etag):
+        # a verifier revalidating sends back the ETag it was given: compared as bytes before any parsing
+        if inm is not None and (inm == etag or _etag_matches(inm, doc.etag)):
             await send({"type": "http.response.start", "status": 304, "headers": [*common, rid_header]})
             await send({"type": "http.response.body", "body": b""})
             self.metrics.jwks_requests.inc((name, "304"))
