@@ -82,7 +82,10 @@ class JsonHandler(logging.StreamHandler[TextIO]):
         """Write per-request lines (one per mapping): at once (`now`), or with the others of this
         event-loop turn."""
         created, line = time.time(), self.json.line
-        text = "".join([line(created, "info", logger, event, values) + "\n" for values in lines])
+        if len(lines) == 1:
+            text = line(created, "info", logger, event, lines[0]) + "\n"
+        else:
+            text = "".join([line(created, "info", logger, event, values) + "\n" for values in lines])
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._pending.append(text)
             if now or len(self._pending) >= MAX_PENDING:

@@ -206,6 +206,7 @@ def _http_protocol() -> Any:
         _received = 0  # bytes received since the current head began
         _parsed = 0  # bytes of URL and headers parsed in the current head
         _too_large = False
+        _one_write: OneWriteResponses | None = None
 
         def data_received(self, data: bytes) -> None:
             if self._in_head:
@@ -232,8 +233,10 @@ def _http_protocol() -> Any:
         def on_headers_complete(self) -> None:
             self._in_head, self._received = False, 0
             super().on_headers_complete()
-            if self.cycle is not None and not isinstance(self.cycle.transport, OneWriteResponses):
-                self.cycle.transport = OneWriteResponses(self.transport)
+            if self.cycle is not None:
+                if self._one_write is None:  # one per connection: its cycles write one after another
+                    self._one_write = OneWriteResponses(self.transport)
+                self.cycle.transport = self._one_write
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -253,8 +256,8 @@ def _http_protocol() -> Any:
                 super().send_400_response(msg)
 
         def _flush_cycle(self) -> None:
-            if self.cycle is not None and isinstance(self.cycle.transport, OneWriteResponses):
-                self.cycle.transport.flush()
+            if self._one_write is not None:
+                self._one_write.flush()
 
         def _refuse(self) -> None:
             self._flush_cycle()

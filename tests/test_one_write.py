@@ -163,3 +163,21 @@ def test_expect_100_continue_gets_the_interim_answer_then_the_token(live: Keysvc
             answer += chunk
     assert status(answer) == 200
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["token"].count(".") == 2
+
+
+def test_a_held_head_is_not_overtaken_by_the_next_pipelined_response(live: KeysvcProcess) -> None:
+    """HEAD's answer is a head with no body write, so it is held to the end of the turn; the next
+    pipelined response on the connection must still come after it, not before."""
+    data = (b"HEAD /healthz HTTP/1.1\r\nHost: keysvc\r\n\r\n"
+            b"GET /readyz HTTP/1.1\r\nHost: keysvc\r\nConnection: close\r\n\r\n")
+    host, port = live.public.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=3) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head_answer, rest = received.split(b"\r\n\r\n", 1)
+    assert head_answer.startswith(b"HTTP/1.1 200")
+    assert b'"ok"' not in received  # HEAD: no body
+    assert rest.startswith(b"HTTP/1.1 200")
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1]) == {"status": "ready"}
