@@ -151,27 +151,39 @@ MAX_REQUEST_HEAD = 16 * 1024  # request line + headers, bytes; past it: 431 and 
 
 
 class OneWriteResponses(asyncio.Transport):
-    """What a request/response cycle writes through: the response head is held until the body is written,
-    so a response leaves in one send() instead of two (uvicorn writes the head as soon as the app sends
-    `http.response.start`, and each write to an idle socket is a system call). A head whose body does not
-    follow in the same event-loop turn (HEAD, a slow streaming body, 100 Continue) is written when the turn
-    ends. Measured on one core: JWKS +21%, POST /v1/sign +10% requests per second (docs/benchmarks.md)."""
+    """What the request/response cycles of one connection write through: a response's first write (its
+    head) is held until its second (the body) and both leave in one send() instead of two (uvicorn writes
+    the head as soon as the app sends `http.response.start`; each write to an idle socket is a system
+    call). Measured on one core: JWKS +21%, POST /v1/sign +10% requests per second (docs/benchmarks.md).
+
+    The protocol arms it when a cycle starts (not for `Expect: 100-continue`, whose interim answer must not
+    wait) and flushes it when the response is complete (HEAD: no body is written), before closing and
+    before answering by itself (400, 431). Nothing is scheduled on the event loop (no callback per
+    response); a streamed response's head waits for its first chunk."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__()
         self._transport = transport
         self._held: bytes | None = None
+        self._hold_next = False
+
+    def hold_next_write(self) -> None:
+        """A response begins: hold its first write until the next one."""
+        self.flush()
+        self._hold_next = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._held is None:
-            self._held = bytes(data)
-            asyncio.get_running_loop().call_soon(self.flush)
-        else:
+        if self._hold_next:
+            self._hold_next, self._held = False, bytes(data)
+        elif self._held is not None:
             held, self._held = self._held, None
             self._transport.write(held + data)
+        else:
+            self._transport.write(data)
 
     def flush(self) -> None:
-        """Write what is held (end of the turn, before closing, before the protocol answers by itself)."""
+        """Write what is held (the response is complete, the connection closes, the protocol answers)."""
+        self._hold_next = False
         if self._held is not None:
             held, self._held = self._held, None
             if not self._transport.is_closing():
@@ -233,10 +245,18 @@ def _http_protocol() -> Any:
         def on_headers_complete(self) -> None:
             self._in_head, self._received = False, 0
             super().on_headers_complete()
-            if self.cycle is not None:
-                if self._one_write is None:  # one per connection: its cycles write one after another
-                    self._one_write = OneWriteResponses(self.transport)
-                self.cycle.transport = self._one_write
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            if self._one_write is None:  # one per connection: its cycles write one after another
+                self._one_write = OneWriteResponses(self.transport)
+            cycle.transport = self._one_write
+            if not cycle.waiting_for_100_continue:
+                self._one_write.hold_next_write()
+            super()._start_asgi_task(cycle, app)
+
+        def on_response_complete(self) -> None:
+            self._flush_cycle()
+            super().on_response_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()

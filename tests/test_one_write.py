@@ -1,13 +1,12 @@
 """keysvc.server.OneWriteResponses: a response head waits for its body so the two leave in one write, and
-nothing is reordered, delayed past the event-loop turn or written to a closed connection. Then the same
-over real sockets: pipelined requests, HEAD, 304, `Expect: 100-continue`."""
+nothing is reordered, left unwritten or written to a closed connection. Then the same over real sockets,
+through the protocol that arms and flushes it: pipelined requests, HEAD, 304, `Expect: 100-continue`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,47 +33,68 @@ class RecordingTransport(asyncio.Transport):
         return self.closed
 
 
-def run_turns(scenario: Callable[[OneWriteResponses, RecordingTransport], Any]) -> RecordingTransport:
-    """Run `scenario` inside an event loop, then let the loop finish its turns."""
+def test_an_armed_response_leaves_in_one_write_and_later_chunks_go_straight_through() -> None:
+    """Armed at the start of a response: the head waits for the body, both leave in one write; a streamed
+    response's later chunks are not held."""
     real = RecordingTransport()
-
-    async def main() -> None:
-        scenario(OneWriteResponses(real), real)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    asyncio.run(main())
-    return real
-
-
-def test_head_and_body_written_in_one_turn_leave_in_one_write() -> None:
-    """The head is held; the body joins it: one write, head first."""
-    real = run_turns(lambda t, _: (t.write(b"HTTP/1.1 200 OK\r\n\r\n"), t.write(b"body")))
-    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    t = OneWriteResponses(real)
+    t.hold_next_write()
+    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert real.writes == []
+    t.write(b"chunk 1")
+    t.write(b"chunk 2")
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nchunk 1", b"chunk 2"]
 
 
-def test_a_head_alone_is_written_when_the_turn_ends() -> None:
-    """A head whose body does not come in the same turn (HEAD, 100 Continue) is not held longer."""
-    seen: list[list[bytes]] = []
-    real = run_turns(lambda t, r: (t.write(b"HTTP/1.1 100 Continue\r\n\r\n"), seen.append(list(r.writes))))
-    assert seen == [[]]
+def test_not_armed_writes_go_straight_through() -> None:
+    """An interim `100 Continue` (the protocol does not arm for it) is never held back."""
+    real = RecordingTransport()
+    OneWriteResponses(real).write(b"HTTP/1.1 100 Continue\r\n\r\n")
     assert real.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+
+
+def test_flush_writes_a_head_that_has_no_body() -> None:
+    """HEAD: uvicorn writes no body; the protocol flushes when the response is complete."""
+    real = RecordingTransport()
+    t = OneWriteResponses(real)
+    t.hold_next_write()
+    t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 914\r\n\r\n")
+    t.flush()
+    t.flush()
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 914\r\n\r\n"]
+
+
+def test_the_next_response_never_overtakes_a_held_head() -> None:
+    """Arming for the next response first writes whatever the previous one left held."""
+    real = RecordingTransport()
+    t = OneWriteResponses(real)
+    t.hold_next_write()
+    t.write(b"first head")
+    t.hold_next_write()
+    t.write(b"second head")
+    t.write(b"second body")
+    assert real.writes == [b"first head", b"second headsecond body"]
 
 
 def test_close_writes_what_is_held_first() -> None:
     """Closing (Connection: close, errors) never drops a held head."""
-    real = run_turns(lambda t, _: (t.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n"), t.close()))
+    real = RecordingTransport()
+    t = OneWriteResponses(real)
+    t.hold_next_write()
+    t.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    t.close()
     assert (real.writes, real.closed) == ([b"HTTP/1.1 500 Internal Server Error\r\n\r\n"], True)
 
 
 def test_nothing_is_written_to_a_connection_already_closing() -> None:
-    """The client went away before the turn ended: the held head is dropped, not written to a dead socket."""
-
-    def scenario(t: OneWriteResponses, real: RecordingTransport) -> None:
-        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        real.closed = True
-
-    assert run_turns(scenario).writes == []
+    """The client went away: a held head is dropped, not written to a dead socket."""
+    real = RecordingTransport()
+    t = OneWriteResponses(real)
+    t.hold_next_write()
+    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    real.closed = True
+    t.flush()
+    assert real.writes == []
 
 
 # ------------------------------------------------------------------------------------------ real sockets
