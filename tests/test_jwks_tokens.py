@@ -268,7 +268,7 @@ def test_minted_token_verifies_with_pyjwt(private_keys: dict[str, keys.PrivateKe
     expected = {"sub": "u-1", "aud": "connect.zapier.com", "org_id": "t-9", "iss": "https://issuer.example",
                 "iat": NOW, "nbf": NOW, "exp": NOW + 300, "jti": token.jti}
     assert expected == claims
-    assert len(token.jti) == 22  # 128 random bits, base64url
+    assert len(token.jti) == 24  # 144 random bits, base64url
 
 
 def test_tampered_token_or_another_key_fails(private_keys: dict[str, keys.PrivateKey]) -> None:
@@ -353,3 +353,40 @@ def test_pss_salt_length_is_the_hash_length(private_keys: dict[str, keys.Private
     for wrong in (0, h.digest_size - 1, h.digest_size + 1, longest):
         with pytest.raises(InvalidSignature):
             public.verify(signature, b"payload", padding.PSS(mgf=padding.MGF1(h), salt_length=wrong), h)
+
+
+def test_jtis_stay_unique_across_threads_batches_and_a_fork(private_keys: dict[str, keys.PrivateKey]) -> None:
+    """Ids are drawn from the OS in batches: 8 threads taking 1,000 each (many refills, racing) never get
+    the same id, every id is 24 base64url characters, and a forked child does not reuse its parent's
+    prepared ids."""
+    import os
+    import re
+    import threading
+
+    minter = Minter(signer_of(private_keys, "EdDSA"), "https://issuer.example")
+    taken: list[list[str]] = [[] for _ in range(8)]
+
+    def take(out: list[str]) -> None:
+        out.extend(minter.signing_input({"aud": "a"}, NOW, 60).jti for _ in range(1000))
+
+    threads = [threading.Thread(target=take, args=(out,)) for out in taken]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [jti for out in taken for jti in out]
+    assert len(set(every)) == 8000
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{24}", jti) for jti in every)
+    minter.signing_input({"aud": "a"}, NOW, 60)  # leave prepared ids in the parent's batch
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, ",".join(minter.signing_input({"aud": "a"}, NOW, 60).jti for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = set(os.read(read, 1 << 16).decode().split(","))
+    os.close(read)
+    parent = {minter.signing_input({"aud": "a"}, NOW, 60).jti for _ in range(10)}
+    assert len(child) == 10
+    assert not child & parent

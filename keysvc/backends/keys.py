@@ -100,14 +100,12 @@ class LocalSigner:
     alg: str
     key: PrivateKey = field(repr=False)
     in_process: bool = True
-    _sign: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
+    # The JOSE signature of a signing input: the algorithm's function itself rather than a method calling
+    # it (one Python call less per token on the /v1/sign hot path).
+    sign: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_sign", _sign_function(self.key, ALGORITHMS[self.alg]))
-
-    def sign(self, signing_input: bytes) -> bytes:
-        """The JOSE signature of the signing input."""
-        return self._sign(signing_input)
+        object.__setattr__(self, "sign", _sign_function(self.key, ALGORITHMS[self.alg]))
 
 
 def to_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
