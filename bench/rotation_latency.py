@@ -80,6 +80,7 @@ def sign_request(internal: str) -> tuple[str, int, bytes]:
 
 def run(alg: str, duration: float, pace: float, work: Any) -> dict[str, Any]:
     """Sign for `duration` s at `pace` requests/s; per request (wall time sent, latency s, status)."""
+    work.mkdir(parents=True, exist_ok=True)
     config = base_config(work / f"keys-{alg}", algs={"zapier": alg}, fast=True)
     config["log"] = {"access": False}
     samples: list[tuple[float, float, int]] = []
@@ -137,7 +138,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = arguments(__doc__ or "", runs=1, duration=20.0)
+    parser = arguments(__doc__ or "", runs=3, duration=20.0)
     parser.add_argument("--pace", type=float, default=200.0, help="signing requests per second (default 200)")
     parser.add_argument("--algs", default="ES256,RS256")
     args = parser.parse_args()
@@ -145,21 +146,26 @@ def main() -> None:
     notes = []
     with workspace("rotation") as work:
         for alg in args.algs.split(","):
-            r = run(alg, args.duration, args.pace, work)
+            # p99 near a rotation hangs on ~1% of ~800 requests: one stall of the (shared, noisy) machine
+            # more or less moves it a lot, so each figure is the run with the median p99 ratio of several
+            runs = [run(alg, args.duration, args.pace, work / f"run-{i}") for i in range(args.runs)]
+            ratios = [pct(r["near"], 0.99) / pct(r["far"], 0.99) for r in runs]
+            r = runs[sorted(range(len(runs)), key=ratios.__getitem__)[len(runs) // 2]]
             near, far = r["near"], r["far"]
             rows += [
                 Row(f"{alg} p50 near a rotation", statistics.median(near) if near else float("nan"), "ms",
                     "far from one", statistics.median(far) if far else None, target=1.5, at_most=True),
                 Row(f"{alg} p99 near a rotation", pct(near, 0.99), "ms", "far from one", pct(far, 0.99), target=1.5,
-                    at_most=True),
+                    at_most=True, runs=f"ratio {min(ratios):.2f}-{max(ratios):.2f}"),
                 Row(f"{alg} max near a rotation", max(near, default=float("nan")), "ms", "far from one",
                     max(far, default=float("nan"))),
             ]
-            notes.append(f"{alg}: {r['boundaries']} rotations, {len(near)} requests near one, {len(far)} far, "
-                         f"{r['errors']} non-200 of {r['total']}.")
+            notes.append(f"{alg}: the median of {len(runs)} runs by p99 ratio (all: "
+                         f"{', '.join(f'{x:.2f}x' for x in ratios)}); {r['boundaries']} rotations, {len(near)} "
+                         f"requests near one, {len(far)} far, {r['errors']} non-200 of {r['total']}.")
     notes.append(f"Rotation period 4 s (publish_ahead 2 s, refresh 500 ms), access log off; {args.pace:g} req/s "
                  "from one "
-                 f"keep-alive client pinned to the load core for {args.duration:g} s. {machine_line()}.")
+                 f"keep-alive client pinned to the load core for {args.duration:g} s per run. {machine_line()}.")
     print_table(TITLE, rows, notes)
     write_json(args.json, TITLE, rows, notes)
 

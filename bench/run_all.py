@@ -33,7 +33,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "scale": (["--runs", "3", "--duration", "4"], ["--runs", "1", "--duration", "1", "--sizes", "1,10,50"]),
     "latency": (["--runs", "3", "--duration", "4"], ["--runs", "1", "--duration", "1"]),
     "resources": (["--runs", "3"], ["--runs", "1"]),
-    "rotation_latency": (["--duration", "20"], ["--duration", "9", "--algs", "ES256"]),
+    "rotation_latency": (["--duration", "20", "--runs", "3"], ["--duration", "9", "--algs", "ES256", "--runs", "1"]),
     "soak": (["--duration", "30"], ["--duration", "8"]),
 }
 NEEDS_TOOLS = {"jwks_http", "sign_http", "scale", "latency"}

@@ -99,7 +99,11 @@ class JsonHandler(logging.StreamHandler[TextIO]):
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._pending:
-            self.flush()  # the lines held were logged first
+            try:
+                self.flush()  # the lines held were logged first
+            except Exception:  # as StreamHandler.emit does: a broken stream is reported, never raised
+                self.handleError(record)
+                return
         super().emit(record)
 
     def flush(self) -> None:
