@@ -49,8 +49,9 @@ class JsonFormatter(logging.Formatter):
             extra = {**extra, "exception": record.exc_info[0].__name__}
         return self.line(record.created, record.levelname.lower(), record.name, record.getMessage(), extra)
 
-    def line(self, created: float, level: str, logger: str, event: str, values: Mapping[str, Any]) -> str:
-        """The JSON text of one line (no newline)."""
+    def line(self, created: float, level: str, logger: str, event: str, values: Mapping[str, Any],
+             audit: bool = False) -> str:
+        """The JSON text of one line (no newline); `audit` adds `"audit": true` before the values."""
         second = int(created)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
@@ -58,6 +59,8 @@ class JsonFormatter(logging.Formatter):
             "ts": f"{self._stamp}.{int((created - second) * 1000):03d}Z", "level": level, "logger": logger,
             "event": event,
         }
+        if audit:
+            doc["audit"] = True
         doc.update(values)
         try:
             text = orjson.dumps(doc, default=str, option=_ORJSON_OPTIONS).decode("ascii")
@@ -78,14 +81,15 @@ class JsonHandler(logging.StreamHandler[TextIO]):
         self.setFormatter(self.json)
         self._pending: list[str] = []  # per-request lines not written yet, each ending in a newline
 
-    def write(self, logger: str, event: str, lines: Sequence[Mapping[str, Any]], *, now: bool) -> None:
+    def write(self, logger: str, event: str, lines: Sequence[Mapping[str, Any]], *, now: bool,
+              audit: bool = False) -> None:
         """Write per-request lines (one per mapping): at once (`now`), or with the others of this
         event-loop turn."""
         created, line = time.time(), self.json.line
         if len(lines) == 1:
-            text = line(created, "info", logger, event, lines[0]) + "\n"
+            text = line(created, "info", logger, event, lines[0], audit) + "\n"
         else:
-            text = "".join([line(created, "info", logger, event, values) + "\n" for values in lines])
+            text = "".join([line(created, "info", logger, event, values, audit) + "\n" for values in lines])
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._pending.append(text)
             if now or len(self._pending) >= MAX_PENDING:
@@ -154,15 +158,16 @@ def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-def _write(logger: logging.Logger, name: str, lines: Sequence[Mapping[str, Any]], now: bool) -> None:
+def _write(logger: logging.Logger, name: str, lines: Sequence[Mapping[str, Any]], now: bool,
+           audit: bool = False) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = _handler
     if handler is None or handler not in logging.getLogger().handlers:  # keysvc's logging is not set up
         for values in lines:
-            logger.info(name, extra={FIELDS: values})
+            logger.info(name, extra={FIELDS: {"audit": True, **values} if audit else values})
         return
-    handler.write(logger.name, name, lines, now=now)
+    handler.write(logger.name, name, lines, now=now, audit=audit)
 
 
 def event(logger: logging.Logger, name: str, values: Mapping[str, Any], /) -> None:
@@ -180,9 +185,9 @@ def audit(name: str, /, **values: Any) -> None:
 def audit_request(name: str, values: Mapping[str, Any], /) -> None:
     """Record the audit line of one request (a token signed or exchanged), written at once: call it before
     the response is sent. Handlers added to `keysvc.audit` do not see it. Never a secret in `values`."""
-    _write(AUDIT, name, ({"audit": True, **values},), True)
+    _write(AUDIT, name, (values,), True, audit=True)
 
 
 def audit_requests(name: str, lines: Sequence[Mapping[str, Any]], /) -> None:
     """audit_request() for several requests (the tokens of one signing batch), in one write."""
-    _write(AUDIT, name, [{"audit": True, **values} for values in lines], True)
+    _write(AUDIT, name, lines, True, audit=True)

@@ -91,9 +91,10 @@ def test_create_then_load_round_trip(backend: FileBackend, alg: str) -> None:
     assert ("ks", 1, alg, NOW, NOW + 5, None, None, "test") == (
         loaded.keyset, loaded.seq, loaded.alg, loaded.created_at, loaded.activates_at, loaded.revoked_at,
         loaded.destroyed_at, loaded.created_by)
-    signer = backend.signer(loaded)
+    replica = FileBackend(backend.root)  # reads the stored private key (the creator would use its copy)
+    signer = replica.signer(loaded)
     assert (loaded.kid, alg) == (signer.kid, signer.alg)
-    assert signs_verifiably(backend, loaded)
+    assert signs_verifiably(replica, loaded)
 
 
 def test_load_of_an_unknown_keyset_is_empty(backend: FileBackend) -> None:
@@ -311,9 +312,10 @@ def test_a_pem_holding_another_key_is_store_corrupt(backend: FileBackend) -> Non
     assert one is not None and two is not None
     directory = backend.root / KS.name
     (directory / "key-000001.pem").write_bytes((directory / "key-000002.pem").read_bytes())
+    replica = FileBackend(backend.root)  # reads the files (the creator hands its fresh keys over from memory)
     with pytest.raises(StoreCorrupt, match="another key"):
-        backend.signer(one)
-    assert signs_verifiably(backend, two)
+        replica.signer(one)
+    assert signs_verifiably(replica, two)
 
 
 @pytest.mark.parametrize(
@@ -334,7 +336,26 @@ def test_a_key_that_does_not_fit_the_records_alg_is_store_corrupt(backend: FileB
     record = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
     assert record is not None
     with pytest.raises(StoreCorrupt, match="does not fit"):
-        backend.signer(record.replace(alg="ES384"))
+        FileBackend(backend.root).signer(record.replace(alg="ES384"))
+
+
+def test_the_creator_hands_its_fresh_key_over_from_memory(backend: FileBackend) -> None:
+    """The replica that created a key gets its signer without reading the PEM back (loading an RSA key
+    validates it for ~28 ms holding the GIL: a stall after every rotation), once; every other reader, and
+    the creator's next load, read and check the file; destroy forgets the key."""
+    record = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
+    again = backend.create(KS.name, 2, "ES256", activates_at=NOW, now=NOW)
+    assert record is not None and again is not None
+    pem = backend.root / KS.name / "key-000001.pem"
+    pem.write_bytes(b"not a key")
+    assert signs_verifiably(backend, record)  # from memory: the broken file is not read
+    with pytest.raises(StoreCorrupt):
+        backend.signer(record)  # handed over once; afterwards the file is what counts
+    with pytest.raises(StoreCorrupt):
+        FileBackend(backend.root).signer(record)
+    backend.destroy(again, NOW + 1)
+    with pytest.raises(StoreCorrupt):
+        backend.signer(again)
 
 
 # -------------------------------------------------------------------------------------------- import

@@ -133,6 +133,10 @@ class FileBackend:
         # volume showing its empty mount point), not new: refuse, rather than create a fresh keyset
         # whose new active key no verifier has cached.
         self._seen: set[str] = set()
+        # Keys this object has just created, by kid, until their signer is asked for: handed over from
+        # memory rather than read back. Loading an RSA key validates it (~28 ms holding the GIL), which
+        # stalled every request on the replica right after each rotation (bench/rotation_latency.py).
+        self._created: dict[str, keys.PrivateKey] = {}
 
     def __repr__(self) -> str:
         return f"FileBackend({str(self.root)!r}, encrypted={self._passphrase is not None})"
@@ -187,7 +191,11 @@ class FileBackend:
         return records
 
     def signer(self, record: KeyRecord) -> Signer:
-        """Load the private key of a record and check it matches the record's kid."""
+        """Load the private key of a record and check it matches the record's kid (a key this object has
+        just created and written is handed over from memory)."""
+        created = self._created.pop(record.kid, None)
+        if created is not None:
+            return keys.LocalSigner(record.kid, record.alg, created)
         path = self._pem_path(record.keyset, record.seq)
         try:
             pem = path.read_bytes()
@@ -246,6 +254,7 @@ class FileBackend:
                 return None
         except OSError as exc:
             raise BackendUnavailable(f"cannot write key files in {keyset}: {exc.strerror}") from None
+        self._created[record.kid] = key
         return record
 
     def _stored(self, record: KeyRecord) -> KeyRecord:
@@ -270,6 +279,7 @@ class FileBackend:
 
     def destroy(self, record: KeyRecord, now: float) -> KeyRecord:
         """Delete the private key file (idempotent), then mark the record destroyed."""
+        self._created.pop(record.kid, None)
         pem_path = self._pem_path(record.keyset, record.seq)
         try:
             checkpoint("file.destroy.begin")

@@ -63,8 +63,10 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None, cert_identities: tuple[str, ...] = ()) -> ClientSettings:
         """The client, or InvalidClient."""
+        if not cert_identities:  # no client certificate: the API key alone
+            return self._by_key(authorization)
         by_cert = next((self._by_subject[i] for i in cert_identities if i in self._by_subject), None)
-        if authorization is None and cert_identities:
+        if authorization is None:
             if by_cert is None:
                 raise InvalidClient("the client certificate names no configured client")
             return by_cert
@@ -215,8 +217,9 @@ async def read_json(receive: Receive, content_type: str | None, content_length: 
     """The JSON body of an ASGI request: content type, size limit (declared and streamed), strict parsing."""
     check_content_type(content_type)
     check_length(content_length)
-    chunks, size, more = [], 0, True
-    while more:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
@@ -224,9 +227,10 @@ async def read_json(receive: Receive, content_type: str | None, content_length: 
         size += len(chunk)
         if size > MAX_BODY:
             raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
+        if not message.get("more_body", False):
+            break
         chunks.append(chunk)
-        more = message.get("more_body", False)
-    return parse_json(b"".join(chunks))
+    return parse_json(b"".join([*chunks, chunk]) if chunks else chunk)  # one message: no copy
 
 
 class SignEndpoint:
