@@ -54,7 +54,7 @@ class SignBatch:
             if future.cancelled():  # the request is gone: no token is made for it
                 continue
             try:
-                token = minter.finish(unsigned, minter.signer.sign(unsigned.signing_input))
+                token = minter.sign(unsigned)
             except Exception as exc:  # it belongs to that request, not to the others queued
                 results.append((future, exc))
                 continue

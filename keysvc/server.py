@@ -255,7 +255,7 @@ def _http_protocol() -> Any:
             super()._start_asgi_task(cycle, app)
 
         def on_response_complete(self) -> None:
-            self._flush_cycle()
+            self._flush_held()
             super().on_response_complete()
 
         def on_message_complete(self) -> None:
@@ -269,18 +269,18 @@ def _http_protocol() -> Any:
                 raise ValueError("request head too large")  # httptools aborts: send_400_response below
 
         def send_400_response(self, msg: str) -> None:
-            self._flush_cycle()  # a response head still held goes out before this answer
+            self._flush_held()  # a response head still held goes out before this answer
             if self._too_large:
                 self._refuse()
             else:
                 super().send_400_response(msg)
 
-        def _flush_cycle(self) -> None:
+        def _flush_held(self) -> None:
             if self._one_write is not None:
                 self._one_write.flush()
 
         def _refuse(self) -> None:
-            self._flush_cycle()
+            self._flush_held()
             body = b'{"error":"invalid_request","error_description":"request headers too large"}'
             self.transport.write(
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"

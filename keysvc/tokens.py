@@ -165,7 +165,10 @@ class Minter:
 
     def mint(self, claims: Mapping[str, Any], now: int, ttl: int) -> Token:
         """Sign in the calling thread (in-process signers; a remote signer blocks)."""
-        unsigned = self.signing_input(claims, now, ttl)
+        return self.sign(self.signing_input(claims, now, ttl))
+
+    def sign(self, unsigned: Unsigned) -> Token:
+        """Sign a signing input in the calling thread and assemble its token."""
         return self.finish(unsigned, self.signer.sign(unsigned.signing_input))
 
     def finish(self, unsigned: Unsigned, signature: bytes) -> Token:

@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from keysvc.backends.kms import TAG
-from tests.helpers import KeysvcProcess, api_key, base_config
+from tests.helpers import KeysvcProcess, api_key, base_config, wait_for
 from tests.kms_server import REGION, MotoServer
 
 Start = Callable[..., KeysvcProcess]
@@ -36,15 +36,6 @@ def kms_config(tmp_path: Path, server: MotoServer, prefix: str, **kw: Any) -> di
         "refresh_interval": refresh,
     }
     return config
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ready(proc: KeysvcProcess) -> bool:

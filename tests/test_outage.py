@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import KeysvcProcess, base_config, write_config
+from tests.helpers import KeysvcProcess, base_config, wait_for, write_config
 from tests.kms_server import MotoServer
 
 REPLICAS = 3
@@ -28,15 +28,6 @@ def metric(proc: KeysvcProcess, name: str, keyset: str = "zapier") -> float:
     prefix = f'{name}{{keyset="{keyset}"}} '
     line = next(line for line in text.splitlines() if line.startswith(prefix))
     return float(line[len(prefix):])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_replicas(config_path: Path, n: int, env: dict[str, str] | None = None) -> list[KeysvcProcess]:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
 
 from keysvc.errors import RequestError
 
@@ -32,6 +35,15 @@ class PartnerError(RequestError):
         super().__init__(description)
         self.status = status
         self.code = code
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """An upstream answer's JSON object, or {} when the body is not JSON or not an object."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def oauth_code(value: object) -> str | None:

@@ -21,13 +21,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote_plus
 
 import httpx
 
 from keysvc.errors import RequestError, Unavailable, UpstreamError
-from keysvc.exchange.errors import PartnerError, oauth_code, oauth_text, parse_retry_after
+from keysvc.exchange.errors import PartnerError, json_object, oauth_code, oauth_text, parse_retry_after
 from keysvc.exchange.settings import TokenExchangeSettings
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -164,17 +164,9 @@ class PartnerClient:
         return await self._client.post(s.token_url, data=data, headers=headers, timeout=timeout)
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def token_response(response: httpx.Response, requested_type: str) -> TokenResponse:
     """Read a 2xx answer; anything malformed is the partner's fault (502)."""
-    body = _json_object(response)
+    body = json_object(response)
     token = body.get("access_token")
     issued = body.get("issued_token_type", requested_type)
     expires_in = body.get("expires_in")
@@ -187,7 +179,7 @@ def token_response(response: httpx.Response, requested_type: str) -> TokenRespon
 
 def partner_error(response: httpx.Response) -> RequestError:
     """Map a non-2xx answer onto keysvc's errors (table in the module docstring)."""
-    body = _json_object(response)
+    body = json_object(response)
     status = response.status_code
     code = oauth_code(body.get("error"))
     said = oauth_text(body.get("error_description"))

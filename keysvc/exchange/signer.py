@@ -15,7 +15,7 @@ import httpx
 
 from keysvc.config import Secret
 from keysvc.errors import Forbidden, InvalidRequest, RateLimited, RequestError, Unavailable, UpstreamError
-from keysvc.exchange.errors import oauth_text, parse_retry_after
+from keysvc.exchange.errors import json_object, oauth_text, parse_retry_after
 
 
 @dataclass(frozen=True)
@@ -90,16 +90,8 @@ class RemoteSigner:
         await self.aclose()
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _signed_token(response: httpx.Response) -> SignedToken:
-    body = _json_object(response)
+    body = json_object(response)
     token, kid, alg, expires_at = (body.get(k) for k in ("token", "kid", "alg", "expires_at"))
     if not (isinstance(token, str) and token and isinstance(kid, str) and isinstance(alg, str)):
         raise UpstreamError("keysvc /v1/sign answered 200 without token, kid and alg")
@@ -109,7 +101,7 @@ def _signed_token(response: httpx.Response) -> SignedToken:
 
 
 def _sign_error(response: httpx.Response) -> RequestError:
-    body = _json_object(response)
+    body = json_object(response)
     status = response.status_code
     text = oauth_text(body.get("error_description")) or f"HTTP {status}"
     if status == 401:

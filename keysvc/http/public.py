@@ -36,12 +36,15 @@ class _Heads(NamedTuple):
     etag: bytes
 
 
-def _etag_matches(if_none_match: bytes, etag: str) -> bool:
+def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     """RFC 9110 §13.1.2: weak comparison, a list of tags, or `*`."""
+    if if_none_match == etag:  # a verifier revalidating sends back the ETag it was given: no parsing
+        return True
     value = if_none_match.decode("latin-1")
     if value.strip() == "*":
         return True
-    return any(tag.strip().removeprefix("W/") == etag for tag in value.split(","))
+    text = etag.decode("ascii")
+    return any(tag.strip().removeprefix("W/") == text for tag in value.split(","))
 
 
 class PublicApp:
@@ -124,8 +127,7 @@ class PublicApp:
         full, common, etag = self._jwks_headers(doc)
         rid_header = (b"x-request-id", rid.encode())
         inm = headers.get(b"if-none-match")
-        # a verifier revalidating sends back the ETag it was given: compared as bytes before any parsing
-        if inm is not None and (inm == etag or _etag_matches(inm, doc.etag)):
+        if inm is not None and _etag_matches(inm, etag):
             await send({"type": "http.response.start", "status": 304, "headers": [*common, rid_header]})
             await send({"type": "http.response.body", "body": b""})
             self.metrics.jwks_requests.inc((name, "304"))
