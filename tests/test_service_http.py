@@ -84,6 +84,12 @@ def test_jwks_cache_headers_etag_304_and_head(every_alg: KeysvcProcess) -> None:
     assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
     other = httpx.get(every_alg.public + "/.well-known/jwks.json", headers={"If-None-Match": '"nope"'})
     assert other.status_code == 200 and other.content == first.content
+    # RFC 9110 §13.1.2: weak comparison, a list of tags, `*` (beyond the exact tag a verifier sends back)
+    for matching in (f"W/{etag}", f'"nope", {etag}', f'W/"nope" ,W/{etag}', "*"):
+        answer = httpx.get(every_alg.public + "/.well-known/jwks.json", headers={"If-None-Match": matching})
+        assert (matching, answer.status_code) == (matching, 304)
+    listed = httpx.get(every_alg.public + "/.well-known/jwks.json", headers={"If-None-Match": '"a", W/"b"'})
+    assert listed.status_code == 200
     head = httpx.head(every_alg.public + "/.well-known/jwks.json")
     assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", str(len(first.content)))
     default_name = next(iter(ALL_ALGS))
