@@ -185,7 +185,7 @@ def audit(name: str, /, **values: Any) -> None:
 def audit_request(name: str, values: Mapping[str, Any], /) -> None:
     """Record the audit line of one request (a token signed or exchanged), written at once: call it before
     the response is sent. Handlers added to `keysvc.audit` do not see it. Never a secret in `values`."""
-    _write(AUDIT, name, (values,), True, audit=True)
+    audit_requests(name, (values,))
 
 
 def audit_requests(name: str, lines: Sequence[Mapping[str, Any]], /) -> None:

@@ -15,7 +15,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -235,29 +235,6 @@ class LoopHistogram(Collector):
         for labels, series in list(self.series.items()):
             family.add_metric(labels, list(zip(self._les, accumulate(series[:-1]), strict=True)), sum_value=series[-1])
         yield family
-
-
-M = TypeVar("M", Counter, Gauge, Histogram)
-
-
-class Children(Generic[M]):
-    """The labelled children of one metric, each bound by `labels()` on first use and kept.
-
-    `labels()` validates, stringifies and locks on every call (~2 us); the request paths call it several
-    times per request. Keys must be bounded like the labels themselves (configured names, our own kids,
-    fixed outcome codes), so the dict stays as small as the metric's own set of children.
-    """
-
-    def __init__(self, metric: M) -> None:
-        self._metric: M = metric
-        self._children: dict[tuple[str, ...], M] = {}
-
-    def __call__(self, *values: str) -> M:
-        """The child for `values` (the same object `metric.labels(*values)` returns)."""
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
 
 
 class KeyEventCounter(logging.Handler):

@@ -32,7 +32,7 @@ from keysvc.errors import (
 from keysvc.http.common import MAX_BODY, check_content_type, check_length, error_body, parse_json, request_id
 from keysvc.keyring import Keyring
 from keysvc.logs import LOG, event
-from keysvc.metrics import Children, Metrics
+from keysvc.metrics import Metrics
 from keysvc.openapi import openapi_endpoint
 from keysvc.ratelimit import TokenBucket, retry_after
 from keysvc.tls import client_identities
@@ -101,7 +101,6 @@ class InternalApi:
             for c in settings.clients.values()
             if c.rate_limit
         }
-        self._rate_limited = Children(metrics.rate_limited)
 
     # ----------------------------------------------------------------------------------- helpers
 
@@ -112,7 +111,7 @@ class InternalApi:
         scope.setdefault("state", {})["client"] = client.name
         bucket = self.buckets.get(client.name)
         if bucket is not None and (wait := bucket.take(time.monotonic())) > 0:
-            self._rate_limited(client.name).inc()
+            self.metrics.rate_limited.labels(client.name).inc()  # refusals only: not the hot path
             raise RateLimited("too many requests for this client", retry_after=retry_after(wait))
         return client
 
