@@ -73,6 +73,7 @@ def lookup(http: httpx.Client, app: App, action_type: str | None = None) -> dict
     params = {"app": app.id, **({"action_type": action_type} if action_type else {})}
     answer = http.get("/v2/actions", params=params)
     assert answer.status_code == 200
+    assert mismatches(schemas.one_element_array(schemas.ACTIONS_RESPONSE), answer.json()) == []
     return {a["key"]: a["id"] for a in answer.json()[0]["data"]}
 
 
@@ -134,6 +135,18 @@ def test_apps_answer_the_one_element_array_envelope_and_page(zapier: ZapierFake)
     titles = {page["data"][0]["title"], second["data"][0]["title"]}
     assert titles == {"Google Sheets", "Google Calendar"}
     assert zapier.violations == []
+
+
+def test_array_envelopes_can_be_switched_off(zapier: ZapierFake) -> None:
+    """With `array_envelopes=False` the lists the document wraps in an array come bare (the other form a
+    caller accepts), still matching the object schema."""
+    zapier.array_envelopes = False
+    with client(zapier) as http:
+        apps = http.get("/v2/apps").json()
+        actions = http.get("/v2/actions", params={"app": slack(zapier).id}).json()
+    assert mismatches(schemas.EXPANDED_APPS_RESPONSE, apps) == []
+    assert mismatches(schemas.ACTIONS_RESPONSE, actions) == []
+    assert [a["key"] for a in actions["data"]] == ["send_message", "new_message"]
 
 
 def test_action_ids_change_on_every_lookup_and_stale_ones_are_refused(zapier: ZapierFake, clock: ManualClock) -> None:
