@@ -120,7 +120,7 @@ class Canary:
     async def run(self) -> Mapping[str, Verdict]:
         """One round over every target keyset (never raises)."""
         results: dict[str, Verdict] = {}
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=True, transport=self.transport,
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, transport=self.transport,
                                      headers={"User-Agent": "keysvc-canary"}) as client:
             for keyset, url in self.targets.items():
                 started = time.perf_counter()

@@ -11,9 +11,14 @@ from pathlib import Path
 import httpx
 from jwcrypto.jwk import JWK
 from jwcrypto.jws import JWS
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 from keysvc.canary import Verdict, targets, verify
 from keysvc.config import load_settings
+from tests.exchange_support import serve
 from tests.helpers import KeysvcProcess, base_config, write_config
 
 
@@ -104,3 +109,26 @@ def test_canary_passes_through_the_public_url_and_fails_on_a_foreign_jwks(
     warnings = [ln for ln in b.lines() if ln.get("event") == "canary failed"]
     assert warnings and warnings[0]["keyset"] == "zapier" and warnings[0]["outcome"] == "kid_missing"
     assert warnings[0]["level"] == "warning" and "eyJ" not in json.dumps(warnings[0])
+
+
+def test_canary_does_not_follow_a_redirect(tmp_path: Path, keysvc: Callable[..., KeysvcProcess]) -> None:
+    """A canary URL that answers 302 to the replica's own (good) JWKS fails with http_error: the canary checks
+    the URL the partner was given, and a redirect there (a hijacked DNS name, a misconfigured CDN) is a
+    finding, not something to follow."""
+    config = base_config(tmp_path / "keys")
+    proc = keysvc(config, name="canary-redirect")
+    target = f"{proc.public}/.well-known/jwks.json"
+
+    async def moved(request: Request) -> Response:
+        return RedirectResponse(target, status_code=302)
+
+    with serve(Starlette(routes=[Route("/jwks.json", moved)])) as base:
+        proc.stop()
+        config["listen"]["public"] = proc.public.removeprefix("http://")
+        config["canary"] = {"jwks_url": f"{base}/jwks.json", "interval": "1s", "timeout": "2s"}
+        proc = keysvc(config, name="canary-redirect")
+        found = _wait_runs(proc, "http_error")
+    assert found['keysvc_canary_success{keyset="zapier"}'] == 0
+    assert found.get('keysvc_canary_runs_total{keyset="zapier",outcome="ok"}') == 0
+    failed = [ln for ln in proc.lines() if ln.get("event") == "canary failed"]
+    assert failed and failed[0]["detail"] == "HTTP 302"

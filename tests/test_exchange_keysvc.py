@@ -128,7 +128,8 @@ def test_remote_signer_through_keysvc_sign(stack: Stack) -> None:
 
 
 def test_endpoint_access_token(stack: Stack) -> None:
-    """POST /v1/token-exchange signs in process and answers the design §6 body, uncacheable."""
+    """POST /v1/token-exchange signs in process and answers the documented body, uncacheable; the partner
+    JWT it signed is audited (token.sign with kid and jti)."""
     response = stack.post({"user_id": "u-1", "tenant_id": "t-9", "token": "access"})
 
     assert response.status_code == 200, response.text
@@ -136,6 +137,10 @@ def test_endpoint_access_token(stack: Stack) -> None:
     assert set(body) == {"access_token", "issued_token_type", "expires_in"}
     assert (body["issued_token_type"], body["expires_in"]) == (ACCESS_TOKEN, 3600)
     assert response.headers["cache-control"] == "no-store"
+    # the partner JWT behind it has its own token.sign audit line, written before the exchange's answer
+    signed = [ln for ln in stack.keysvc.lines() if ln.get("event") == "token.sign" and ln.get("sub") == "u-1"]
+    assert signed and signed[-1]["client"] == "token_exchange" and signed[-1]["aud"] == "connect.zapier.com"
+    assert signed[-1]["kid"] and len(signed[-1]["jti"]) == 24 and signed[-1]["audit"] is True
 
 
 def test_endpoint_connect_token(stack: Stack) -> None:

@@ -34,6 +34,8 @@ DAY = 86400.0
 KS = KeysetSettings(name="zapier", issuer="https://issuer.example", alg="ES256", rotation_period=30 * DAY,
                     publish_ahead=2 * DAY, retain_after=DAY, max_token_ttl=300.0)
 PASSPHRASE = b"correct horse battery staple 1e4a"
+# An 8200-bit RSA key made once for the size cap (generating one takes tens of seconds); a test fixture only.
+BIG_RSA_PEM = ROOT / "tests" / "data" / "rsa-8200-test-only.pem"
 
 
 @pytest.fixture
@@ -422,18 +424,22 @@ def _pem(key: object, password: bytes | None = None) -> bytes:
         ("ES256", lambda rsa_key: _pem(rsa_key)),
         ("RS256", lambda rsa_key: _pem(ec.generate_private_key(ec.SECP256R1()))),
         ("RS256", lambda rsa_key: _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024))),
+        ("RS256", lambda rsa_key: _pem(rsa.generate_private_key(public_exponent=3, key_size=2048))),
+        ("RS256", lambda rsa_key: BIG_RSA_PEM.read_bytes()),
         ("EdDSA", lambda rsa_key: _pem(ec.generate_private_key(ec.SECP256R1()))),
         ("ES256", lambda rsa_key: _pem(ec.generate_private_key(ec.SECP256R1()), b"secret")),
         ("ES256", lambda rsa_key: b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n"),
         ("ES256", lambda rsa_key: rsa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)),
     ],
-    ids=["P-384 for ES256", "P-256 for ES384", "RSA for ES256", "EC for RS256", "RSA 1024", "EC for EdDSA",
+    ids=["P-384 for ES256", "P-256 for ES384", "RSA for ES256", "EC for RS256", "RSA 1024", "RSA e=3",
+         "RSA 8200 bits", "EC for EdDSA",
          "encrypted PEM", "garbage", "public key only"],
 )
 def test_import_refuses_a_key_that_does_not_fit(backend: FileBackend, clock: FixedClock,
                                                 rsa_2048: rsa.RSAPrivateKey, alg: str, make_pem: object) -> None:
-    """Wrong key type or curve, RSA under 2048 bits, an encrypted PEM, garbage or a public key: refused
+    """Wrong key type or curve, RSA under 2048 or over 8192 bits or with an exponent other than 65537, an
+    encrypted PEM, garbage or a public key: refused
     with a ConfigError naming `pem`, and the keyset is left as it was (no new file)."""
     ks = KeysetSettings(name="imp", issuer="https://i", alg=alg, rotation_period=30 * DAY,
                         publish_ahead=2 * DAY, retain_after=DAY, max_token_ttl=300.0)

@@ -19,6 +19,10 @@ from keysvc.jwks import public_members, thumbprint
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
+RSA_MIN_BITS = 2048
+RSA_MAX_BITS = 8192
+RSA_EXPONENT = 65537
+
 
 def _lower_priority() -> None:
     """Lower the calling thread's CPU priority (Linux applies setpriority to one thread id)."""
@@ -40,7 +44,7 @@ def generate(alg: str, rsa_bits: int = RSA_KEY_BITS) -> PrivateKey:
 def _generate(alg: str, rsa_bits: int) -> PrivateKey:
     spec = ALGORITHMS[alg]
     if spec.family in ("RSA", "RSA-PSS"):
-        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+        return rsa.generate_private_key(public_exponent=RSA_EXPONENT, key_size=rsa_bits)
     if spec.family == "EC":
         return ec.generate_private_key(spec.ec_curve())
     return ed25519.Ed25519PrivateKey.generate()
@@ -50,8 +54,15 @@ def check_key_fits(key: object, alg: str) -> PrivateKey:
     """Refuse a private key that cannot sign with `alg` (wrong type, curve, or a weak RSA size)."""
     spec = ALGORITHMS[alg]
     if spec.family in ("RSA", "RSA-PSS") and isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < 2048:
-            raise ConfigError("pem", f"RSA key of {key.key_size} bits is too weak (2048 at least)")
+        if key.key_size < RSA_MIN_BITS:
+            raise ConfigError("pem", f"RSA key of {key.key_size} bits is too weak ({RSA_MIN_BITS} at least)")
+        if key.key_size > RSA_MAX_BITS:
+            # every signature costs O(bits^3): a huge imported key would make each /v1/sign a CPU sink
+            raise ConfigError("pem", f"RSA key of {key.key_size} bits is too large ({RSA_MAX_BITS} at most)")
+        exponent = key.public_key().public_numbers().e
+        if exponent != RSA_EXPONENT:
+            # e = 3 invites the signature-forgery attacks on lax PKCS#1 v1.5 verifiers (Bleichenbacher 2006)
+            raise ConfigError("pem", f"RSA public exponent {exponent} refused ({RSA_EXPONENT} required)")
         return key
     if spec.family == "EC" and isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.name != spec.ec_curve().name:

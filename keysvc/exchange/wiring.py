@@ -29,6 +29,8 @@ from keysvc.http.internal import InternalApi
 from keysvc.keyring import Keyring
 from keysvc.metrics import Metrics
 
+TOKEN_EXCHANGE_ACTOR = "token_exchange"  # noqa: S105 - the `client` of partner JWTs' token.sign audit lines
+
 
 class LocalSigner:
     """A `TokenSigner` over this process's keyring: the private key never leaves keysvc."""
@@ -45,7 +47,10 @@ class LocalSigner:
         """Sign with the keyset's active key; the lifetime is capped by the keyset's max_token_ttl."""
         name = keyset or self._default
         ttl = min(ttl, int(self._keysets[name].max_token_ttl))
-        token = await self._keyring.sign(name, claims, ttl)
+        # every partner JWT gets its token.sign audit line (kid, jti, exp) like a /v1/sign token; the
+        # token.exchange line that follows names the client and the user
+        audit = {"client": TOKEN_EXCHANGE_ACTOR, "keyset": name, "sub": claims.get("sub"), "aud": claims.get("aud")}
+        token = await self._keyring.sign(name, claims, ttl, audit=audit)
         return SignedToken(token.token, token.kid, token.alg, token.expires_at)
 
 
