@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 test: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) lint
 	sh tests/tools/ensure_promtool.sh
+	sh tests/tools/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
