@@ -85,6 +85,41 @@ def test_the_promtool_cases_catch_a_broken_rule(promtool: str, tmp_path: Path) -
     assert result.returncode != 0 and "KeysvcSignErrorRatioHigh" in result.stdout + result.stderr
 
 
+# The matcher every series selector of the rule files carries; the chart replaces it with its release's.
+RELEASE_MATCHER = 'job=~".*keysvc.*"'
+SELECTOR = re.compile(r"\b(up|keysvc_\w+)(\{[^}]*\})?")
+
+
+def test_every_selector_carries_the_release_matcher() -> None:
+    """Each series selector in each rule names the release matcher, so the chart's substitution scopes
+    every rule to its own release; a selector without it would read other releases' series."""
+    for rule in alerts():
+        for metric, matchers in SELECTOR.findall(rule["expr"]):
+            assert matchers.startswith("{" + RELEASE_MATCHER), f"{rule['alert']}: {metric}{matchers}"
+
+
+def test_aggregations_keep_the_namespace() -> None:
+    """Each `by (...)` of each rule keeps `namespace` and `job`: two releases named keysvc in two
+    namespaces of one Prometheus never merge into one series."""
+    for rule in alerts():
+        for labels in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
+            assert {"namespace", "job"} <= {x.strip() for x in labels.split(",")}, rule["alert"]
+
+
+def test_the_promtool_cases_catch_merged_namespaces(promtool: str, tmp_path: Path) -> None:
+    """Mutation check: with `namespace` dropped from every aggregation, the two-namespace case fails (a
+    staging and a prod release would look like one release with divergent replicas)."""
+    rules = tmp_path / "helm" / "prometheus-rules.yaml"
+    rules.parent.mkdir()
+    rules.write_text(PLAIN_RULES.read_text().replace("by (namespace, ", "by ("))
+    cases = tmp_path / "tests" / "promtool" / "keysvc_test.yaml"
+    cases.parent.mkdir(parents=True)
+    cases.write_text(PROMTOOL_TESTS.read_text())
+    result = subprocess.run([promtool, "test", "rules", str(cases)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode != 0 and "KeysvcJwksDivergent" in result.stdout + result.stderr
+
+
 def _anchor(heading: str) -> str:
     """GitHub's anchor of a Markdown heading."""
     return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
@@ -114,7 +149,8 @@ def dashboard_queries() -> list[str]:
 
     board = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
-    fill = {"$__rate_interval": "5m", "$__range": "6h", "$job": ".*", "$keyset": ".*"}
+    fill = {"$__rate_interval": "5m", "$__range": "6h", "$namespace": ".*", "$job": ".*", "$pod": ".*",
+            "$keyset": ".*"}
     out = []
     for expr in exprs:
         for var, value in fill.items():
@@ -139,3 +175,18 @@ def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> No
                    "keysvc_jwks_info", "keysvc_sign_requests_total", "keysvc_sign_duration_seconds_bucket",
                    "keysvc_backend_operations_total", "keysvc_canary_success"):
         assert metric in text, metric
+
+
+def test_dashboard_filters_by_namespace_and_pod() -> None:
+    """The dashboard has namespace, job, pod and keyset variables, and every series selector of every panel
+    filters on the namespace and pod ones, so two releases named keysvc never share a panel line."""
+    import json
+
+    board = json.loads(DASHBOARD.read_text())
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert names == ["datasource", "namespace", "job", "pod", "keyset"]
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            for metric, matchers in SELECTOR.findall(target["expr"]):
+                assert 'namespace=~"$namespace"' in matchers and 'pod=~"$pod"' in matchers, (
+                    f"{panel['title']}: {metric}{matchers}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ TOOLS_BIN = REPO / ".venv-tools" / "bin"
 RELEASE, NAMESPACE = "keysvc", "keysvc"
 # The chart's kubeVersion floor and the newest schema kubernetes-validate ships.
 KUBE_VERSIONS = ("1.27.0", "1.37.0")
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
 CHECKOV_ENV = {"BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
 
 # checkov checks skipped for every mode, with the reason (docs/deployment.md repeats them).
@@ -42,7 +43,7 @@ CHECKOV_MODE_SKIPS = {
     },
 }
 
-MODES = ["default", "file-rwx", "kms-irsa", "ingress", "hpa-monitoring"]
+MODES = ["default", "file-rwx", "kms-irsa", "ingress", "hpa-monitoring", "mtls", "operated"]
 
 RENDER_SCRIPT = """
 import json, sys
@@ -239,6 +240,10 @@ def test_helm_lint_is_clean() -> None:
 # --- bad values --------------------------------------------------------------------------------------
 
 GOOD_KEYSET = {"issuer": "https://a.example.com", "alg": "RS256"}
+CLIENT = {"api_key_sha256": "a" * 64, "keysets": ["k"], "audiences": ["aud"]}
+MTLS = {"internalTls": {"enabled": True, "existingSecret": "tls", "clientAuth": {"enabled": True}}}
+RELEASE_MATCHER = 'job=~".*keysvc.*"'
+
 BAD_VALUES = {
     "no replicas": ({"replicaCount": 0}, "replicaCount"),
     "unknown top-level key": ({"replicas": 3}, "replicas"),
@@ -291,6 +296,39 @@ BAD_VALUES = {
         {"config": {"token_exchange": {"client_id": "x"}}},
         "client secret",
     ),
+    "untyped certificate subject": (
+        {**MTLS, "config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "cert_subjects": ["billing"]}}}},
+        "cert_subjects",
+    ),
+    "certificate subject without client certificates": (
+        {"config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "cert_subjects": ["dns:a.example"]}}}},
+        "cert_subjects",
+    ),
+    "TLS without a certificate": ({"internalTls": {"enabled": True}}, "internalTls.existingSecret"),
+    "cert-manager without an issuer": (
+        {"internalTls": {"enabled": True, "certManager": {"enabled": True}}},
+        "issuerRef",
+    ),
+    "client certificates without TLS": ({"internalTls": {"clientAuth": {"enabled": True}}}, "internalTls.enabled"),
+    "no scraper admitted": ({"networkPolicy": {"metricsFrom": []}}, "metricsFrom"),
+    "override of an unknown alert": ({"prometheusRule": {"alerts": {"KeysvcTypo": {"enabled": False}}}}, "KeysvcTypo"),
+    "threshold on a yes/no alert": (
+        {"prometheusRule": {"enabled": True, "alerts": {"KeysvcNoPendingKey": {"threshold": 1}}}},
+        "KeysvcNoPendingKey",
+    ),
+    "routing label overriding severity": ({"prometheusRule": {"ruleLabels": {"severity": "info"}}}, "ruleLabels"),
+    "runbook URL with an anchor": (
+        {"prometheusRule": {"runbookBaseUrl": "https://wiki.example.com/rb#x"}},
+        "runbookBaseUrl",
+    ),
+    "extraEnv overriding the config path": ({"extraEnv": [{"name": "KEYSVC_CONFIG", "value": "/x"}]}, "extraEnv"),
+    "extra volume taking the config's name": (
+        {"extraVolumes": [{"name": "config", "emptyDir": {}}]},
+        "extraVolumes",
+    ),
+    "extra mount over /tmp": ({"extraVolumeMounts": [{"name": "x", "mountPath": "/tmp"}]}, "extraVolumeMounts"),
+    "unknown log level": ({"logLevel": "verbose"}, "logLevel"),
+    "bad traffic policy": ({"service": {"public": {"externalTrafficPolicy": "Nearest"}}}, "externalTrafficPolicy"),
 }
 
 
@@ -305,7 +343,7 @@ def test_bad_values_are_refused(case: str) -> None:
 
 # --- what each mode must render ------------------------------------------------------------------------
 
-# Keys keysvc accepts (design §3, §6 and the optional sections); anything else stops the service.
+# Keys keysvc accepts at the top of its config; anything else stops the service.
 CONFIG_KEYS = {
     "listen",
     "backend",
@@ -394,8 +432,19 @@ def test_two_services_and_internal_port_only_for_labelled_clients() -> None:
         {
             "ports": [{"port": "http-internal", "protocol": "TCP"}],
             "from": [{"podSelector": {"matchLabels": {"keysvc.io/client": "true"}}}],
-        }
+        },
+        # Scrapers are admitted with the defaults too (no ServiceMonitor): monitoring is never silently cut.
+        {
+            "ports": [{"port": "http-internal", "protocol": "TCP"}],
+            "from": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+                }
+            ],
+        },
     ]
+    assert chart.of_kind("ServiceMonitor") == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -410,6 +459,7 @@ def test_rendered_config_fits_the_service_contract(mode: str) -> None:
         config["backend"].get("path"),
         config["backend"].get("passphrase_file"),
         (config.get("token_exchange") or {}).get("client_secret_file"),
+        *((config["listen"].get("tls") or {}).get(key) for key in ("cert_file", "key_file", "client_ca_file")),
     ]
     for path in filter(None, files):
         assert mounts_cover(chart.container, path), f"{path} is not mounted"
@@ -432,6 +482,11 @@ def test_rendered_config_is_accepted_by_keysvc(mode: str, tmp_path: Path) -> Non
             stand_in = tmp_path / key
             stand_in.write_text("stand-in secret for the parser, 32 chars+")
             config[section][key] = str(stand_in)
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        if key in (config["listen"].get("tls") or {}):
+            stand_in = tmp_path / key
+            stand_in.write_text("stand-in PEM for the parser")
+            config["listen"]["tls"][key] = str(stand_in)
     settings = parse_yaml(yaml.safe_dump(config))
     assert settings is not None
 
@@ -506,10 +561,14 @@ def test_hpa_and_monitoring_objects() -> None:
 
     rule = chart.one("PrometheusRule")["spec"]
     shipped = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
-    assert rule["groups"] == shipped["groups"] and shipped["groups"][0]["name"] == "keysvc"
+    assert [r["alert"] for g in rule["groups"] for r in g["rules"]] == [
+        r["alert"] for g in shipped["groups"] for r in g["rules"]
+    ]
+    # With the ServiceMonitor, the rules read exactly the series it scrapes.
     for group in rule["groups"]:
         for r in group["rules"]:
-            assert r.get("alert") and r.get("expr"), r
+            assert RELEASE_MATCHER not in r["expr"], r["alert"]
+            assert f'namespace="{NAMESPACE}", job="{RELEASE}-internal"' in r["expr"], r["alert"]
 
     dashboard = chart.one("ConfigMap", f"{RELEASE}-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -538,3 +597,188 @@ def test_helm_test_pod_checks_the_jwks() -> None:
     labels = pod["metadata"]["labels"]
     for service in chart.of_kind("Service"):
         assert not service["spec"]["selector"].items() <= labels.items(), "test pod would receive traffic"
+
+
+# --- durations: the schema accepts exactly what keysvc accepts ------------------------------------------
+
+# keysvc's duration grammar: one or more <number><unit> parts, or a non-negative number of seconds.
+KEYSVC_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$")
+DURATIONS_ACCEPTED = ["90s", "15m", "30d", "1h30m", "1500ms", "2.5d", "1d12h", "0s", 0, 60, 1.5]
+DURATIONS_REFUSED = ["1 minute", "1h 30m", "h", "", "-1s", "1.s", ".5s", "5", "1w", "10M", -1]
+
+
+def test_duration_table_follows_keysvc_grammar() -> None:
+    """The two tables below agree with keysvc's grammar (so the render tests check the right thing)."""
+    for value in DURATIONS_ACCEPTED:
+        assert isinstance(value, (int, float)) or KEYSVC_DURATION.match(value), value
+    for value in DURATIONS_REFUSED:
+        assert (isinstance(value, (int, float)) and value < 0) or (
+            isinstance(value, str) and not KEYSVC_DURATION.match(value)
+        ), value
+
+
+@pytest.mark.parametrize("value", DURATIONS_ACCEPTED, ids=str)
+def test_chart_accepts_every_keysvc_duration(value: object) -> None:
+    """Compound and fractional durations keysvc accepts (1h30m, 1500ms, 2.5d, seconds) pass the schema."""
+    answer = render_raw({"config": {"clock_skew": value, "jwks": {"max_age": value}}})
+    assert answer["ok"], answer.get("error")
+
+
+@pytest.mark.parametrize("value", DURATIONS_REFUSED, ids=repr)
+def test_chart_refuses_what_keysvc_refuses(value: object) -> None:
+    """Strings outside keysvc's grammar and negative numbers are refused at install, naming the key."""
+    answer = render_raw({"config": {"clock_skew": value}})
+    assert not answer["ok"] and "clock_skew" in answer["error"], answer
+
+
+def test_canary_stalled_threshold_is_three_canary_intervals() -> None:
+    """KeysvcCanaryStalled fires after 3 x config.canary.interval, for compound intervals too."""
+    for interval, seconds in (("2m", 360), ("1m30s", 270), ("1500ms", 4.5), (45, 135)):
+        canary = {"jwks_url": "https://jwks.example.com/.well-known/jwks.json", "interval": interval}
+        values = {"prometheusRule": {"enabled": True}, "config": {"canary": canary}}
+        answer = render_raw(values)
+        assert answer["ok"], answer.get("error")
+        (rule,) = [r for o in Rendered(answer["manifests"]).of_kind("PrometheusRule") for g in o["spec"]["groups"]
+                   for r in g["rules"] if r["alert"] == "KeysvcCanaryStalled"]
+        assert rule["expr"].rstrip().endswith(f"> {seconds:g}"), (interval, rule["expr"])
+
+
+# --- operating the chart: rules, escape hatches, secrets, TLS -------------------------------------------
+
+
+def test_rules_are_scoped_routed_and_tuned_per_release(tmp_path: Path) -> None:
+    """The operated mode's rules: the release selector replaces the plain file's matcher everywhere, routing
+    labels and the runbook base URL are on every alert, per-alert overrides apply, and promtool still
+    parses every rewritten expression."""
+    chart = rendered("operated")
+    rules = {r["alert"]: r for o in chart.of_kind("PrometheusRule") for g in o["spec"]["groups"] for r in g["rules"]}
+    assert "KeysvcPublicServerErrors" not in rules and "KeysvcTargetDown" in rules
+    for name, rule in rules.items():
+        assert RELEASE_MATCHER not in rule["expr"]
+        assert f'namespace="{NAMESPACE}", job="keysvc-pods"' in rule["expr"], name
+        assert {"team": "identity", "service": "keysvc"}.items() <= rule["labels"].items(), name
+        assert rule["annotations"]["runbook_url"] == "https://wiki.example.com/keysvc/runbook#" + name.lower()
+    sign = rules["KeysvcSignErrorRatioHigh"]
+    assert sign["expr"].rstrip().endswith("> 0.02") and sign["for"] == "5m"
+    assert rules["KeysvcBackendThrottled"]["labels"]["severity"] == "critical"
+    assert rules["KeysvcCanaryStalled"]["expr"].rstrip().endswith("> 360"), "3 x the 2m canary interval"
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run tests/tools/ensure_promtool.sh"
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": chart.one("PrometheusRule")["spec"]["groups"]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_without_service_monitor_rules_select_the_release_namespace() -> None:
+    """Default selector without the ServiceMonitor: the release namespace, so staging and prod never mix."""
+    answer = render_raw({"prometheusRule": {"enabled": True}})
+    assert answer["ok"], answer.get("error")
+    for group in Rendered(answer["manifests"]).one("PrometheusRule")["spec"]["groups"]:
+        for rule in group["rules"]:
+            assert f'{{namespace="{NAMESPACE}"' in rule["expr"] and RELEASE_MATCHER not in rule["expr"], rule
+
+
+def test_escape_hatches_reach_the_pod() -> None:
+    """extraVolumes/Mounts (CA bundle, CSI), extraEnv, envFrom, init and extra containers, log level,
+    POD_NAME, commonLabels, deploymentAnnotations and the LoadBalancer settings are rendered where they
+    belong, without touching the chart's own mounts or selectors."""
+    chart = rendered("operated")
+    pod, container = chart.pod, chart.container
+    assert [c["name"] for c in pod["initContainers"]] == ["wait-for-ca"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["corp-ca"]["configMap"]["name"] == "corp-ca-bundle"
+    assert volumes["vault-secrets"]["csi"]["driver"] == "secrets-store.csi.k8s.io"
+    assert mounts_cover(container, "/etc/ssl/corp/ca-bundle.pem") and mounts_cover(container, "/run/secrets/vault/x")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SSL_CERT_FILE"]["value"] == "/etc/ssl/corp/ca-bundle.pem"
+    assert env["KEYSVC_LOG_LEVEL"]["value"] == "DEBUG"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert container["envFrom"] == [{"configMapRef": {"name": "keysvc-proxy-settings"}}]
+    deployment = chart.one("Deployment")
+    assert deployment["metadata"]["annotations"] == {"reloader.stakater.com/auto": "true"}
+    assert all(o["metadata"]["labels"]["team"] == "identity" for o in chart.objects if o["kind"] != "Pod")
+    assert "team" not in deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    public = chart.one("Service", RELEASE)["spec"]
+    assert public["loadBalancerSourceRanges"] == ["203.0.113.0/24", "2001:db8::/32"]
+    assert public["externalTrafficPolicy"] == "Local"
+    scrapers = [r["from"] for r in chart.one("NetworkPolicy", RELEASE)["spec"]["ingress"]
+                if r["ports"][0]["port"] == "http-internal"][-1]
+    assert len(scrapers) == 2 and scrapers[1]["podSelector"] == {"matchLabels": {"app": "datadog-agent"}}
+
+
+def test_a_changed_existing_secret_checksum_rolls_the_pods() -> None:
+    """With secrets.existingSecret the chart cannot hash the Secret: secrets.checksum is rendered on the pod
+    template, so a new value changes the template and the Deployment rolls; nothing else changes."""
+    base = mode_values("file-rwx")
+
+    def template(checksum: str) -> dict[str, Any]:
+        values = {**base, "secrets": {**base["secrets"], "checksum": checksum}}
+        answer = render_raw(values)
+        assert answer["ok"], answer.get("error")
+        template: dict[str, Any] = Rendered(answer["manifests"]).one("Deployment")["spec"]["template"]
+        return template
+
+    v1, v2 = template("v1"), template("v2")
+    assert v1["metadata"]["annotations"]["checksum/existing-secret"] == "v1"
+    assert v1 != v2
+    v2["metadata"]["annotations"]["checksum/existing-secret"] = "v1"
+    assert v1 == v2
+    assert "checksum/existing-secret" not in rendered("file-rwx").one("Deployment")["spec"]["template"][
+        "metadata"]["annotations"]
+
+
+def test_mtls_mode_maps_tls_to_keysvc_config_and_keeps_probes_plain() -> None:
+    """mTLS: a Certificate for the internal Service, the TLS and client-CA Secrets mounted where
+    listen.tls points, typed cert_subjects passed through, the ServiceMonitor on https with its tlsConfig,
+    and probes still plain HTTP on the public port."""
+    chart = rendered("mtls")
+    cert = chart.one("Certificate")["spec"]
+    assert cert["secretName"] == f"{RELEASE}-internal-tls"
+    assert f"{RELEASE}-internal.{NAMESPACE}.svc" in cert["dnsNames"]
+    assert cert["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    tls = chart.config["listen"]["tls"]
+    assert tls["require_client_cert"] is True
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        assert mounts_cover(chart.container, tls[key]), key
+    volumes = {v["name"]: v for v in chart.pod["volumes"]}
+    assert volumes["internal-tls"]["secret"]["secretName"] == f"{RELEASE}-internal-tls"
+    assert volumes["client-ca"]["secret"]["secretName"] == "mesh-client-ca"
+    assert chart.config["clients"]["billing-api"]["cert_subjects"] == [
+        "uri:spiffe://cluster.local/ns/billing/sa/billing-api"
+    ]
+    endpoint = chart.one("ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["serverName"] == f"keysvc-internal.{NAMESPACE}.svc"
+    assert endpoint["tlsConfig"]["keySecret"] == {"name": "prometheus-keysvc-client", "key": "tls.key"}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert chart.container[probe]["httpGet"]["port"] == "http-public"
+        assert chart.container[probe]["httpGet"].get("scheme", "HTTP") == "HTTP"
+
+
+# --- documentation -------------------------------------------------------------------------------------
+
+
+def test_chart_readme_covers_every_value_group_and_mode() -> None:
+    """helm/keysvc/README.md (what `helm show readme` prints) names every top-level value and every mode
+    file, and has upgrade notes."""
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in values:
+        assert f"`{key}" in readme, f"value {key} is not described in the chart README"
+    for path in VALUES_DIR.glob("*.yaml"):
+        assert path.name in readme, f"mode {path.name} is not described"
+    assert "## Upgrad" in readme
+
+
+def test_no_reference_to_documents_outside_the_repository() -> None:
+    """Chart files, the runbook and the deployment guide stand on their own: no "design §N" or a path
+    outside the repository."""
+    paths = [*CHART.rglob("*"), REPO / "helm" / "prometheus-rules.yaml", REPO / "docs" / "runbook.md",
+             REPO / "docs" / "deployment.md"]
+    for path in paths:
+        if path.is_file():
+            text = path.read_text()
+            assert not re.search(r"design\s*§|design\.md|\.\./shared", text), path

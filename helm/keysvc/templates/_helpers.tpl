@@ -35,6 +35,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: keysvc
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "keysvc.serviceAccountName" -}}
@@ -67,6 +70,13 @@ app.kubernetes.io/part-of: keysvc
 {{- define "keysvc.configDir" -}}/etc/keysvc{{- end }}
 {{- define "keysvc.secretsDir" -}}/run/secrets/keysvc{{- end }}
 {{- define "keysvc.dataDir" -}}/var/lib/keysvc{{- end }}
+{{- define "keysvc.tlsDir" -}}/run/tls/keysvc{{- end }}
+{{- define "keysvc.clientCaDir" -}}/run/tls/keysvc-client-ca{{- end }}
+
+{{/* The kubernetes.io/tls Secret of the internal listener: the one given, or the cert-manager Certificate's. */}}
+{{- define "keysvc.tlsSecretName" -}}
+{{- default (printf "%s-internal-tls" (include "keysvc.fullname" .)) .Values.internalTls.existingSecret }}
+{{- end }}
 
 {{- define "keysvc.usesPassphrase" -}}
 {{- if and (eq .Values.backend.type "file") .Values.backend.file.encryptAtRest }}true{{ end }}
@@ -88,7 +98,16 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- define "keysvc.config" -}}
 {{- $v := .Values }}
 {{- $cfg := deepCopy $v.config }}
-{{- $_ := set $cfg "listen" (dict "public" (printf "0.0.0.0:%d" (int $v.ports.public)) "internal" (printf "0.0.0.0:%d" (int $v.ports.internal))) }}
+{{- $listen := dict "public" (printf "0.0.0.0:%d" (int $v.ports.public)) "internal" (printf "0.0.0.0:%d" (int $v.ports.internal)) }}
+{{- if $v.internalTls.enabled }}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" (include "keysvc.tlsDir" .)) "key_file" (printf "%s/tls.key" (include "keysvc.tlsDir" .)) }}
+{{- if $v.internalTls.clientAuth.enabled }}
+{{- $_ := set $tls "client_ca_file" (printf "%s/ca.crt" (include "keysvc.clientCaDir" .)) }}
+{{- $_ := set $tls "require_client_cert" $v.internalTls.clientAuth.required }}
+{{- end }}
+{{- $_ := set $listen "tls" $tls }}
+{{- end }}
+{{- $_ := set $cfg "listen" $listen }}
 {{- $backend := deepCopy (default (dict) $v.config.backend) }}
 {{- $_ := set $backend "type" $v.backend.type }}
 {{- if eq $v.backend.type "file" }}
@@ -138,7 +157,104 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- if gt $defaults 1 }}
 {{- fail "config.keysets: at most one keyset may be `default: true`" }}
 {{- end }}
+{{- $tls := $v.internalTls }}
+{{- if and $tls.enabled (not $tls.existingSecret) (not $tls.certManager.enabled) }}
+{{- fail "internalTls.enabled needs its certificate: set internalTls.existingSecret or internalTls.certManager.enabled" }}
+{{- end }}
+{{- if and $tls.enabled $tls.certManager.enabled (not $tls.certManager.issuerRef.name) }}
+{{- fail "internalTls.certManager.enabled needs internalTls.certManager.issuerRef.name" }}
+{{- end }}
+{{- if and $tls.clientAuth.enabled (not $tls.enabled) }}
+{{- fail "internalTls.clientAuth.enabled needs internalTls.enabled: client certificates are checked on the TLS listener" }}
+{{- end }}
+{{- range $name, $client := $v.config.clients }}
+{{- if and $client.cert_subjects (not $tls.clientAuth.enabled) }}
+{{- fail (printf "config.clients.%s.cert_subjects needs internalTls.clientAuth.enabled (keysvc verifies client certificates against its CA)" $name) }}
+{{- end }}
+{{- end }}
 {{- if and $v.ingress.enabled (eq $v.service.public.type "LoadBalancer") }}
 {{- fail "service.public.type=LoadBalancer with ingress.enabled exposes the public port twice: pick one" }}
 {{- end }}
+{{- end }}
+
+{{/*
+A keysvc duration (integer seconds, or compound units such as 1h30m, 1500ms, 2.5d) in seconds.
+*/}}
+{{- define "keysvc.seconds" -}}
+{{- $units := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 }}
+{{- if kindIs "string" . }}
+{{- $total := 0.0 }}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ms|s|m|h|d)" . -1 }}
+{{- $unit := regexFind "(ms|s|m|h|d)$" . }}
+{{- $total = addf $total (mulf (float64 (trimSuffix $unit .)) (get $units $unit)) }}
+{{- end }}
+{{- $total }}
+{{- else }}
+{{- float64 . }}
+{{- end }}
+{{- end }}
+
+{{/* The PromQL matchers that select this release's series (they replace the rule files' job=~".*keysvc.*"). */}}
+{{- define "keysvc.ruleSelector" -}}
+{{- if .Values.prometheusRule.selector }}
+{{- tpl .Values.prometheusRule.selector . }}
+{{- else if .Values.serviceMonitor.enabled }}
+{{- printf "namespace=%q, job=%q" .Release.Namespace (printf "%s-internal" (include "keysvc.fullname" .)) }}
+{{- else }}
+{{- printf "namespace=%q" .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+files/alerts.yaml (a plain rule file, also shipped as helm/prometheus-rules.yaml) made this release's:
+every selector scoped to the release, per-alert enable/threshold/for/severity, routing labels on every
+alert, runbook links to prometheusRule.runbookBaseUrl, and the canary threshold at 3 x canary.interval.
+*/}}
+{{- define "keysvc.alertGroups" -}}
+{{- $v := .Values.prometheusRule }}
+{{- $file := .Files.Get "files/alerts.yaml" | fromYaml }}
+{{- if not $file.groups }}
+{{- fail "files/alerts.yaml must hold a `groups:` list" }}
+{{- end }}
+{{- $selector := include "keysvc.ruleSelector" . }}
+{{- $overrides := deepCopy (default (dict) $v.alerts) }}
+{{- $canary := default (dict) .Values.config.canary }}
+{{- if and (not (dig "KeysvcCanaryStalled" "threshold" "" $overrides)) $canary.interval }}
+{{- $stalled := merge (dict "threshold" (mulf 3.0 (float64 (include "keysvc.seconds" $canary.interval)))) (default (dict) (get $overrides "KeysvcCanaryStalled")) }}
+{{- $_ := set $overrides "KeysvcCanaryStalled" $stalled }}
+{{- end }}
+{{- $known := dict }}
+{{- $groups := list }}
+{{- range $group := $file.groups }}
+{{- $rules := list }}
+{{- range $file_rule := $group.rules }}
+{{- $rule := deepCopy $file_rule }}
+{{- $_ := set $known $rule.alert true }}
+{{- $o := default (dict) (get $overrides $rule.alert) }}
+{{- if ne (toString (get $o "enabled")) "false" }}
+{{- $expr := replace "job=~\".*keysvc.*\"" $selector $rule.expr }}
+{{- if hasKey $o "threshold" }}
+{{- if not (regexMatch ">\\s*[0-9.]+\\s*$" $expr) }}
+{{- fail (printf "prometheusRule.alerts.%s.threshold: this alert has no threshold to set" $rule.alert) }}
+{{- end }}
+{{- $expr = regexReplaceAll ">\\s*[0-9.]+\\s*$" $expr (printf "> %v" $o.threshold) }}
+{{- end }}
+{{- $_ := set $rule "expr" $expr }}
+{{- with $o.for }}{{ $_ := set $rule "for" . }}{{ end }}
+{{- $labels := merge (deepCopy $rule.labels) (default (dict) $v.ruleLabels) }}
+{{- with $o.severity }}{{ $_ := set $labels "severity" . }}{{ end }}
+{{- $_ := set $rule "labels" $labels }}
+{{- $anchor := regexReplaceAll "^[^#]*" $rule.annotations.runbook_url "" }}
+{{- $_ := set $rule.annotations "runbook_url" (printf "%s%s" (trimSuffix "/" $v.runbookBaseUrl) $anchor) }}
+{{- $rules = append $rules $rule }}
+{{- end }}
+{{- end }}
+{{- $groups = append $groups (dict "name" $group.name "rules" $rules) }}
+{{- end }}
+{{- range $name, $_ := $v.alerts }}
+{{- if not (hasKey $known $name) }}
+{{- fail (printf "prometheusRule.alerts.%s: no such alert in files/alerts.yaml" $name) }}
+{{- end }}
+{{- end }}
+{{- toYaml $groups }}
 {{- end }}
