@@ -241,13 +241,14 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
         time.sleep(interval)
 
 
-def backend_failures(proc: KeysvcProcess) -> float:
-    """How many backend syncs (reconcile + load) have failed so far on `proc`, whatever the outcome: an
-    outage is measured in the refreshes it made fail, not in seconds of wall clock."""
+def backend_syncs(proc: KeysvcProcess, *, failed: bool) -> float:
+    """How many backend syncs (reconcile + load) `proc` has completed so far: the failed ones (whatever
+    the outcome) or the successful ones. Tests measure an outage, or "within one refresh interval", in
+    syncs rather than in seconds of wall clock."""
     prefix = 'keysvc_backend_operations_total{operation="sync",outcome="'
     text = httpx.get(proc.internal + "/metrics", timeout=10).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith(prefix) and not line.startswith(prefix + 'ok"')
+        if line.startswith(prefix) and line.startswith(prefix + 'ok"') != failed
     )

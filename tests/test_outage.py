@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import KeysvcProcess, backend_failures, base_config, wait_for, write_config
+from tests.helpers import KeysvcProcess, backend_syncs, base_config, wait_for, write_config
 from tests.kms_server import MotoServer
 
 REPLICAS = 3
@@ -42,7 +42,7 @@ def serve_through_outage(
     depends on the machine's speed and is not what the test is about."""
     for r in replicas:
         wait_for(lambda r=r: metric(r, "keysvc_backend_up") == 0.0, 10, f"{r.name} to report the backend down")
-    failed_at_start = {r.name: backend_failures(r) for r in replicas}
+    failed_at_start = {r.name: backend_syncs(r, failed=True) for r in replicas}
 
     def one_round() -> bool:
         for r in replicas:
@@ -58,7 +58,7 @@ def serve_through_outage(
                 assert answer.status_code == 503, answer.text
                 assert int(answer.headers["Retry-After"]) >= 1
             assert metric(r, "keysvc_backend_up") == 0.0
-        return all(backend_failures(r) >= failed_at_start[r.name] + FAILED_SYNCS for r in replicas)
+        return all(backend_syncs(r, failed=True) >= failed_at_start[r.name] + FAILED_SYNCS for r in replicas)
 
     wait_for(one_round, 60, f"every replica to fail {FAILED_SYNCS} more refreshes while serving")
 
