@@ -28,6 +28,7 @@ from starlette.types import ASGIApp
 
 from keysvc.exchange.settings import Secret, TokenExchangeSettings
 from keysvc.exchange.signer import SignedToken
+from tests.helpers import wait_for
 from tests.partner_server import PartnerServer, PartnerState
 
 ISSUER = "https://partner.example.com"
@@ -45,11 +46,9 @@ def serve(app: ASGIApp) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
+    wait_for(lambda: server.started or not thread.is_alive(), 10, "uvicorn to start", interval=0.01)
+    if not server.started:
+        raise RuntimeError("uvicorn did not start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

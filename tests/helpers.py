@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import yaml
@@ -23,6 +23,8 @@ LOG_DIR = Path(os.environ.get("KEYSVC_TEST_LOGS", "/tmp/keysvc-test-logs"))
 
 # Every secret a test creates is registered here; the secrets-hygiene test scans all logs for them.
 SECRETS_FILE = LOG_DIR / "secrets.txt"
+
+T = TypeVar("T")
 
 
 def remember_secret(value: str) -> str:
@@ -132,16 +134,20 @@ class KeysvcProcess:
                 env=env,
                 cwd=str(self.config_path.parent),
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines():
-                if line.get("event") == "serving":
-                    self.public = "http://" + line["public"]
-                    self.internal = "http://" + line["internal"]
-                    return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
+        proc = self.proc
+
+        def serving_or_exited() -> dict[str, Any] | bool:
+            serving = next((line for line in self.lines() if line.get("event") == "serving"), None)
+            return serving or proc.poll() is not None
+
+        try:
+            found = wait_for(serving_or_exited, timeout, "the 'serving' line", interval=0.05)
+        except AssertionError:
+            found = False
+        if isinstance(found, dict):
+            self.public = "http://" + found["public"]
+            self.internal = "http://" + found["internal"]
+            return self
         raise AssertionError(f"keysvc did not start; log:\n{self.log_text()[-4000:]}")
 
     def lines(self) -> Iterator[dict[str, Any]]:
@@ -221,11 +227,28 @@ def run_cli(
     return result
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `check` every 0.1 s until it is true; fail the test naming `what` after `timeout` seconds."""
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """The suite's one polling helper: call `check` every `interval` s until it returns something truthy,
+    and return that; fail the test naming `what` after `timeout` seconds. An exception from `check` (an
+    assertion about what was seen meanwhile) ends the wait at once."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def backend_syncs(proc: KeysvcProcess, *, failed: bool) -> float:
+    """How many backend syncs (reconcile + load) `proc` has completed so far: the failed ones (whatever
+    the outcome) or the successful ones. Tests measure an outage, or "within one refresh interval", in
+    syncs rather than in seconds of wall clock."""
+    prefix = 'keysvc_backend_operations_total{operation="sync",outcome="'
+    text = httpx.get(proc.internal + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and line.startswith(prefix + 'ok"') != failed
+    )

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from keysvc.canary import Verdict, targets, verify
 from keysvc.config import load_settings
 from tests.exchange_support import serve
-from tests.helpers import KeysvcProcess, base_config, write_config
+from tests.helpers import KeysvcProcess, base_config, wait_for, write_config
 
 
 def _signed(kid: str = "k1", alg: str = "ES256") -> tuple[str, JWK]:
@@ -69,14 +69,12 @@ def _canary_metrics(proc: KeysvcProcess) -> dict[str, float]:
 
 
 def _wait_runs(proc: KeysvcProcess, outcome: str, timeout: float = 10.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
     series = f'keysvc_canary_runs_total{{keyset="zapier",outcome="{outcome}"}}'
-    while time.monotonic() < deadline:
-        found = _canary_metrics(proc)
-        if found.get(series, 0) >= 1:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"no canary run with outcome {outcome}; log:\n{proc.log_text()[-3000:]}")
+    try:
+        return wait_for(lambda: (found := _canary_metrics(proc)).get(series, 0) >= 1 and found, timeout,
+                        f"a canary run with outcome {outcome}", interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; log:\n{proc.log_text()[-3000:]}") from None
 
 
 def test_canary_passes_through_the_public_url_and_fails_on_a_foreign_jwks(

@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from keysvc.backends.kms import TAG
-from tests.helpers import KeysvcProcess, api_key, base_config, wait_for
+from tests.helpers import KeysvcProcess, api_key, backend_syncs, base_config, wait_for
 from tests.kms_server import REGION, MotoServer
 
 Start = Callable[..., KeysvcProcess]
@@ -124,12 +124,15 @@ def test_kms_outage_jwks_from_memory_sign_503_then_recovery(
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"] == "unavailable"
         assert int(answer.headers["Retry-After"]) > 0
-        deadline = time.monotonic() + 3  # several refresh intervals fail meanwhile
-        while time.monotonic() < deadline:
+        failed = backend_syncs(proc, failed=True)
+
+        def still_serving() -> bool:
             served = proc.jwks()
             assert (served.status_code, served.content) == (200, before.content)
             assert httpx.get(proc.public + "/readyz", timeout=2).status_code == 200
-            time.sleep(0.2)
+            return backend_syncs(proc, failed=True) >= failed + 4
+
+        wait_for(still_serving, 60, "four refreshes to fail while the JWKS is served", interval=0.2)
     finally:
         moto_server.start()
     wait_for(lambda: proc.sign().status_code == 200, 30, "signing to recover")
@@ -189,30 +192,33 @@ def test_three_replicas_rotating_on_kms(
     cached: dict[str, Any] = {"at": 0.0, "keys": {}}
     kids_seen: set[str] = set()
     failures: list[str] = []
-    tokens = 0
-    deadline = time.monotonic() + 14  # rotation period 4 s: at least three rotations
-    while time.monotonic() < deadline:
+
+    def sign_and_verify() -> bool:
+        """One token from a random replica, verified against the cached JWKS; True once three active keys
+        have signed (rotation period 4 s: several rotations, however slow the machine)."""
+        nonlocal cached
         if time.monotonic() - cached["at"] >= cache_for:
             jwks = random.choice(replicas).jwks().json()
             cached = {"at": time.monotonic(), "keys": {k["kid"]: jwt.PyJWK(k) for k in jwks["keys"]}}
         answer = random.choice(replicas).sign()
         if answer.status_code != 200:
             failures.append(f"sign {answer.status_code} {answer.text}")
-            continue
-        token, tokens = answer.json()["token"], tokens + 1
+            return False
+        token = answer.json()["token"]
         kid = jwt.get_unverified_header(token)["kid"]
         kids_seen.add(kid)
         if kid not in cached["keys"]:
             failures.append(f"kid {kid} not in the cached JWKS")
-            continue
+            return False
         try:
             # leeway: with max_token_ttl 1 s and whole-second iat, a token can expire within ms of minting
             jwt.decode(token, cached["keys"][kid].key, algorithms=["ES256"], audience=AUD, leeway=2)
         except jwt.PyJWTError as exc:
             failures.append(f"verify: {exc}")
-        time.sleep(0.02)
+        return len(kids_seen) >= 3
+
+    wait_for(sign_and_verify, 120, "tokens from three active keys", interval=0.02)
     assert failures == [], failures[:5]
-    assert len(kids_seen) >= 3, f"only {len(kids_seen)} active keys in {tokens} tokens"
     kms = boto3.client("kms", region_name=REGION, endpoint_url=moto_server.direct_url)
 
     def slot_violations() -> list[str]:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, KeysvcProcess, api_key, base_config, write_config
+from tests.helpers import ROOT, KeysvcProcess, api_key, base_config, wait_for, write_config
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 SUB = "user-4f1c9e-not-a-label"  # a caller-chosen value that must never become a label
@@ -60,16 +59,6 @@ def scrape(proc: KeysvcProcess) -> Scrape:
     response = httpx.get(f"{proc.internal}/metrics", timeout=10)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     return Scrape(response.text)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 8.0) -> Any:
-    """Poll until check() is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
 
 
 ALLOWED_LABELS = {"keyset", "client", "outcome", "kid", "status", "listener", "route", "operation", "event", "state",
@@ -147,8 +136,10 @@ def test_rotation_changes_key_events_and_gauges(server: KeysvcProcess) -> None:
     """A forced rotation through the admin API: rotate and create events +1, a successful backend write,
     the active key age restarts near 0, one key is now retiring, a new pending key is due in ~30 days, and
     the JWKS ETag changes."""
-    time.sleep(1.2)  # so that the old active key's age is visibly above the new one's
-    before = scrape(server)
+    # so that the old active key's age is visibly above the new one's
+    before = wait_for(lambda: (s := scrape(server)).get("keysvc_active_key_age_seconds", keyset="zapier") > 1.0
+                      and s, 10, "the active key to be over a second old")
+    sent = time.time()
     old_etag = dict(next(iter(before.matching("keysvc_jwks_info", keyset="zapier"))))["etag"]
     response = httpx.post(f"{server.internal}/v1/keysets/zapier/rotate", json={"force": True},
                           headers={"Authorization": f"Bearer {api_key('admin')}"}, timeout=10)
@@ -161,8 +152,8 @@ def test_rotation_changes_key_events_and_gauges(server: KeysvcProcess) -> None:
     assert delta("keysvc_key_events_total", keyset="zapier", event="rotate") == 1
     assert delta("keysvc_key_events_total", keyset="zapier", event="create") == 1
     assert delta("keysvc_backend_operations_total", operation="write", outcome="ok") == 1
-    assert after.get("keysvc_active_key_age_seconds", keyset="zapier") < 1.0
-    assert before.get("keysvc_active_key_age_seconds", keyset="zapier") > 1.0
+    # the new key activated after the request was sent: younger than the time since then, however slow
+    assert after.get("keysvc_active_key_age_seconds", keyset="zapier") <= time.time() - sent + 0.01
     assert after.get("keysvc_keys", keyset="zapier", state="retiring") == 1
     assert after.get("keysvc_keys", keyset="zapier", state="active") == 1
     assert after.get("keysvc_pending_key_present", keyset="zapier") == 1
@@ -189,15 +180,17 @@ def test_backend_failure_shows_in_metrics_not_in_readiness(server: KeysvcProcess
     keys.rename(moved)
     try:
         keys.write_text("not a directory")
-        failing = wait_for(lambda: (s := scrape(server)).get("keysvc_backend_up", keyset="zapier") == 0 and s)
-        assert failing, "backend_up never dropped to 0"
+        failing = wait_for(lambda: (s := scrape(server)).get("keysvc_backend_up", keyset="zapier") == 0 and s, 8,
+                           "backend_up to drop to 0")
         assert failing.get("keysvc_backend_operations_total", operation="sync", outcome="unavailable") > \
             before.get("keysvc_backend_operations_total", operation="sync", outcome="unavailable")
         assert failing.get("keysvc_reconcile_errors_total", keyset="zapier") > \
             before.get("keysvc_reconcile_errors_total", keyset="zapier")
         stalled = failing.get("keysvc_backend_last_sync_timestamp_seconds", keyset="zapier")
-        time.sleep(1.2)
-        later = scrape(server)
+        failed = failing.get("keysvc_backend_operations_total", operation="sync", outcome="unavailable")
+        later = wait_for(lambda: (s := scrape(server)).get("keysvc_backend_operations_total", operation="sync",
+                                                           outcome="unavailable") >= failed + 2 and s,
+                         8, "two more syncs to fail")
         assert later.get("keysvc_backend_last_sync_timestamp_seconds", keyset="zapier") == stalled
         assert server.jwks().status_code == 200
         assert httpx.get(server.public + "/readyz", timeout=10).status_code == 200
@@ -205,8 +198,8 @@ def test_backend_failure_shows_in_metrics_not_in_readiness(server: KeysvcProcess
     finally:
         keys.unlink(missing_ok=True)
         moved.rename(keys)
-    recovered = wait_for(lambda: (s := scrape(server)).get("keysvc_backend_up", keyset="zapier") == 1 and s)
-    assert recovered, "backend_up never came back"
+    recovered = wait_for(lambda: (s := scrape(server)).get("keysvc_backend_up", keyset="zapier") == 1 and s, 8,
+                         "backend_up to come back")
     assert recovered.get("keysvc_backend_last_sync_timestamp_seconds", keyset="zapier") > stalled
     assert any(line.get("event") == "backend sync failed" and line.get("level") == "warning"
                for line in server.lines())

@@ -8,18 +8,17 @@ a read: the directory itself is taken away. KMS: the moto gate is closed (connec
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import KeysvcProcess, base_config, wait_for, write_config
+from tests.helpers import KeysvcProcess, backend_syncs, base_config, wait_for, write_config
 from tests.kms_server import MotoServer
 
 REPLICAS = 3
-OUTAGE = 3.0  # seconds: six refresh intervals
+FAILED_SYNCS = 6  # the outage lasts until every replica has failed this many more refreshes
 
 
 def metric(proc: KeysvcProcess, name: str, keyset: str = "zapier") -> float:
@@ -36,14 +35,16 @@ def start_replicas(config_path: Path, n: int, env: dict[str, str] | None = None)
 
 def serve_through_outage(
     replicas: list[KeysvcProcess], before: dict[str, httpx.Response], kid: str, *, signs: bool
-) -> dict[str, int]:
-    """During the outage, on every replica: JWKS 200 with the same bytes, /readyz 200, signing 200 with the
-    same kid (file) or 503 + Retry-After (KMS), keysvc_backend_up 0. Returns what was observed."""
+) -> None:
+    """Until every replica has failed FAILED_SYNCS more refreshes, round after round on every replica:
+    JWKS 200 with the same bytes and ETag, /readyz 200, signing 200 with the same kid (file) or 503 +
+    Retry-After (KMS), keysvc_backend_up 0. Every answer is checked; how many rounds fit in the outage
+    depends on the machine's speed and is not what the test is about."""
     for r in replicas:
         wait_for(lambda r=r: metric(r, "keysvc_backend_up") == 0.0, 10, f"{r.name} to report the backend down")
-    seen = {"jwks": 0, "sign": 0, "503": 0}
-    deadline = time.monotonic() + OUTAGE
-    while time.monotonic() < deadline:
+    failed_at_start = {r.name: backend_syncs(r, failed=True) for r in replicas}
+
+    def one_round() -> bool:
         for r in replicas:
             served = r.jwks()
             assert (served.status_code, served.content) == (200, before[r.public].content)
@@ -53,15 +54,13 @@ def serve_through_outage(
             if signs:
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["kid"] == kid
-                seen["sign"] += 1
             else:
                 assert answer.status_code == 503, answer.text
                 assert int(answer.headers["Retry-After"]) >= 1
-                seen["503"] += 1
             assert metric(r, "keysvc_backend_up") == 0.0
-            seen["jwks"] += 1
-        time.sleep(0.1)
-    return seen
+        return all(backend_syncs(r, failed=True) >= failed_at_start[r.name] + FAILED_SYNCS for r in replicas)
+
+    wait_for(one_round, 60, f"every replica to fail {FAILED_SYNCS} more refreshes while serving")
 
 
 def recovered(replicas: list[KeysvcProcess], jwks_before: bytes) -> None:
@@ -111,21 +110,21 @@ def move_away(directory: Path) -> Callable[[], None]:
 def test_file_backend_outage_every_replica_serves_from_memory(
     tmp_path: Path, outage: Callable[[Path], Callable[[], None]]
 ) -> None:
-    """3 replicas on one key directory; the keyset directory is taken away for a few seconds: every
-    replica keeps answering the JWKS (200, same bytes and ETag) and /readyz from memory, keeps signing with
-    the same active key, shows keysvc_backend_up 0 — and never creates a key in place of the vanished ones;
-    once restored, every replica reports the backend up and serves the same JWKS, without a restart."""
+    """3 replicas on one key directory; the keyset directory is taken away until each has failed six
+    refreshes: every replica keeps answering the JWKS (200, same bytes and ETag) and /readyz from memory,
+    keeps signing with the same active key, shows keysvc_backend_up 0 — and never creates a key in place
+    of the vanished ones; once restored, every replica reports the backend up and serves the same JWKS,
+    without a restart."""
     replicas = start_replicas(file_config(tmp_path), REPLICAS)
     try:
         before = {r.public: r.jwks() for r in replicas}
         kid = replicas[0].sign().json()["kid"]
         restore = outage(tmp_path / "keys" / "zapier")
         try:
-            seen = serve_through_outage(replicas, before, kid, signs=True)
+            serve_through_outage(replicas, before, kid, signs=True)
         finally:
             restore()
         recovered(replicas, before[replicas[0].public].content)
-        assert seen["sign"] >= REPLICAS * 5
     finally:
         for r in replicas:
             r.stop()
@@ -134,9 +133,9 @@ def test_file_backend_outage_every_replica_serves_from_memory(
 def test_kms_outage_every_replica_serves_jwks_and_shows_backend_down(
     tmp_path: Path, moto_server: MotoServer, kms_alias_prefix: str
 ) -> None:
-    """2 replicas on KMS; KMS unreachable for a few seconds: every replica serves the JWKS and /readyz
-    from memory, answers /v1/sign 503 with Retry-After (a remote key cannot sign without KMS), and
-    shows keysvc_backend_up 0; all recover without a restart."""
+    """2 replicas on KMS; KMS unreachable until each has failed six refreshes: every replica serves the
+    JWKS and /readyz from memory, answers every /v1/sign 503 with Retry-After (a remote key cannot sign
+    without KMS), and shows keysvc_backend_up 0; all recover without a restart."""
     from tests.kms_server import REGION, aws_env
 
     config = base_config(tmp_path / "unused")
@@ -153,11 +152,10 @@ def test_kms_outage_every_replica_serves_jwks_and_shows_backend_down(
         kid = replicas[0].sign().json()["kid"]
         moto_server.stop()
         try:
-            seen = serve_through_outage(replicas, before, kid, signs=False)
+            serve_through_outage(replicas, before, kid, signs=False)
         finally:
             moto_server.start()
         recovered(replicas, before[replicas[0].public].content)
-        assert seen["503"] >= 2 * 5
     finally:
         for r in replicas:
             r.stop()

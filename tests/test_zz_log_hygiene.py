@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import LOG_DIR, SECRETS_FILE, KeysvcProcess, api_key, base_config, remember_secret
+from tests.helpers import LOG_DIR, SECRETS_FILE, KeysvcProcess, api_key, base_config, remember_secret, wait_for
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 PEM_PRIVATE = "PRIVATE KEY-----"
@@ -82,7 +81,8 @@ def test_a_server_fed_secrets_logs_none_of_them(tmp_path: Path, keysvc: Callable
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         raw.sendall(f"POST /v1/sign HTTP/1.1\r\nAuthorization: Bearer {wrong_key}\r\nbroken {token}\r\n\r\n".encode())
         raw.recv(1024)
-    time.sleep(0.3)
+    wait_for(lambda: any(line.get("event") == "Invalid HTTP request received." for line in proc.lines()), 10,
+             "the malformed request's log line")
     proc.stop()
 
     lines = list(proc.lines())
