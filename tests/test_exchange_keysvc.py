@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from keysvc.config import Secret, load_settings
+from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import Forbidden, RequestError, UpstreamError
 from keysvc.exchange import RemoteSigner, SignedToken, TokenExchanger
-from keysvc.exchange.settings import TokenExchangeSettings
 from keysvc.exchange.wiring import exchange_command
 from tests.exchange_support import serve
 from tests.helpers import (
