@@ -393,32 +393,32 @@ def test_repr_of_settings_hides_every_secret(raw: dict[str, Any], tmp_path: Path
 # ----------------------------------------------------------------------------------------- black box
 
 
-def test_check_config_cli_refuses_a_bad_config_with_status_2(raw: dict[str, Any], tmp_path: Path) -> None:
-    """`keysvc check-config` exits 2 and names the field on stderr for an invalid config."""
+def test_check_config_cli_refuses_a_bad_config_with_status_78(raw: dict[str, Any], tmp_path: Path) -> None:
+    """`keysvc check-config` exits 78 (EX_CONFIG) and names the field on stderr for an invalid config."""
     raw["keysets"]["zapier"]["alg"] = "HS256"
     path = write_config(tmp_path / "bad.yaml", raw)
     result = run_cli("check-config", config=path)
-    assert result.returncode == 2
+    assert result.returncode == 78
     assert "keysets.zapier.alg" in result.stderr
 
 
-def test_check_config_cli_refuses_broken_invariant_with_status_2(raw: dict[str, Any], tmp_path: Path) -> None:
-    """A timing that breaks an invariant also exits 2 with the parameter and the bound on stderr."""
+def test_check_config_cli_refuses_broken_invariant_with_status_78(raw: dict[str, Any], tmp_path: Path) -> None:
+    """A timing that breaks an invariant also exits 78 with the parameter and the bound on stderr."""
     raw["keysets"]["zapier"]["publish_ahead"] = "60s"
     path = write_config(tmp_path / "bad.yaml", raw)
     result = run_cli("check-config", config=path)
-    assert result.returncode == 2
+    assert result.returncode == 78
     assert "keysets.zapier.publish_ahead" in result.stderr
     assert "690s" in result.stderr
 
 
 def test_check_config_cli_refuses_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
-    """Unparseable YAML and a missing file exit 2 too, never with a traceback."""
+    """Unparseable YAML and a missing file exit 78 too, never with a traceback."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("listen: [unclosed\n")
     for path in (bad, tmp_path / "missing.yaml"):
         result = run_cli("check-config", config=path)
-        assert result.returncode == 2
+        assert result.returncode == 78
         assert "config" in result.stderr
         assert "Traceback" not in result.stderr
 

@@ -4,6 +4,7 @@ exactly the same files, and nothing downstream (backends, the S3 mirror, TLS) va
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -145,8 +146,25 @@ def _tls(sec: Section) -> TlsSettings | None:
     if required and files["client_ca_file"] is None:
         raise ConfigError(sec.name("require_client_cert"), "needs client_ca_file (the CA of client certificates)")
     sec.done()
+    if not sec.options.offline:
+        _check_tls_files(sec, files["cert_file"], files["key_file"], files["client_ca_file"])
     ca = files["client_ca_file"]
     return TlsSettings(Path(files["cert_file"]), Path(files["key_file"]), Path(ca) if ca else None, required)
+
+
+def _check_tls_files(sec: Section, cert: str, key: str, ca: str | None) -> None:
+    """Load the certificate, its key and the client CA as the listener will, so a file that exists but
+    does not hold what it should is refused now, not when the server starts."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(sec.name("key_file"), f"cannot load {cert} with {key}: {type(exc).__name__}") from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(sec.name("client_ca_file"), f"cannot load {ca}: {type(exc).__name__}") from None
 
 
 def _listen_timeouts(sec: Section) -> ListenTimeouts:
