@@ -287,4 +287,4 @@ def test_exchange_cli_black_box(stack: Stack, tmp_path: Path) -> None:
     assert stack.partner.calls_for("urn:ietf:params:oauth:token-type:access-token") == 1
     bare = write_config(tmp_path / "bare.yaml", base_config(tmp_path / "keys"))
     refused = run_cli("exchange", "--user", "u-8", "--tenant", "t-9", config=bare)
-    assert refused.returncode == 2 and "token_exchange" in refused.stderr
+    assert refused.returncode == 78 and "token_exchange" in refused.stderr
