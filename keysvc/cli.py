@@ -17,13 +17,22 @@ import yaml
 
 from keysvc import __version__, lifecycle, operations
 from keysvc.backends.registry import open_backend
-from keysvc.config import KeysetSettings, Settings, load_settings, parse_settings
+from keysvc.config import KeysetSettings, ReadOptions, Settings, load_settings, parse_settings
 from keysvc.errors import ConfigError, KeysvcError, RequestError
 from keysvc.jwks import build
 from keysvc.logs import setup
 
 DEV_DIR = Path(".keysvc-dev")
-EXIT_CONFIG = 2
+EXIT_FAILED = 1  # the operation failed or was refused
+EXIT_USAGE = 2  # bad command line (argparse)
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): the configuration is invalid
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EPILOG = """configuration: --config FILE or $KEYSVC_CONFIG (YAML), or --dev for the embedded development default;
+  --config and --dev go before or after the command.
+logging: --log-level or $KEYSVC_LOG_LEVEL: debug, info (default), warning, error, critical (any case).
+exit status: 0 success; 1 the operation failed or was refused; 2 usage error (bad arguments);
+  78 configuration error (EX_CONFIG).
+"""
 
 
 def new_api_key() -> tuple[str, str]:
@@ -78,7 +87,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     path = args.config or os.environ.get("KEYSVC_CONFIG")
     if not path:
         raise ConfigError("config", "no configuration: pass --config FILE, set KEYSVC_CONFIG, or use --dev")
-    return load_settings(path)
+    return load_settings(path, ReadOptions(offline=getattr(args, "offline", False)))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -103,7 +112,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    print(f"ok: {len(settings.keysets)} keyset(s), {len(settings.clients)} client(s), backend {settings.backend.type}")
+    offline = " (offline: secrets and TLS files configured, not read)" if args.offline else ""
+    print(
+        f"ok: {len(settings.keysets)} keyset(s), {len(settings.clients)} client(s), "
+        f"backend {settings.backend.type}{offline}"
+    )
     return 0
 
 
@@ -210,23 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="keysvc",
         description="Hardened JWKS and signing-key service: keys in files or AWS KMS, rotation by kid, "
         "JWKS with cache headers, authenticated /v1/sign, RFC 8693 token exchange.",
-        epilog="Configuration: --config FILE or $KEYSVC_CONFIG (YAML), or --dev for the embedded development "
-        "default. Exit status 2 on a configuration error.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"keysvc {__version__}")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        help="debug, info, warning, error or critical (default: $KEYSVC_LOG_LEVEL or info)")
+    add_config_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", metavar="FILE", help="YAML configuration (default: $KEYSVC_CONFIG)")
-        p.add_argument("--dev", action="store_true", help="use the embedded development configuration")
+        # after the command too; SUPPRESS keeps a value given before the command
+        add_config_options(p, argparse.SUPPRESS)
         return p
 
     with_config(sub.add_parser("serve", help="run the service (public and internal listeners)")).set_defaults(
         fn=cmd_serve
     )
-    with_config(sub.add_parser("check-config", help="validate the configuration and exit")).set_defaults(
-        fn=cmd_check_config
-    )
+    p = with_config(sub.add_parser("check-config", help="validate the configuration and exit"))
+    p.add_argument("--offline", action="store_true",
+                   help="check that secrets and TLS files are configured, not that they are readable here")
+    p.set_defaults(fn=cmd_check_config)
     keys = sub.add_parser("keys", help="inspect and operate keys directly on the backend").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION"
     )
@@ -268,22 +285,47 @@ def cmd_exchange(args: argparse.Namespace) -> int:
     return exchange_command(args, _settings(args))
 
 
+def add_config_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """--config and --dev, on the top-level parser (`default` None) and on each command (SUPPRESS)."""
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="YAML configuration (default: $KEYSVC_CONFIG)")
+    parser.add_argument("--dev", action="store_true", default=False if default is None else default,
+                        help="use the embedded development configuration")
+
+
+def log_level(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """--log-level, else $KEYSVC_LOG_LEVEL (any case), else INFO; an unknown level is a usage error."""
+    if args.log_level:
+        return str(args.log_level)
+    level = os.environ.get("KEYSVC_LOG_LEVEL", "INFO").strip().upper()
+    if level not in LOG_LEVELS:
+        parser.error(f"KEYSVC_LOG_LEVEL: invalid level {level.lower()!r} (choose from {', '.join(LOG_LEVELS).lower()})")
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `keysvc` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    serving = args.command == "serve"
     # the server logs to stdout; other commands print their result there and log (audit) to stderr
-    setup(os.environ.get("KEYSVC_LOG_LEVEL", "INFO"), sys.stdout if args.command == "serve" else sys.stderr)
+    setup(log_level(parser, args), sys.stdout if serving else sys.stderr)
     try:
         return int(args.fn(args))
     except ConfigError as exc:
-        print(f"keysvc: configuration error: {exc}", file=sys.stderr)
+        if serving:  # the server's log is JSON: so is its refusal to start
+            from keysvc.logs import FIELDS, LOG
+
+            LOG.error("configuration error", extra={FIELDS: {"field": exc.field, "message": exc.message}})
+        else:
+            print(f"keysvc: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except RequestError as exc:
         print(f"keysvc: {exc.code}: {exc.description}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeysvcError as exc:
         print(f"keysvc: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

@@ -1,7 +1,7 @@
 """The one exception tree of keysvc.
 
     KeysvcError                       root; never escapes as a 500
-    ├── ConfigError                   bad configuration (exit status 2 at start-up)
+    ├── ConfigError                   bad configuration (exit status 78, EX_CONFIG, at start-up)
     ├── RequestError                  answered to an HTTP client, OAuth-style code + status
     │   ├── InvalidRequest            400 invalid_request
     │   ├── InvalidClient             401 invalid_client (WWW-Authenticate: Bearer)

@@ -13,14 +13,16 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from keysvc.errors import BackendUnavailable, ConfigError
+from keysvc.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 
 class S3Mirror:
-    """Writes JWKS documents to one S3 bucket. Blocking: call from a worker thread."""
+    """Writes JWKS documents to one S3 bucket. Blocking: call from a worker thread.
+
+    Takes settings already validated by keysvc.config (the `mirror` section)."""
 
     def __init__(
         self,
@@ -32,10 +34,6 @@ class S3Mirror:
         connect_timeout: float = 2.0,
         read_timeout: float = 5.0,
     ) -> None:
-        if not bucket:
-            raise ConfigError("mirror.bucket", "is required")
-        if key_prefix.startswith("/"):
-            raise ConfigError("mirror.key_prefix", "must not start with / (S3 keys are relative)")
         self.bucket = bucket
         self.key_prefix = key_prefix
         config = Config(

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from keysvc.exchange.settings import Secret, TokenExchangeSettings
+from keysvc.config import Secret, TokenExchangeSettings
 from keysvc.exchange.signer import SignedToken
 from tests.helpers import wait_for
 from tests.partner_server import PartnerServer, PartnerState

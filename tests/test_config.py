@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from keysvc.config import Secret, parse_duration, parse_settings, parse_yaml
+from keysvc.backends.file_settings import FileSettings
+from keysvc.config import parse_duration, parse_settings, parse_yaml
 from keysvc.errors import ConfigError
 from tests.helpers import base_config, run_cli, sha256_hex, write_config
 
@@ -251,14 +252,19 @@ def test_max_token_ttl_longer_than_rotation_period_is_refused(raw: dict[str, Any
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("90s", 90.0), ("15m", 900.0), ("12h", 43200.0), ("30d", 2592000.0), ("500ms", 0.5), (45, 45.0),
-     (0, 0.0), ("1.5h", 5400.0), (" 2m ", 120.0), (2.5, 2.5)],
+     (0, 0.0), ("1.5h", 5400.0), (2.5, 2.5), ("1h30m", 5400.0), ("1500ms", 1.5), ("2.5d", 216000.0),
+     ("1d12h", 129600.0), ("1m30s500ms", 90.5), ("0s", 0.0)],
 )
 def test_durations_parse(value: object, seconds: float) -> None:
-    """Durations are `N` + ms/s/m/h/d, or plain numbers of seconds."""
+    """Durations are one or more `N` + ms/s/m/h/d (summed), or plain numbers of seconds."""
     assert seconds == parse_duration(value, "x")
 
 
-@pytest.mark.parametrize("value", ["", "5", "5 min", "5M", "-5s", "1w", "s", None, True, [5], "nan", "4000d"])
+@pytest.mark.parametrize(
+    "value",
+    ["", "5", "5 min", "5M", "-5s", "1w", "s", None, True, [5], "nan", "4000d", " 2m ", "1h 30m", "1h30", ".5s",
+     "1.s", "5s5", -1, float("nan"), float("inf"), "h1"],
+)
 def test_bad_durations_are_refused_with_the_name(value: object) -> None:
     """Anything else (no unit, unknown unit, negative, bool, None, over 10 years) is a ConfigError naming
     the field it was given for."""
@@ -317,7 +323,8 @@ clients:
     assert str(settings.listen_internal) == "127.0.0.1:8081"
     backend = settings.backend
     assert (backend.type, backend.path, backend.refresh_interval) == ("file", tmp_path / "keys", 30.0)
-    assert Secret("correct horse battery staple") == backend.passphrase
+    assert isinstance(backend, FileSettings) and backend.passphrase is not None
+    assert backend.passphrase.reveal() == "correct horse battery staple"
     assert settings.clock_skew == 60.0
     jwks = settings.jwks
     expected_jwks = (300.0, 60.0, 86400.0, 600.0)
@@ -338,7 +345,7 @@ clients:
     assert settings.default_keyset == "zapier"
     billing = settings.clients["billing-api"]
     expected_billing = (sha256_hex("billing"), ("zapier",), ("connect.zapier.com",), 120.0, False)
-    assert expected_billing == (billing.api_key_sha256, billing.keysets, billing.audiences, billing.max_ttl,
+    assert expected_billing == (billing.api_key_digests[0], billing.keysets, billing.audiences, billing.max_ttl,
                                 billing.admin)
     assert billing.rate_limit is not None
     assert (billing.rate_limit.rate, billing.rate_limit.burst) == (5.0, 10)
@@ -378,40 +385,40 @@ def test_repr_of_settings_hides_every_secret(raw: dict[str, Any], tmp_path: Path
     text = repr(settings) + str(settings) + repr(settings.backend) + repr(dict(settings.clients))
     assert passphrase not in text
     for client in settings.clients.values():
-        assert client.api_key_sha256 not in text
-    assert "Secret('**********')" in text
+        assert all(digest not in text for digest in client.api_key_digests)
+    assert f"SecretFile({str(secret)!r})" in text
     assert passphrase == settings.backend.passphrase.reveal()  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------------------- black box
 
 
-def test_check_config_cli_refuses_a_bad_config_with_status_2(raw: dict[str, Any], tmp_path: Path) -> None:
-    """`keysvc check-config` exits 2 and names the field on stderr for an invalid config."""
+def test_check_config_cli_refuses_a_bad_config_with_status_78(raw: dict[str, Any], tmp_path: Path) -> None:
+    """`keysvc check-config` exits 78 (EX_CONFIG) and names the field on stderr for an invalid config."""
     raw["keysets"]["zapier"]["alg"] = "HS256"
     path = write_config(tmp_path / "bad.yaml", raw)
     result = run_cli("check-config", config=path)
-    assert result.returncode == 2
+    assert result.returncode == 78
     assert "keysets.zapier.alg" in result.stderr
 
 
-def test_check_config_cli_refuses_broken_invariant_with_status_2(raw: dict[str, Any], tmp_path: Path) -> None:
-    """A timing that breaks an invariant also exits 2 with the parameter and the bound on stderr."""
+def test_check_config_cli_refuses_broken_invariant_with_status_78(raw: dict[str, Any], tmp_path: Path) -> None:
+    """A timing that breaks an invariant also exits 78 with the parameter and the bound on stderr."""
     raw["keysets"]["zapier"]["publish_ahead"] = "60s"
     path = write_config(tmp_path / "bad.yaml", raw)
     result = run_cli("check-config", config=path)
-    assert result.returncode == 2
+    assert result.returncode == 78
     assert "keysets.zapier.publish_ahead" in result.stderr
     assert "690s" in result.stderr
 
 
 def test_check_config_cli_refuses_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
-    """Unparseable YAML and a missing file exit 2 too, never with a traceback."""
+    """Unparseable YAML and a missing file exit 78 too, never with a traceback."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("listen: [unclosed\n")
     for path in (bad, tmp_path / "missing.yaml"):
         result = run_cli("check-config", config=path)
-        assert result.returncode == 2
+        assert result.returncode == 78
         assert "config" in result.stderr
         assert "Traceback" not in result.stderr
 

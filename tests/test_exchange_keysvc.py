@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from keysvc.config import Secret, load_settings
+from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import Forbidden, RequestError, UpstreamError
 from keysvc.exchange import RemoteSigner, SignedToken, TokenExchanger
-from keysvc.exchange.settings import TokenExchangeSettings
 from keysvc.exchange.wiring import exchange_command
 from tests.exchange_support import serve
 from tests.helpers import (
@@ -292,4 +292,4 @@ def test_exchange_cli_black_box(stack: Stack, tmp_path: Path) -> None:
     assert stack.partner.calls_for("urn:ietf:params:oauth:token-type:access-token") == 1
     bare = write_config(tmp_path / "bare.yaml", base_config(tmp_path / "keys"))
     refused = run_cli("exchange", "--user", "u-8", "--tenant", "t-9", config=bare)
-    assert refused.returncode == 2 and "token_exchange" in refused.stderr
+    assert refused.returncode == 78 and "token_exchange" in refused.stderr

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from keysvc.config.exchange import TokenExchangeSettings, parse_token_exchange
 from keysvc.errors import ConfigError
-from keysvc.exchange.settings import TokenExchangeSettings, parse_token_exchange
 
 KEYSETS = {"zapier": "ES256", "rsa": "RS384", "pss": "PS256", "ed": "EdDSA"}
 ENV = {"ZAPIER_SECRET": "from-env"}
@@ -84,14 +84,14 @@ BASE = {"client_id": "cid", "client_secret_env": "ZAPIER_SECRET"}
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
-        ({"colour": "blue"}, "token_exchange.colour", "unknown key"),
+        ({"colour": "blue"}, "token_exchange.colour", "unknown setting"),
         ({"client_id": "  "}, "token_exchange.client_id", "non-empty string"),
         ({"keyset": "nope"}, "token_exchange.keyset", "no keyset named 'nope'"),
         ({"keyset": "pss"}, "token_exchange.keyset", "PS256"),
         ({"keyset": "ed"}, "token_exchange.keyset", "Zapier accepts only"),
         ({"jwt_ttl": "10m"}, "token_exchange.jwt_ttl", "longer than 300s"),
         ({"jwt_ttl": "soon"}, "token_exchange.jwt_ttl", "duration"),
-        ({"jwt_ttl": 0}, "token_exchange.jwt_ttl", "greater than zero"),
+        ({"jwt_ttl": 0}, "token_exchange.jwt_ttl", "greater than 0"),
         ({"read_timeout": "-1s"}, "token_exchange.read_timeout", "duration"),
         ({"max_attempts": 0}, "token_exchange.max_attempts", "1 to 10"),
         ({"max_attempts": True}, "token_exchange.max_attempts", "1 to 10"),

@@ -128,9 +128,9 @@ def test_etag_changes_if_and_only_if_the_body_changes(private_keys: dict[str, ke
 
 # ----------------------------------------------------------------------------------- the claims policy
 
-ONE = ClientSettings(name="one", api_key_sha256="0" * 64, keysets=("zapier",),
+ONE = ClientSettings(name="one", api_key_digests=("0" * 64,), keysets=("zapier",),
                      audiences=("connect.zapier.com", "other.example"), max_ttl=60.0)
-MANY = ClientSettings(name="many", api_key_sha256="1" * 64, keysets=("zapier", "internal"),
+MANY = ClientSettings(name="many", api_key_digests=("1" * 64,), keysets=("zapier", "internal"),
                       audiences=("connect.zapier.com",), max_ttl=600.0)
 KEYSETS = {
     name: KeysetSettings(name=name, issuer=f"https://{name}.example", alg="ES256",

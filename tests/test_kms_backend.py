@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -23,7 +24,9 @@ from jwcrypto.jwk import JWK
 
 from keysvc.backends.base import Backend, KeyRecord
 from keysvc.backends.kms import TAG, KmsBackend, kms_algorithm
+from keysvc.config import parse_settings
 from keysvc.errors import BackendUnavailable, ConfigError, StoreCorrupt
+from tests.helpers import base_config
 from tests.kms_server import REGION, MotoServer, aws_env
 
 ALL_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
@@ -197,21 +200,27 @@ def test_eddsa_and_import_are_refused(backend: KmsBackend) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("backend", "field"),
     [
         ({"alias_prefix": "keysvc/prod"}, "backend.alias_prefix"),
         ({"alias_prefix": "alias/aws/keysvc"}, "backend.alias_prefix"),
+        ({"alias_prefix": "alias/aws"}, "backend.alias_prefix"),
         ({"alias_prefix": "alias/key svc"}, "backend.alias_prefix"),
-        ({"deletion_window_days": 6}, "backend.deletion_window"),
-        ({"deletion_window_days": 31}, "backend.deletion_window"),
+        ({"alias_prefix": "alias/key:svc"}, "backend.alias_prefix"),
+        ({"deletion_window": "6d"}, "backend.deletion_window"),
+        ({"deletion_window": "31d"}, "backend.deletion_window"),
         ({"region": ""}, "backend.region"),
+        ({"region": "Europe"}, "backend.region"),
+        ({"endpoint_url": "127.0.0.1:5000"}, "backend.endpoint_url"),
     ],
 )
-def test_bad_settings_are_config_errors(kwargs: dict[str, Any], field: str) -> None:
-    """Unusable settings fail at construction with the setting's name."""
-    settings: dict[str, Any] = {"region": REGION, "alias_prefix": "alias/keysvc/prod"} | kwargs
+def test_bad_settings_are_config_errors(backend: dict[str, Any], field: str) -> None:
+    """Unusable KMS settings are refused when the configuration is read (check-config sees them too),
+    naming the setting; KmsBackend itself takes settings already valid."""
+    raw = base_config(Path("/nonexistent/keys"))
+    raw["backend"] = {"type": "kms", "region": REGION, "alias_prefix": "alias/keysvc/prod"} | backend
     with pytest.raises(ConfigError) as info:
-        KmsBackend(**settings)
+        parse_settings(raw)
     assert field == info.value.field
 
 

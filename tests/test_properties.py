@@ -101,7 +101,7 @@ def test_the_unmutated_base_config_loads() -> None:
 # ----------------------------------------------------------------------------------- policy -> token
 
 KEYSETS = {"zapier": KeysetSettings("zapier", "https://issuer.example", "ES256", 30 * 86400, 2 * 86400, 86400, 300)}
-CLIENT = ClientSettings(name="c", api_key_sha256="0" * 64, keysets=("zapier",), audiences=("connect.zapier.com",),
+CLIENT = ClientSettings(name="c", api_key_digests=("0" * 64,), keysets=("zapier",), audiences=("connect.zapier.com",),
                         max_ttl=120)
 KEY = keys.generate("ES256")
 MINTER = Minter(keys.LocalSigner(keys.kid_of(KEY), "ES256", KEY), "https://issuer.example")

@@ -298,7 +298,7 @@ def test_alg_change_takes_effect_with_next_key_and_import(tmp_path: Path) -> Non
             )
         )
         refused = run_cli("keys", "import", "zapier", "--pem", str(wrong), config=path)
-        assert refused.returncode == 2 and "RS256" in refused.stderr
+        assert refused.returncode == 78 and "RS256" in refused.stderr
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

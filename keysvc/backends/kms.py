@@ -43,7 +43,6 @@ _CURVE_SPECS = {"P-256": "ECC_NIST_P256", "P-384": "ECC_NIST_P384", "P-521": "EC
 _SIGNING = {"RSA": "RSASSA_PKCS1_V1_5_SHA_", "RSA-PSS": "RSASSA_PSS_SHA_", "EC": "ECDSA_SHA_"}
 _PUBLIC_MEMBERS = {"RSA": ("kty", "n", "e"), "EC": ("kty", "crv", "x", "y")}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_PREFIX = re.compile(r"^alias/[A-Za-z0-9:/_-]+[A-Za-z0-9_-]$")
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,8 @@ class KmsBackend:
 
     `max_workers` is the size the caller's thread pool should have: one per pooled connection.
     A Sign takes at most about max_attempts x read_timeout (KMS hanging) or ~7 s of backoff (KMS
-    throttling, 3 attempts) before BackendUnavailable.
+    throttling, 3 attempts) before BackendUnavailable. Region, alias prefix and deletion window are
+    taken as given: keysvc.backends.kms_settings validated them when the configuration was read.
     """
 
     def __init__(
@@ -155,16 +155,6 @@ class KmsBackend:
         retry_mode: Literal["standard", "adaptive"] = "adaptive",
         orphan_grace: float = ORPHAN_GRACE,
     ) -> None:
-        alias_prefix = alias_prefix.rstrip("/")
-        if not _PREFIX.match(alias_prefix) or alias_prefix.startswith("alias/aws/"):
-            raise ConfigError(
-                "backend.alias_prefix",
-                "must look like alias/keysvc/prod (letters, digits, / _ - :), not under alias/aws/",
-            )
-        if not 7 <= deletion_window_days <= 30:
-            raise ConfigError("backend.deletion_window", "KMS accepts 7 to 30 days")
-        if not region:
-            raise ConfigError("backend.region", "is required for the kms backend")
         self.alias_prefix = alias_prefix
         self.deletion_window_days = deletion_window_days
         self.instance_id = instance_id

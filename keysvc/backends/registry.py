@@ -1,38 +1,22 @@
-"""Backend registry: name -> factory. An unknown name fails at start-up (config validation)."""
+"""Backend registry: `backend.type` -> the parser of that backend's settings. Each settings type opens its
+own backend, so no code chooses a backend by an if/elif; an unknown type is a ConfigError at parse time.
+
+This module and the settings modules it names import no backend implementation (no boto3).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from keysvc.backends.base import Backend
-from keysvc.config import BackendSettings
+from keysvc.backends.file_settings import parse_file
+from keysvc.backends.kms_settings import parse_kms
+from keysvc.config.model import BackendSettings
+from keysvc.config.reader import Section
 
-
-def _file(settings: BackendSettings, instance_id: str) -> Backend:
-    from keysvc.backends.file import FileBackend
-
-    assert settings.path is not None  # nosec B101 - guaranteed by config validation
-    passphrase = settings.passphrase.reveal().encode("utf-8") if settings.passphrase else None
-    return FileBackend(settings.path, passphrase, instance_id=instance_id)
-
-
-def _kms(settings: BackendSettings, instance_id: str) -> Backend:
-    from keysvc.backends.kms import KmsBackend  # boto3 is only imported when KMS is used
-
-    assert settings.region is not None  # nosec B101 - guaranteed by config validation
-    assert settings.alias_prefix is not None  # nosec B101 - guaranteed by config validation
-    return KmsBackend(
-        region=settings.region,
-        alias_prefix=settings.alias_prefix,
-        endpoint_url=settings.endpoint_url,
-        deletion_window_days=settings.deletion_window_days,
-        instance_id=instance_id,
-    )
-
-
-REGISTRY: dict[str, Callable[[BackendSettings, str], Backend]] = {"file": _file, "kms": _kms}
+REGISTRY: dict[str, Callable[[Section, float], BackendSettings]] = {"file": parse_file, "kms": parse_kms}
 
 
 def open_backend(settings: BackendSettings, instance_id: str) -> Backend:
     """Build the configured backend (no I/O beyond building clients)."""
-    return REGISTRY[settings.type](settings, instance_id)
+    return settings.open(instance_id)

@@ -1,6 +1,6 @@
 """RFC 8693 token exchange with a partner such as Zapier (design §6).
 
-settings.py   `token_exchange` config -> frozen TokenExchangeSettings
+(configuration: keysvc.config.exchange, the `token_exchange` section -> TokenExchangeSettings)
 signer.py     TokenSigner protocol, SignedToken, RemoteSigner (keysvc's POST /v1/sign)
 partner.py    one exchange request to the partner: client auth, retries, RFC 6749 error mapping
 cache.py      single-flight cache: one upstream call per key however many callers wait
@@ -10,10 +10,9 @@ endpoint.py   body contract of POST /v1/token-exchange
 cli.py        `keysvc exchange`
 """
 
-from keysvc.config import Secret
+from keysvc.config import Secret, TokenExchangeSettings, parse_token_exchange
 from keysvc.exchange.client import ExchangeResult, TokenExchanger
 from keysvc.exchange.errors import PartnerError
-from keysvc.exchange.settings import TokenExchangeSettings, parse_token_exchange
 from keysvc.exchange.signer import RemoteSigner, SignedToken, TokenSigner
 
 __all__ = [

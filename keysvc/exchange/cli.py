@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any, TextIO
 
+from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError
 from keysvc.exchange.client import TokenExchanger
-from keysvc.exchange.settings import TokenExchangeSettings
 from keysvc.exchange.signer import TokenSigner
 
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx
 
+from keysvc.config.exchange import SCOPE_TOKEN, TokenExchangeSettings
 from keysvc.errors import InvalidRequest
 from keysvc.exchange.browser import connect_url, resource_url
 from keysvc.exchange.cache import SingleFlightCache
 from keysvc.exchange.errors import PartnerError
 from keysvc.exchange.partner import ExchangeObserver, NullObserver, PartnerClient, TokenResponse
-from keysvc.exchange.settings import SCOPE_TOKEN, TokenExchangeSettings
 from keysvc.exchange.signer import TokenSigner
 
 CacheKey = tuple[str, str, str, str]  # user, tenant, scope, audience

@@ -26,9 +26,9 @@ from urllib.parse import quote_plus
 
 import httpx
 
+from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError, Unavailable, UpstreamError
 from keysvc.exchange.errors import PartnerError, json_object, oauth_code, oauth_text, parse_retry_after
-from keysvc.exchange.settings import TokenExchangeSettings
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 RETRYABLE = frozenset({429, 500, 502, 503, 504})

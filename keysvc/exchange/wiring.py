@@ -77,6 +77,7 @@ def exchange_routes(settings: Settings, keyring: Keyring, metrics: Metrics, api:
     are the internal API's own.
     """
     exchange = settings.token_exchange
+    assert exchange is not None  # nosec B101 - only called when configured
     signer = LocalSigner(keyring, settings.keysets, exchange.keyset)
     exchanger = TokenExchanger(exchange, signer, observer=PrometheusObserver(metrics))
 

@@ -58,7 +58,7 @@ class Authenticator:
     """
 
     def __init__(self, clients: Mapping[str, ClientSettings]) -> None:
-        self._by_digest = {c.api_key_sha256: c for c in clients.values()}
+        self._by_digest = {digest: c for c in clients.values() for digest in c.api_key_digests}
         self._by_subject = {subject: c for c in clients.values() for subject in c.cert_subjects}
 
     def authenticate(self, authorization: str | None, cert_identities: tuple[str, ...] = ()) -> ClientSettings:
@@ -82,8 +82,8 @@ class Authenticator:
             raise InvalidClient("send an API key as 'Authorization: Bearer <key>'")
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         client = self._by_digest.get(digest)
-        expected = client.api_key_sha256 if client is not None else "0" * 64
-        if not hmac.compare_digest(expected, digest) or client is None:
+        expected = client.api_key_digests if client is not None else ("0" * 64,)
+        if not any([hmac.compare_digest(d, digest) for d in expected]) or client is None:
             raise InvalidClient("invalid API key")
         return client
 

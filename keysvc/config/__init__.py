@@ -1,0 +1,58 @@
+"""YAML -> frozen, validated Settings. Every refusal is a ConfigError naming the field (dotted path).
+
+Read once at start-up; nothing here touches the network or imports boto3. Modules:
+
+    reader.py     the shared reader: sections, dotted names, unknown keys, durations (DURATION_PATTERN)
+    secrets.py    Secret (a value) and SecretFile (re-read when the file changes); `<name>_file` / `_env`
+    document.py   YAML text -> data, refusing a key given twice in one mapping
+    model.py      the Settings dataclasses
+    exchange.py   the `token_exchange` section
+    parse.py      document -> Settings, every check (backends' settings: keysvc.backends.registry)
+"""
+
+from keysvc.config.document import load_document
+from keysvc.config.exchange import ApiRateLimit, TokenExchangeSettings, parse_token_exchange
+from keysvc.config.model import (
+    Address,
+    BackendSettings,
+    CanarySettings,
+    ClientSettings,
+    JwksSettings,
+    KeysetSettings,
+    ListenTimeouts,
+    MirrorSettings,
+    RateLimit,
+    Settings,
+    TlsSettings,
+)
+from keysvc.config.parse import check_invariants, load_settings, parse_settings, parse_yaml
+from keysvc.config.reader import DURATION_PATTERN, ReadOptions, Section, parse_duration
+from keysvc.config.secrets import Secret, SecretFile
+
+__all__ = [
+    "DURATION_PATTERN",
+    "Address",
+    "ApiRateLimit",
+    "BackendSettings",
+    "CanarySettings",
+    "ClientSettings",
+    "JwksSettings",
+    "KeysetSettings",
+    "ListenTimeouts",
+    "MirrorSettings",
+    "RateLimit",
+    "ReadOptions",
+    "Secret",
+    "SecretFile",
+    "Section",
+    "Settings",
+    "TlsSettings",
+    "TokenExchangeSettings",
+    "check_invariants",
+    "load_document",
+    "load_settings",
+    "parse_duration",
+    "parse_settings",
+    "parse_token_exchange",
+    "parse_yaml",
+]

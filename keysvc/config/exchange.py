@@ -1,0 +1,205 @@
+"""The `token_exchange` section: the RFC 8693 exchange with the partner (Zapier) and its embed gateway.
+
+Read by the shared reader like every other section, so each refusal is a ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, cast
+from urllib.parse import urlsplit
+
+from keysvc.config.reader import ReadOptions, Section
+from keysvc.config.secrets import Secret, SecretFile, read_secret
+from keysvc.errors import ConfigError
+
+# Zapier verifies partner JWTs with these only (no PS*, no EdDSA).
+ZAPIER_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
+# Zapier refuses partner JWTs whose exp is more than about five minutes after iat.
+MAX_JWT_TTL = 300
+MAX_RUN_WAIT = 600.0  # the longest `run_wait_max`: a caller's request stays open that long at most
+REGISTERED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+ClientAuth = Literal["client_secret_post", "client_secret_basic"]
+ConnectFrom = Literal["access_token", "jwt"]
+CLIENT_AUTH_METHODS: tuple[ClientAuth, ...] = ("client_secret_post", "client_secret_basic")
+CONNECT_FROM: tuple[ConnectFrom, ...] = ("access_token", "jwt")
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+@dataclass(frozen=True)
+class ApiRateLimit:
+    """This replica's budget towards the Partner API: `per_minute` on average, bursts of up to `burst`."""
+
+    per_minute: float = 60.0
+    burst: int = 10
+
+
+# ruff's S105 reads "token" in a field name as a password; these are URLs and URNs, no secrets.
+@dataclass(frozen=True)
+class TokenExchangeSettings:
+    """Everything the exchange and the embed gateway need; the defaults are Zapier's."""
+
+    client_id: str
+    client_secret: Secret | SecretFile  # reveal() is the current value (a file is re-read when it changes)
+    keyset: str = "zapier"
+    token_url: str = "https://zapier.com/oauth/token"  # noqa: S105
+    client_auth: ClientAuth = "client_secret_post"
+    audience: str = "connect.zapier.com"
+    tenant_claim: str = "org_id"
+    jwt_ttl: int = 300
+    subject_token_type: str = "urn:ietf:params:oauth:token-type:external-jwt"  # noqa: S105
+    access_token_type: str = "urn:ietf:params:oauth:token-type:access-token"  # noqa: S105
+    connect_token_type: str = "urn:ietf:params:oauth:token-type:connect-token"  # noqa: S105
+    connect_from: ConnectFrom = "access_token"
+    scope: str = "external connection:read connection:write zap zap:write action:run"
+    connect_url: str = "https://connect.zapier.com/to/{app}"
+    connect_timeout: float = 5.0  # TCP + TLS handshake of one attempt
+    read_timeout: float = 10.0  # waiting for the partner's answer in one attempt
+    total_timeout: float = 30.0  # all attempts and back-off sleeps together
+    max_attempts: int = 4
+    cache_margin: int = 60  # stop serving a cached access token this long before it expires
+    api_url: str = "https://api.zapier.com"  # the Partner API
+    redirect_uris: tuple[str, ...] = ()  # exact-match allow-list of Connect redirects
+    api_rate_limit: ApiRateLimit = ApiRateLimit()
+    run_wait_max: float = 60.0  # the longest a caller may ask keysvc to wait for an action run
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The configured scope as a set of scope tokens."""
+        return frozenset(self.scope.split())
+
+
+_DEFAULTS = TokenExchangeSettings(client_id="-", client_secret=Secret(""))
+
+
+def parse_token_exchange(
+    raw: object,
+    keyset_algs: Mapping[str, str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    options: ReadOptions | None = None,
+) -> TokenExchangeSettings:
+    """Validate the `token_exchange` mapping against the configured keysets (name -> alg).
+
+    `environ` (default `os.environ`) is where `client_secret_env` is looked up; tests pass their own.
+    """
+    if options is None:
+        options = ReadOptions() if environ is None else ReadOptions(environ=environ)
+    if not isinstance(raw, Mapping):
+        raise ConfigError("token_exchange", "expected a mapping")
+    return read_token_exchange(Section(raw, "token_exchange", options), keyset_algs)
+
+
+def read_token_exchange(sec: Section, keyset_algs: Mapping[str, str]) -> TokenExchangeSettings:
+    """The `token_exchange` section, read through the shared reader."""
+    d = _DEFAULTS
+    client_id: str = sec.text("client_id", required=True)
+    secret = read_secret(sec, "client_secret", required=True)
+    assert secret is not None  # nosec B101 - required=True
+    jwt_ttl = math.ceil(sec.positive_duration("jwt_ttl", d.jwt_ttl))
+    if jwt_ttl > MAX_JWT_TTL:
+        raise ConfigError(sec.name("jwt_ttl"), f"Zapier rejects partner JWTs living longer than {MAX_JWT_TTL}s")
+    run_wait_max = sec.positive_duration("run_wait_max", d.run_wait_max)
+    if run_wait_max > MAX_RUN_WAIT:
+        raise ConfigError(sec.name("run_wait_max"), f"must be at most {MAX_RUN_WAIT:g}s (10m)")
+    settings = TokenExchangeSettings(
+        client_id=client_id,
+        client_secret=secret,
+        keyset=sec.text("keyset", d.keyset),
+        token_url=_url(sec, "token_url", d.token_url),
+        client_auth=cast(ClientAuth, sec.choice("client_auth", CLIENT_AUTH_METHODS)),
+        audience=sec.text("audience", d.audience),
+        tenant_claim=sec.text("tenant_claim", d.tenant_claim),
+        jwt_ttl=jwt_ttl,
+        subject_token_type=sec.text("subject_token_type", d.subject_token_type),
+        access_token_type=sec.text("access_token_type", d.access_token_type),
+        connect_token_type=sec.text("connect_token_type", d.connect_token_type),
+        connect_from=cast(ConnectFrom, sec.choice("connect_from", CONNECT_FROM)),
+        scope=_scope(sec, d.scope),
+        connect_url=_connect_url(sec, d.connect_url),
+        connect_timeout=sec.positive_duration("connect_timeout", d.connect_timeout),
+        read_timeout=sec.positive_duration("read_timeout", d.read_timeout),
+        total_timeout=sec.positive_duration("total_timeout", d.total_timeout),
+        max_attempts=sec.integer("max_attempts", d.max_attempts, 1, 10),
+        cache_margin=math.ceil(sec.duration("cache_margin", d.cache_margin)),
+        api_url=_url(sec, "api_url", d.api_url),
+        redirect_uris=_redirect_uris(sec),
+        api_rate_limit=_api_rate_limit(sec.section("api_rate_limit")),
+        run_wait_max=run_wait_max,
+    )
+    sec.done()
+    _check_keyset(sec, settings.keyset, keyset_algs)
+    if settings.tenant_claim in REGISTERED_CLAIMS:
+        raise ConfigError(sec.name("tenant_claim"), f"{settings.tenant_claim!r} is a registered JWT claim")
+    return settings
+
+
+def _https_or_loopback(url: str) -> bool:
+    parts = urlsplit(url)
+    loopback = parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+    return bool(parts.hostname) and (parts.scheme == "https" or loopback)
+
+
+def _url(sec: Section, key: str, default: str) -> str:
+    url: str = sec.text(key, default)
+    _check_url(sec, key, url)
+    return url
+
+
+def _check_url(sec: Section, key: str, url: str) -> None:
+    if not _https_or_loopback(url):
+        raise ConfigError(sec.name(key), f"must be an https URL (plain http only to loopback), got {url!r}")
+
+
+def _connect_url(sec: Section, default: str) -> str:
+    template: str = sec.text("connect_url", default)
+    rest = template.replace("{app}", "", 1)
+    if "{app}" not in template or "{" in rest or "}" in rest:
+        raise ConfigError(sec.name("connect_url"), "must contain the placeholder {app} exactly once, no other braces")
+    _check_url(sec, "connect_url", template.replace("{app}", "app"))
+    return template
+
+
+def _scope(sec: Section, default: str) -> str:
+    scope: str = sec.text("scope", default)
+    for token in scope.split():
+        if not SCOPE_TOKEN.fullmatch(token):
+            raise ConfigError(sec.name("scope"), f"{token!r} is not a valid scope token (RFC 6749 §3.3)")
+    return scope
+
+
+def _redirect_uris(sec: Section) -> tuple[str, ...]:
+    uris = sec.str_list("redirect_uris")
+    for uri in uris:
+        if not _https_or_loopback(uri) or "#" in uri:
+            raise ConfigError(
+                sec.name("redirect_uris"),
+                f"{uri!r}: each must be an absolute https URL (plain http only to loopback) without a fragment",
+            )
+    if len(set(uris)) != len(uris):
+        raise ConfigError(sec.name("redirect_uris"), "lists a URI twice")
+    return uris
+
+
+def _api_rate_limit(sec: Section) -> ApiRateLimit:
+    d = ApiRateLimit()
+    limit = ApiRateLimit(sec.number("per_minute", d.per_minute), sec.integer("burst", d.burst, 1, 10_000))
+    sec.done()
+    return limit
+
+
+def _check_keyset(sec: Section, keyset: str, keyset_algs: Mapping[str, str]) -> None:
+    if keyset not in keyset_algs:
+        known = ", ".join(sorted(keyset_algs)) or "none"
+        raise ConfigError(sec.name("keyset"), f"no keyset named {keyset!r} (configured: {known})")
+    alg = keyset_algs[keyset]
+    if alg not in ZAPIER_ALGS:
+        accepted = ", ".join(sorted(ZAPIER_ALGS))
+        raise ConfigError(sec.name("keyset"), f"keyset {keyset!r} signs with {alg}; Zapier accepts only {accepted}")
