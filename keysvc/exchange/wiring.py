@@ -29,7 +29,7 @@ from keysvc.http.internal import InternalApi
 from keysvc.keyring import Keyring
 from keysvc.metrics import Metrics
 
-TOKEN_EXCHANGE_ACTOR = "token_exchange"  # noqa: S105 - the `client` of partner JWTs' token.sign audit lines
+TOKEN_EXCHANGE_ACTOR = "token_exchange"  # noqa: S105  # nosec B105 - a client label of audit lines, not a secret
 
 
 class LocalSigner:
