@@ -172,6 +172,7 @@ class Settings:
     canary: CanarySettings | None = None
     mirror: MirrorSettings | None = None
     access_log: bool = True
+    log_public: str = "errors"  # public listener's access lines: errors (status >= 400) | all
     tls: TlsSettings | None = None
 
     @property
@@ -524,6 +525,9 @@ def parse_settings(raw: object) -> Settings:
         msec.done()
     lsec = top.section("log")
     access_log = lsec.flag("access", True)
+    log_public = lsec.text("public", "errors")
+    if log_public not in ("errors", "all"):
+        raise ConfigError(lsec.name("public"), "expected errors (log only answers >= 400) or all")
     lsec.done()
     settings = Settings(
         listen_public=public,
@@ -537,6 +541,7 @@ def parse_settings(raw: object) -> Settings:
         canary=canary,
         mirror=mirror,
         access_log=access_log,
+        log_public=log_public,
         tls=tls,
     )
     top.done()
