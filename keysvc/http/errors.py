@@ -80,7 +80,9 @@ def from_http_exception(exc: HTTPException) -> RequestError:
     if exc.status_code == 404:
         return NotFound("no such resource")
     if exc.status_code == 405:
-        return MethodNotAllowed("method not allowed here", allow=(exc.headers or {}).get("Allow", ""))
+        # Starlette joins a set: the order would change from one process to the next
+        methods = sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip())
+        return MethodNotAllowed("method not allowed here", allow=", ".join(methods))
     mapped = RequestError(str(exc.detail)[:200])
     mapped.status = exc.status_code
     return mapped

@@ -1,10 +1,12 @@
 """The internal listener: /v1/sign, admin key operations, feature routes, /metrics. Never exposed outside the
 cluster.
 
-    AccessLog                  request id, access line, request counter (keysvc.http.access_log)
-      └── FastRoutes           exact paths answered as raw ASGI: POST /v1/sign (keysvc.http.sign)
-            └── Starlette      admin routes, features' routes, /metrics, /healthz, /openapi.json;
-                               errors through keysvc.http.errors
+    FastRoutes                 exact paths to raw endpoints, everything else to Starlette
+      ├── /v1/sign             AccessLog.raw(SignEndpoint)                      keysvc.http.sign
+      └── (fallback)           AccessLog.asgi(Starlette): admin routes, features' routes, /metrics,
+                               /healthz, /openapi.json; errors through keysvc.http.errors
+
+The access log (request id, access line, request counter: keysvc.http.access_log) is the same for both.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keysvc.config import Settings
-from keysvc.http.access_log import AccessLog, ASGIApp
+from keysvc.http.access_log import AccessLog
 from keysvc.http.admin import AdminRoutes
 from keysvc.http.common import refuse_websocket
 from keysvc.http.context import InternalApi, RouteSource
@@ -33,10 +35,9 @@ from keysvc.openapi import openapi_endpoint
 
 class FastRoutes:
     """A router in front of Starlette: a request whose path is one of `routes` (exact match) goes to that
-    raw ASGI endpoint, named `route` in the request state; everything else to `fallback`. A WebSocket
-    handshake is refused here, on every path."""
+    app, everything else to `fallback`. A WebSocket handshake is refused here, on every path."""
 
-    def __init__(self, routes: Mapping[str, tuple[str, ASGIApp]], fallback: ASGIApp) -> None:
+    def __init__(self, routes: Mapping[str, ASGIApp], fallback: ASGIApp) -> None:
         self.routes, self.fallback = dict(routes), fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -45,8 +46,7 @@ class FastRoutes:
             return
         fast = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         if fast is not None:
-            scope["state"]["route"] = fast[0]
-            await fast[1](scope, receive, send)
+            await fast(scope, receive, send)
             return
         # Starlette answers an unexpected exception (the JSON 500, logged by keysvc.http.errors) and then
         # re-raises it for the server, which would log its message and traceback: it stops here
@@ -77,5 +77,6 @@ def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
         *(route for feature in features for route in feature(api)),
     ]
     app = Starlette(routes=routes, exception_handlers=STARLETTE_HANDLERS)
-    fast = FastRoutes({"/v1/sign": ("sign", SignEndpoint(api, settings, keyring, metrics))}, app)
-    return AccessLog(fast, metrics, enabled=settings.access_log)
+    log = AccessLog(metrics, enabled=settings.access_log)
+    sign = SignEndpoint(api, settings, keyring, metrics)
+    return FastRoutes({"/v1/sign": log.raw(sign, "sign")}, log.asgi(app))

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from keysvc.config import ClientSettings, Settings
 from keysvc.errors import MethodNotAllowed, RequestError
-from keysvc.http.common import first_headers, read_json
+from keysvc.http.common import Headers, read_json
 from keysvc.http.context import InternalApi
 from keysvc.http.errors import error_answer, log_unexpected, send_error
 from keysvc.keyring import Keyring
@@ -33,8 +33,9 @@ class SignEndpoint:
         self.keyring = keyring
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = first_headers(scope)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes],
+                       tail: Headers) -> int:
+        """Answer one request (a keysvc.http.access_log.RawEndpoint); the status sent."""
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("method not allowed here", allow="POST")
@@ -44,11 +45,13 @@ class SignEndpoint:
         except Exception as exc:
             if not isinstance(exc, RequestError):
                 log_unexpected(exc, "internal", scope["state"].get("request_id"))
-            await send_error(send, error_answer(exc))
-            return
+            error = error_answer(exc)
+            await send_error(send, error, tail=tail)
+            return error.status
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [_JSON, (b"content-length", str(len(answer)).encode())]})
+                    "headers": [_JSON, (b"content-length", str(len(answer)).encode()), *tail]})
         await send({"type": "http.response.body", "body": answer})
+        return 200
 
     async def sign(self, client: ClientSettings, body: Any) -> bytes:
         """The request past authentication and body parsing: check, sign, count, audit; the JSON answer."""
