@@ -151,8 +151,8 @@ class PublicApp:
 
 def log_from(settings: Settings) -> int:
     """The lowest status the public listener logs an access line for. By default (`log.public: errors`)
-    only errors: the successful JWKS and health hits are the bulk of the traffic, counted in metrics
-    (keysvc_jwks_requests_total), and their line would cost more than the answer itself."""
+    only errors: the successful JWKS and health hits are the bulk of the traffic and are counted in
+    metrics; a line for each would be a large share of what they cost (see README, Configuration)."""
     if not settings.access_log:
         return _NEVER
     return 0 if settings.log_public == "all" else 400
