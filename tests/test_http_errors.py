@@ -271,3 +271,37 @@ def test_jwks_404_and_503_are_counted_with_bounded_labels(settings: Settings) ->
     assert (unavailable.status, unavailable.header("retry-after")) == (503, "5")
     assert call(app, "GET", "/keysets/zapier/jwks.json").status == 503
     assert metrics.jwks_requests.values == {("-", "404"): 2, ("zapier", "503"): 2}
+
+
+def test_websocket_scopes_are_closed_and_upgrade_headers_change_nothing(settings: Settings,
+                                                                       log_stream: LogStream) -> None:
+    """A `websocket` scope (a server that upgrades) is closed before it is accepted by both apps; an HTTP
+    request carrying `Upgrade: websocket` (a server that does not upgrade) gets the route's own answer or
+    404. Nothing is logged at error level."""
+    keyring = FakeKeyring(settings)
+    apps = {"public": public(settings, keyring), "internal": internal(settings, keyring)}
+
+    async def handshake(app: Any) -> list[dict[str, Any]]:
+        inbox = [{"type": "websocket.connect"}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return inbox.pop() if inbox else {"type": "websocket.disconnect", "code": 1006}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws", "path": "/v1/sign",
+                 "raw_path": b"/v1/sign", "query_string": b"", "root_path": "", "headers": [],
+                 "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8081), "subprotocols": []}
+        await app(scope, receive, send)
+        return sent
+
+    for app in apps.values():
+        assert asyncio.run(handshake(app)) == [{"type": "websocket.close", "code": 1008}]
+    upgrade = [("upgrade", "websocket"), ("connection", "Upgrade"), ("sec-websocket-version", "13")]
+    assert call(apps["public"], "GET", "/healthz", upgrade).status == 200
+    assert call(apps["public"], "GET", "/ws", upgrade).status == 404
+    assert call(apps["internal"], "GET", "/healthz", upgrade).status == 200
+    assert call(apps["internal"], "GET", "/ws", upgrade).status == 404
+    assert '"level":"error"' not in log_stream.getvalue().replace(" ", "")
