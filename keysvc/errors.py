@@ -7,7 +7,7 @@
     │   ├── InvalidClient             401 invalid_client (WWW-Authenticate: Bearer)
     │   ├── Forbidden                 403 forbidden
     │   ├── NotFound                  404 not_found
-    │   ├── MethodNotAllowed          405 method_not_allowed
+    │   ├── MethodNotAllowed          405 method_not_allowed (Allow)
     │   ├── Conflict                  409 conflict (e.g. rotation not yet safe)
     │   ├── PayloadTooLarge           413 payload_too_large
     │   ├── UnsupportedMediaType      415 unsupported_media_type
@@ -73,7 +73,16 @@ class NotFound(RequestError):
 
 
 class MethodNotAllowed(RequestError):
+    """`allow`: the methods the resource does accept (the `Allow` header, RFC 9110 §15.5.6)."""
+
     status, code = 405, "method_not_allowed"
+
+    def __init__(self, description: str, *, allow: str) -> None:
+        super().__init__(description)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
 
 
 class Conflict(RequestError):

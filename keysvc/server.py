@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -16,13 +17,13 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from starlette.routing import Route
 
 from keysvc import __version__, tls
 from keysvc.backends.registry import open_backend
 from keysvc.clock import Clock, SystemClock
 from keysvc.config import Settings
-from keysvc.http.internal import InternalApi, build_internal_app
+from keysvc.http.context import RouteSource
+from keysvc.http.internal import build_internal_app
 from keysvc.http.public import PublicApp
 from keysvc.keyring import Keyring
 from keysvc.logs import AUDIT, LOG
@@ -106,15 +107,13 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     keyring.on_reconcile.append(_count_reconcile(metrics))
     keyring.on_backend_op.append(metrics.backend_op)
     keyring.on_exp_violation.append(_report_exp_violation(metrics))
-    extra_routes = None
+    features: list[RouteSource] = []
     if settings.token_exchange is not None:
         from keysvc.exchange.wiring import exchange_routes
 
-        def extra_routes(api: InternalApi) -> list[Route]:
-            return exchange_routes(settings, keyring, metrics, api)
-
-    internal_app, _ = build_internal_app(settings, keyring, metrics, extra_routes)
-    public_app = PublicApp(keyring, metrics, access_log=settings.access_log)
+        features.append(functools.partial(exchange_routes, settings, keyring, metrics))
+    internal_app = build_internal_app(settings, keyring, metrics, features)
+    public_app = PublicApp(keyring, metrics)
     if settings.mirror is not None:
         from keysvc.mirror_hook import attach_mirror
 

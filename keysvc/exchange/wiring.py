@@ -1,7 +1,7 @@
 """How a keysvc process serves the exchange: an in-process signer over its keyring, Prometheus reporting,
 and the `POST /v1/token-exchange` route of the internal listener.
 
-    exchange_routes(settings, keyring, metrics) -> [Route("/v1/token-exchange")]
+    exchange_routes(settings, keyring, metrics, api) -> [Route("/v1/token-exchange")]   (a RouteSource once bound)
         client API key (Bearer), client flag `token_exchange: true`, optional `exchange_scopes: [...]`
     exchange_command(args, settings) -> exit status of `keysvc exchange`
 """
@@ -25,7 +25,7 @@ from keysvc.exchange.cli import run_exchange_async
 from keysvc.exchange.client import TokenExchanger
 from keysvc.exchange.endpoint import exchange_request
 from keysvc.exchange.signer import SignedToken
-from keysvc.http.internal import InternalApi
+from keysvc.http.context import RouteContext
 from keysvc.keyring import Keyring
 from keysvc.metrics import Metrics
 
@@ -70,7 +70,7 @@ class PrometheusObserver:
         self._metrics.exchange_cache.labels(result).inc()
 
 
-def exchange_routes(settings: Settings, keyring: Keyring, metrics: Metrics, api: InternalApi) -> list[Route]:
+def exchange_routes(settings: Settings, keyring: Keyring, metrics: Metrics, api: RouteContext) -> list[Route]:
     """The internal listener's token-exchange route, for `settings.token_exchange`.
 
     Authentication, the client's rate limit (one budget shared with /v1/sign) and strict JSON body reading

@@ -1,4 +1,9 @@
-"""What both listeners share: JSON error bodies, strict JSON bodies, request ids."""
+"""What both listeners share: request headers, request ids, strict JSON bodies, JSON error bodies,
+refusing WebSockets.
+
+Repeated request headers: the FIRST of a name counts, on every route of both listeners (`first_headers`;
+what Starlette's `request.headers.get()` answers too).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,12 @@ import os
 import re
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
+
 from keysvc.errors import InvalidRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+
+Headers = list[tuple[bytes, bytes]]
 
 MAX_BODY = 64 * 1024
 # no dots: a JWT (three dot-separated parts) pasted as a request id must never reach the logs
@@ -38,6 +48,11 @@ class _FreshIds:
 
 
 _fresh_id = _FreshIds()
+
+
+def first_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name; of a header sent more than once, the first."""
+    return dict(reversed(scope["headers"]))
 
 
 def request_id(given: str | None) -> str:
@@ -116,3 +131,31 @@ def check_length(value: str | None) -> None:
         raise InvalidRequest("invalid Content-Length")
     if len(value.lstrip("0")) > 9 or int(value) > MAX_BODY:  # int() refuses over 4300 digits
         raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
+
+
+async def read_json(receive: Receive, content_type: str | None, content_length: str | None) -> Any:
+    """The JSON body of an ASGI request: content type, size limit (declared and streamed), strict parsing."""
+    check_content_type(content_type)
+    check_length(content_length)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
+        if not message.get("more_body", False):
+            break
+        chunks.append(chunk)
+    return parse_json(b"".join([*chunks, chunk]) if chunks else chunk)  # one message: no copy
+
+
+async def refuse_websocket(receive: Receive, send: Send) -> None:
+    """Neither listener speaks WebSocket: close the handshake before accepting it (the server answers the
+    upgrade request 403). A refusal, not an error: nothing is logged."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})

@@ -7,25 +7,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from starlette.types import Receive, Scope, Send
+
+from keysvc.config import Settings
 from keysvc.errors import MethodNotAllowed, NotFound, RequestError, Unavailable
-from keysvc.http.common import error_body, request_id
+from keysvc.http.common import Headers, first_headers, refuse_websocket, request_id
+from keysvc.http.errors import error_answer, log_unexpected, send_error
 from keysvc.jwks import JwksDocument
 from keysvc.keyring import Keyring
 from keysvc.logs import LOG, event
 from keysvc.metrics import Metrics
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
-
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
-_ALLOW = (b"allow", b"GET, HEAD")
 _WELL_KNOWN = "/.well-known/jwks.json"
+_NEVER = 1000  # above every HTTP status
 
 
 class _Heads(NamedTuple):
@@ -50,10 +48,10 @@ def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
 class PublicApp:
     """GET|HEAD /.well-known/jwks.json, /keysets/{name}/jwks.json, /healthz, /readyz."""
 
-    def __init__(self, keyring: Keyring, metrics: Metrics, *, access_log: bool = True) -> None:
+    def __init__(self, keyring: Keyring, metrics: Metrics) -> None:
         self.keyring = keyring
         self.metrics = metrics
-        self.access_log = access_log
+        self.log_from = log_from(keyring.settings)
         self.default = keyring.settings.default_keyset
         self.cache_control = keyring.settings.jwks.cache_control().encode("ascii")
         self._headers: dict[str, _Heads] = {}  # etag -> the headers of its 200 and 304 answers
@@ -74,32 +72,39 @@ class PublicApp:
         return cached
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            elif scope["type"] == "websocket":
+                await refuse_websocket(receive, send)
             return
         started = time.perf_counter()
-        headers = dict(scope["headers"])
+        headers = first_headers(scope)
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
         try:
             status = await self._route(scope, headers, rid, send)
-        except RequestError as exc:
-            status = exc.status
-            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
-            if isinstance(exc, MethodNotAllowed):
-                extra.append(_ALLOW)
-            body = error_body(exc)
-            await _respond(send, scope, status, [_JSON, _NO_STORE, *extra, (b"x-request-id", rid.encode())], body)
-            # errors only (never the JWKS hot path): 404/405 from scanners, 503 when nothing is loaded
-            self.metrics.http_requests.inc(("public", type(exc).__name__, str(status)))
-        if self.access_log:
+        except Exception as exc:  # a RequestError, or a bug answered as the JSON 500
+            status = await self._error(scope, exc, rid, send)
+        if status >= self.log_from:
             event(LOG, "access", {
                 # an unknown path is the caller's text (it may hold a token pasted by mistake): not logged
                 "listener": "public", "method": scope["method"],
                 "path": scope["path"][:200] if status != 404 else "(unknown)", "status": status,
                 "request_id": rid, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             })
+
+    async def _error(self, scope: Scope, exc: Exception, rid: str, send: Send) -> int:
+        """Answer an exception (keysvc.http.errors); errors only, never the JWKS hot path: 404/405 from
+        scanners, 503 while nothing is loaded."""
+        answer = error_answer(exc)
+        if isinstance(exc, RequestError):
+            route = type(exc).__name__
+        else:
+            route = "unexpected"
+            log_unexpected(exc, "public", rid)
+        await send_error(send, answer, head=scope["method"] == "HEAD", tail=[(b"x-request-id", rid.encode())])
+        self.metrics.http_requests.inc(("public", route, str(answer.status)))
+        return answer.status
 
     async def _route(self, scope: Scope, headers: dict[bytes, bytes], rid: str, send: Send) -> int:
         path: str = scope["path"]
@@ -108,6 +113,7 @@ class PublicApp:
             _check_method(scope)
             return await self._jwks(scope, name, headers, rid, send)
         if path == _WELL_KNOWN or (path.startswith("/keysets/") and path.endswith("/jwks.json")):
+            self.metrics.jwks_requests.inc(("-", "404"))  # never the caller's path as a label
             raise NotFound("no such keyset")
         if path in ("/healthz", "/readyz"):
             _check_method(scope)
@@ -115,6 +121,7 @@ class PublicApp:
                 raise Unavailable("no active key loaded yet for every keyset", retry_after=5)
             body = json.dumps({"status": "ok" if path == "/healthz" else "ready"}).encode()
             await _respond(send, scope, 200, [_JSON, _NO_STORE, (b"x-request-id", rid.encode())], body)
+            self.metrics.http_requests.inc(("public", path[1:], "200"))
             return 200
         raise NotFound("no such resource")
 
@@ -122,6 +129,7 @@ class PublicApp:
         view = self.keyring.view(name)
         if view is None or not view.document.kids:
             # fail closed: never serve an empty key set as if it were fine
+            self.metrics.jwks_requests.inc((name, "503"))
             raise Unavailable("the key set is not loaded yet", retry_after=5)
         doc = view.document
         full, common, etag = self._jwks_headers(doc)
@@ -141,9 +149,18 @@ class PublicApp:
         return 200
 
 
+def log_from(settings: Settings) -> int:
+    """The lowest status the public listener logs an access line for. By default (`log.public: errors`)
+    only errors: the successful JWKS and health hits are the bulk of the traffic and are counted in
+    metrics; a line for each would be a large share of what they cost (see README, Configuration)."""
+    if not settings.access_log:
+        return _NEVER
+    return 0 if settings.log_public == "all" else 400
+
+
 def _check_method(scope: Scope) -> None:
     if scope["method"] not in ("GET", "HEAD"):
-        raise MethodNotAllowed("only GET and HEAD are allowed here")
+        raise MethodNotAllowed("only GET and HEAD are allowed here", allow="GET, HEAD")
 
 
 async def _respond(send: Send, scope: Scope, status: int, headers: Headers, body: bytes) -> None:
