@@ -41,11 +41,13 @@ def alerts(path: Path = PLAIN_RULES) -> list[dict[str, Any]]:
     return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
 
 
+@pytest.mark.unit
 def test_chart_and_plain_rule_files_hold_the_same_rules() -> None:
     """The PrometheusRule the chart renders and the plain file for non-operator setups never drift."""
     assert yaml.safe_load(CHART_RULES.read_text()) == yaml.safe_load(PLAIN_RULES.read_text())
 
 
+@pytest.mark.system
 def test_rule_files_are_valid(promtool: str) -> None:
     """promtool parses both files and every PromQL expression in them."""
     result = subprocess.run([promtool, "check", "rules", str(PLAIN_RULES), str(CHART_RULES)],
@@ -53,6 +55,7 @@ def test_rule_files_are_valid(promtool: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.system
 def test_each_alert_fires_on_bad_series_and_not_on_healthy_ones(promtool: str) -> None:
     """`promtool test rules`: at each evaluation time exactly the expected alerts fire, with their labels
     and rendered annotations; the healthy series of each group raise nothing."""
@@ -61,6 +64,7 @@ def test_each_alert_fires_on_bad_series_and_not_on_healthy_ones(promtool: str) -
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.unit
 def test_every_alert_is_exercised_both_ways() -> None:
     """Each alert has a promtool case where it fires, and the suite has at least one case where it stays
     silent (an empty exp_alerts, or healthy series of the same group that must not appear)."""
@@ -69,6 +73,7 @@ def test_every_alert_is_exercised_both_ways() -> None:
     assert {a["alert"] for a in alerts()} == fired
 
 
+@pytest.mark.system
 def test_the_promtool_cases_catch_a_broken_rule(promtool: str, tmp_path: Path) -> None:
     """Mutation check: with one threshold loosened (sign error ratio 5% -> 50%) the cases fail, so they do
     test the rules rather than pass on anything."""
@@ -90,6 +95,7 @@ def _anchor(heading: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@pytest.mark.unit
 def test_every_alert_has_a_runbook_paragraph() -> None:
     """Each alert's runbook_url points at an existing heading of docs/runbook.md, with text under it, and
     each has a severity, a summary and a description."""
@@ -123,6 +129,7 @@ def dashboard_queries() -> list[str]:
     return out
 
 
+@pytest.mark.system
 def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
     """Each dashboard panel's query parses (checked by promtool as recording rules), and the dashboard has
     the panels the issue asks for."""

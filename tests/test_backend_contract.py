@@ -261,7 +261,7 @@ def test_destroy_with_a_stale_record_keeps_the_revocation(store: Store, request:
     store.backend.update(stale.replace(revoked_at=NOW + 10))
     store.backend.destroy(stale, NOW + 20)
     for reader in (store.replica(), store.backend):
-        assert [(NOW + 10, NOW + 20)] == [(r.revoked_at, r.destroyed_at) for r in reader.load(KS.name)]
+        assert [(r.revoked_at, r.destroyed_at) for r in reader.load(KS.name)] == [(NOW + 10, NOW + 20)]
 
 
 # -------------------------------------------------------------------------------------- operations

@@ -10,6 +10,8 @@ import pytest
 from keysvc.errors import ConfigError
 from keysvc.exchange.settings import TokenExchangeSettings, parse_token_exchange
 
+pytestmark = pytest.mark.unit
+
 KEYSETS = {"zapier": "ES256", "rsa": "RS384", "pss": "PS256", "ed": "EdDSA"}
 ENV = {"ZAPIER_SECRET": "from-env"}
 

@@ -152,6 +152,7 @@ def rendered(mode: str) -> Rendered:
 # --- every mode: schema validation and policy checks ------------------------------------------------
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", MODES)
 def test_manifests_validate_against_kubernetes_schemas(mode: str, tmp_path: Path) -> None:
     """Every object validates strictly (no unknown field) on the oldest and newest supported Kubernetes."""
@@ -173,6 +174,7 @@ def test_manifests_validate_against_kubernetes_schemas(mode: str, tmp_path: Path
         assert core == passed, result.stdout
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", MODES)
 def test_checkov_kubernetes_checks_pass(mode: str, tmp_path: Path) -> None:
     """checkov's Kubernetes policies pass; the only skips are the justified ones listed above."""
@@ -207,6 +209,7 @@ def test_checkov_kubernetes_checks_pass(mode: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.unit
 def test_checkov_skips_are_documented() -> None:
     """Each skipped checkov check is justified in docs/deployment.md too."""
     doc = (REPO / "docs" / "deployment.md").read_text()
@@ -225,6 +228,7 @@ def test_checkov_skips_are_documented() -> None:
         assert check in doc, f"{check} is skipped but not justified in docs/deployment.md"
 
 
+@pytest.mark.system
 def test_helm_lint_is_clean() -> None:
     """`helm lint --strict` finds no error or warning (only the INFO about a missing icon)."""
     script = f"import json, helm_python as helm\nprint(json.dumps(helm.lint({str(CHART)!r}, strict=True)))"
@@ -294,6 +298,7 @@ BAD_VALUES = {
 }
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("case", sorted(BAD_VALUES))
 def test_bad_values_are_refused(case: str) -> None:
     """values.schema.json (or a template check) refuses the value, naming it in the error."""
@@ -338,6 +343,7 @@ def mounts_cover(container: dict[str, Any], path: str) -> bool:
     )
 
 
+@pytest.mark.system
 def test_default_deployment_is_highly_available() -> None:
     """3 replicas spread over zones and nodes, surge-only rollouts, a PDB, graceful shutdown, probes."""
     chart = rendered("default")
@@ -359,6 +365,7 @@ def test_default_deployment_is_highly_available() -> None:
     assert chart.pod["terminationGracePeriodSeconds"] > sleep > 0
 
 
+@pytest.mark.system
 def test_default_pod_is_locked_down() -> None:
     """Non-root, read-only root, no capabilities, RuntimeDefault seccomp, no API token, writes only /tmp."""
     chart = rendered("default")
@@ -374,6 +381,7 @@ def test_default_pod_is_locked_down() -> None:
     assert writable == ["/tmp"], "kms mode writes nowhere but /tmp"
 
 
+@pytest.mark.system
 def test_two_services_and_internal_port_only_for_labelled_clients() -> None:
     """Public Service -> public port, internal Service -> internal port, which the NetworkPolicy guards."""
     chart = rendered("default")
@@ -398,6 +406,7 @@ def test_two_services_and_internal_port_only_for_labelled_clients() -> None:
     ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", MODES)
 def test_rendered_config_fits_the_service_contract(mode: str) -> None:
     """keysvc.yaml has only keys keysvc knows, and every file it names is mounted in the pod."""
@@ -418,6 +427,7 @@ def test_rendered_config_fits_the_service_contract(mode: str) -> None:
     assert mounts_cover(chart.container, config_path)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", MODES)
 def test_rendered_config_is_accepted_by_keysvc(mode: str, tmp_path: Path) -> None:
     """keysvc's own parser (unknown keys, bounds, invariants) accepts the config each mode renders.
@@ -436,6 +446,7 @@ def test_rendered_config_is_accepted_by_keysvc(mode: str, tmp_path: Path) -> Non
     assert settings is not None
 
 
+@pytest.mark.system
 def test_file_mode_shares_a_read_write_many_volume() -> None:
     """File backend: an RWX claim kept on uninstall, mounted at backend.path; secrets as files."""
     chart = rendered("file-rwx")
@@ -453,6 +464,7 @@ def test_file_mode_shares_a_read_write_many_volume() -> None:
     )
 
 
+@pytest.mark.system
 def test_kms_mode_uses_irsa_and_no_volume() -> None:
     """KMS backend: the IRSA role on the ServiceAccount, no claim, no Kubernetes API token."""
     chart = rendered("kms-irsa")
@@ -474,6 +486,7 @@ def test_kms_mode_uses_irsa_and_no_volume() -> None:
     assert chart.container["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
 
 
+@pytest.mark.system
 def test_ingress_routes_only_the_jwks_paths() -> None:
     """Ingress: exact JWKS paths to the public Service, nothing else; NOTES gives the https JWKS URL."""
     chart = rendered("ingress")
@@ -486,6 +499,7 @@ def test_ingress_routes_only_the_jwks_paths() -> None:
     assert "https://jwks.example.com/.well-known/jwks.json" in chart.notes
 
 
+@pytest.mark.system
 def test_hpa_and_monitoring_objects() -> None:
     """HPA owns the replica count; ServiceMonitor scrapes the internal Service only; rules, dashboard ship."""
     chart = rendered("hpa-monitoring")
@@ -526,6 +540,7 @@ def test_hpa_and_monitoring_objects() -> None:
     )
 
 
+@pytest.mark.system
 def test_helm_test_pod_checks_the_jwks() -> None:
     """The test hook is valid Python, targets the public Service and is not itself a Service endpoint."""
     chart = rendered("default")

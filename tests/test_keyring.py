@@ -14,6 +14,8 @@ from keysvc.errors import Unavailable
 from keysvc.keyring import Keyring
 from tests.helpers import base_config
 
+pytestmark = pytest.mark.unit
+
 
 def test_keyring_refuses_a_ttl_beyond_the_retention_guarantee(tmp_path: Path) -> None:
     """Whatever path asks (sign endpoint, token exchange), a token whose exp would outlive the keyset's

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.rotation_harness import run_rotation
 from tests.test_rotation_replicas import fast_config, start_replicas
+
+pytestmark = pytest.mark.system
 
 SIGNERS = 12
 DURATION = 14.0  # three rotation periods of 4 s

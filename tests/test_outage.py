@@ -18,6 +18,8 @@ import pytest
 from tests.helpers import KeysvcProcess, base_config, wait_for, write_config
 from tests.kms_server import MotoServer
 
+pytestmark = pytest.mark.system
+
 REPLICAS = 3
 OUTAGE = 3.0  # seconds: six refresh intervals
 
