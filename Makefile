@@ -1,4 +1,5 @@
-# keysvc — `make run` starts the dev service, `make test` runs the whole suite. Both build .venv from nothing.
+# keysvc — `make run` starts the dev service, `make test` runs the whole suite, `make unit` only the tests that
+# start nothing (no process, server or moto). All build .venv from nothing.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,6 +30,9 @@ test: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) lint
 	sh tests/tools/ensure_promtool.sh
 	sh tests/tools/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

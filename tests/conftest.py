@@ -15,6 +15,25 @@ from tests.helpers import KeysvcProcess, base_config, write_config
 
 pytest_plugins = ["tests.kms_server"]
 
+KINDS = ("unit", "system")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is exactly one of `unit` (pure logic, in process, temporary directories) or `system`
+    (starts a process, a server, moto or a browser, or talks over loopback): refuse the run otherwise,
+    before `-m` deselects anything, so `make unit` cannot silently skip an unmarked test."""
+    wrong = [
+        f"{item.nodeid} ({', '.join(kinds) or 'no mark'})"
+        for item in items
+        if len(kinds := [k for k in KINDS if any(m.name == k for m in item.iter_markers())]) != 1
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "each test needs exactly one of the marks unit or system (module `pytestmark` or a decorator):\n  "
+            + "\n  ".join(wrong)
+        )
+
 
 class LogStream(io.StringIO):
     """A log stream that records each write, and can be made to fail like a broken stdout pipe."""

@@ -11,9 +11,10 @@ server the tests talk to is patched to behave like AWS rather than the tests bei
    (Disabled) or `KMSInvalidStateException` (PendingDeletion, ...).
 4. CreateAlias: moto checks and inserts without a lock (threaded server); AWS is atomic.
 5. Sign with `MessageType=RAW` and a message over 4096 bytes: AWS refuses (ValidationException); moto signs.
+6. TagResource on a key pending deletion: AWS refuses (KMSInvalidStateException); moto tags it.
 
 Each patch is verified by a test in tests/test_kms_backend.py that fails without it; to see it fail, set
-KEYSVC_MOTO_UNPATCHED to a comma-separated list of `digest,pss,disabled,alias,raw` before running pytest.
+KEYSVC_MOTO_UNPATCHED to a comma-separated list of `digest,pss,disabled,alias,raw,tag` before running pytest.
 
 The control endpoint `/_keysvc/...` (never reached by keysvc itself) lets tests count KMS calls per
 operation and inject faults (`ThrottlingException` on an operation, or a lost response after a
@@ -159,6 +160,21 @@ def _create_alias(self: KmsResponse) -> str:
 
 if "alias" not in UNPATCHED:
     KmsResponse.create_alias = _create_alias  # type: ignore[method-assign]
+
+
+# --- patch 6: a key pending deletion takes no tags -------------------------------------------------------
+_orig_tag_resource = KmsBackend.tag_resource
+
+
+def _tag_resource(self: KmsBackend, arn: str, tags: dict[str, str]) -> None:
+    key_id = self.get_key_id(arn)
+    if key_id in self.keys and self.keys[key_id].key_state == "PendingDeletion":
+        raise JsonRESTError("KMSInvalidStateException", f"{self.keys[key_id].arn} is pending deletion.")
+    _orig_tag_resource(self, arn, tags)
+
+
+if "tag" not in UNPATCHED:
+    KmsBackend.tag_resource = _tag_resource  # type: ignore[method-assign]
 
 
 # --- test control: call counter and fault injection ------------------------------------------------------

@@ -41,11 +41,13 @@ def alerts(path: Path = PLAIN_RULES) -> list[dict[str, Any]]:
     return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
 
 
+@pytest.mark.unit
 def test_chart_and_plain_rule_files_hold_the_same_rules() -> None:
     """The PrometheusRule the chart renders and the plain file for non-operator setups never drift."""
     assert yaml.safe_load(CHART_RULES.read_text()) == yaml.safe_load(PLAIN_RULES.read_text())
 
 
+@pytest.mark.system
 def test_rule_files_are_valid(promtool: str) -> None:
     """promtool parses both files and every PromQL expression in them."""
     result = subprocess.run([promtool, "check", "rules", str(PLAIN_RULES), str(CHART_RULES)],
@@ -53,6 +55,7 @@ def test_rule_files_are_valid(promtool: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.system
 def test_each_alert_fires_on_bad_series_and_not_on_healthy_ones(promtool: str) -> None:
     """`promtool test rules`: at each evaluation time exactly the expected alerts fire, with their labels
     and rendered annotations; the healthy series of each group raise nothing."""
@@ -61,6 +64,7 @@ def test_each_alert_fires_on_bad_series_and_not_on_healthy_ones(promtool: str) -
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.unit
 def test_every_alert_is_exercised_both_ways() -> None:
     """Each alert has a promtool case where it fires, and the suite has at least one case where it stays
     silent (an empty exp_alerts, or healthy series of the same group that must not appear)."""
@@ -69,6 +73,7 @@ def test_every_alert_is_exercised_both_ways() -> None:
     assert {a["alert"] for a in alerts()} == fired
 
 
+@pytest.mark.system
 def test_the_promtool_cases_catch_a_broken_rule(promtool: str, tmp_path: Path) -> None:
     """Mutation check: with one threshold loosened (sign error ratio 5% -> 50%) the cases fail, so they do
     test the rules rather than pass on anything."""
@@ -90,6 +95,7 @@ RELEASE_MATCHER = 'job=~".*keysvc.*"'
 SELECTOR = re.compile(r"\b(up|keysvc_\w+)(\{[^}]*\})?")
 
 
+@pytest.mark.unit
 def test_every_selector_carries_the_release_matcher() -> None:
     """Each series selector in each rule names the release matcher, so the chart's substitution scopes
     every rule to its own release; a selector without it would read other releases' series."""
@@ -98,6 +104,7 @@ def test_every_selector_carries_the_release_matcher() -> None:
             assert matchers.startswith("{" + RELEASE_MATCHER), f"{rule['alert']}: {metric}{matchers}"
 
 
+@pytest.mark.unit
 def test_aggregations_keep_the_namespace() -> None:
     """Each `by (...)` of each rule keeps `namespace` and `job`: two releases named keysvc in two
     namespaces of one Prometheus never merge into one series."""
@@ -106,6 +113,7 @@ def test_aggregations_keep_the_namespace() -> None:
             assert {"namespace", "job"} <= {x.strip() for x in labels.split(",")}, rule["alert"]
 
 
+@pytest.mark.system
 def test_the_promtool_cases_catch_merged_namespaces(promtool: str, tmp_path: Path) -> None:
     """Mutation check: with `namespace` dropped from every aggregation, the two-namespace case fails (a
     staging and a prod release would look like one release with divergent replicas)."""
@@ -125,6 +133,7 @@ def _anchor(heading: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@pytest.mark.unit
 def test_every_alert_has_a_runbook_paragraph() -> None:
     """Each alert's runbook_url points at an existing heading of docs/runbook.md, with text under it, and
     each has a severity, a summary and a description."""
@@ -159,6 +168,7 @@ def dashboard_queries() -> list[str]:
     return out
 
 
+@pytest.mark.system
 def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
     """Each dashboard panel's query parses (checked by promtool as recording rules), and the dashboard has
     the panels the issue asks for."""
@@ -177,6 +187,7 @@ def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> No
         assert metric in text, metric
 
 
+@pytest.mark.unit
 def test_dashboard_filters_by_namespace_and_pod() -> None:
     """The dashboard has namespace, job, pod and keyset variables, and every series selector of every panel
     filters on the namespace and pod ones, so two releases named keysvc never share a panel line."""

@@ -16,6 +16,8 @@ import pytest
 
 from tests.helpers import KeysvcProcess, api_key, base_config, sha256_hex, write_config
 
+pytestmark = pytest.mark.system
+
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: a table key
 class Endpoint:

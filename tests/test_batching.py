@@ -12,6 +12,8 @@ from keysvc.batching import SignBatch
 from keysvc.tokens import Minter
 from tests.conftest import LogStream
 
+pytestmark = pytest.mark.unit
+
 
 @dataclass
 class RecordingSigner:

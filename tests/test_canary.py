@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from jwcrypto.jwk import JWK
 from jwcrypto.jws import JWS
 from starlette.applications import Starlette
@@ -34,6 +35,7 @@ def _jwks(*keys: JWK, kid: str = "k1", alg: str = "ES256") -> bytes:
                                 for k in keys]}).encode()
 
 
+@pytest.mark.unit
 def test_verify_accepts_the_signing_key_and_names_each_failure() -> None:
     """ok with the right public key; kid_missing, alg_mismatch, bad_signature (another key under the same
     kid), bad_jwks (not JSON / private member published) otherwise; details never quote the token."""
@@ -50,6 +52,7 @@ def test_verify_accepts_the_signing_key_and_names_each_failure() -> None:
         assert token not in verify(token, body, kid="k1", alg="ES256").detail
 
 
+@pytest.mark.unit
 def test_targets_use_the_url_for_the_default_keyset_unless_it_names_keysets(tmp_path: Path) -> None:
     """Without {keyset} only the default keyset is checked at the URL; with it, every keyset at its own."""
     config = base_config(tmp_path / "keys", algs={"zapier": "ES256", "other": "RS256"})
@@ -77,6 +80,7 @@ def _wait_runs(proc: KeysvcProcess, outcome: str, timeout: float = 10.0) -> dict
         raise AssertionError(f"{exc}; log:\n{proc.log_text()[-3000:]}") from None
 
 
+@pytest.mark.system
 def test_canary_passes_through_the_public_url_and_fails_on_a_foreign_jwks(
     tmp_path: Path, keysvc: Callable[..., KeysvcProcess]
 ) -> None:
@@ -109,6 +113,7 @@ def test_canary_passes_through_the_public_url_and_fails_on_a_foreign_jwks(
     assert warnings[0]["level"] == "warning" and "eyJ" not in json.dumps(warnings[0])
 
 
+@pytest.mark.system
 def test_canary_does_not_follow_a_redirect(tmp_path: Path, keysvc: Callable[..., KeysvcProcess]) -> None:
     """A canary URL that answers 302 to the replica's own (good) JWKS fails with http_error: the canary checks
     the URL the partner was given, and a redirect there (a hijacked DNS name, a misconfigured CDN) is a

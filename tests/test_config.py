@@ -128,6 +128,7 @@ REFUSALS: list[tuple[str, Edit, str]] = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("edit", "field"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
 def test_refusal_names_the_field(raw: dict[str, Any], edit: Edit, field: str) -> None:
     """Each class of invalid configuration is refused with a ConfigError whose `field` is the dotted path
@@ -137,6 +138,7 @@ def test_refusal_names_the_field(raw: dict[str, Any], edit: Edit, field: str) ->
     assert str(error).startswith(f"{field}: ")
 
 
+@pytest.mark.unit
 def test_unknown_keys_outside_the_schema_are_refused_even_when_valid_otherwise(raw: dict[str, Any]) -> None:
     """A typo of a known key (`publish_ahed`) is an error, not silently ignored with its default."""
     error = _refuse(raw, _set("keysets.zapier.publish_ahed", "3d"))
@@ -144,6 +146,7 @@ def test_unknown_keys_outside_the_schema_are_refused_even_when_valid_otherwise(r
     assert "unknown" in error.message
 
 
+@pytest.mark.unit
 def test_passphrase_file_empty_is_refused(raw: dict[str, Any], tmp_path: Path) -> None:
     """An empty (or white-space only) passphrase file would mean 'no encryption': refused, naming it."""
     empty = tmp_path / "passphrase"
@@ -153,6 +156,7 @@ def test_passphrase_file_empty_is_refused(raw: dict[str, Any], tmp_path: Path) -
     assert "empty" in error.message
 
 
+@pytest.mark.unit
 def test_passphrase_file_and_env_together_are_refused(raw: dict[str, Any], tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Giving both passphrase_file and passphrase_env is ambiguous: refused, naming passphrase_file."""
@@ -165,6 +169,7 @@ def test_passphrase_file_and_env_together_are_refused(raw: dict[str, Any], tmp_p
     assert "passphrase_env" in error.message
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "field"),
     [
@@ -191,6 +196,7 @@ def test_yaml_that_is_not_a_mapping_is_refused(text: str, field: str) -> None:
 # Bound on retain_after: T + I + S = 300 + 30 + 60 = 390 s.
 
 
+@pytest.mark.unit
 def test_publish_ahead_too_short_names_the_parameter_and_the_bound(raw: dict[str, Any]) -> None:
     """publish_ahead below max(M+W, C)+I+S is refused; the message names publish_ahead and the bound."""
     error = _refuse(raw, _set("keysets.zapier.publish_ahead", "689s"))
@@ -199,6 +205,7 @@ def test_publish_ahead_too_short_names_the_parameter_and_the_bound(raw: dict[str
     assert "= 690s" in error.message
 
 
+@pytest.mark.unit
 def test_publish_ahead_bound_follows_the_larger_of_max_age_and_verifier_cache(raw: dict[str, Any]) -> None:
     """When max_age + stale_while_revalidate exceeds verifier_cache, the bound uses them instead:
     max(20m + 5m, 10m) + 30s + 60s = 1590 s."""
@@ -208,6 +215,7 @@ def test_publish_ahead_bound_follows_the_larger_of_max_age_and_verifier_cache(ra
     assert "= 1590s" in error.message
 
 
+@pytest.mark.unit
 def test_publish_ahead_exactly_at_the_bound_is_accepted(raw: dict[str, Any]) -> None:
     """The invariant is >=, so publish_ahead equal to the bound is valid (and rotation_period > it)."""
     cfg = copy.deepcopy(raw)
@@ -215,6 +223,7 @@ def test_publish_ahead_exactly_at_the_bound_is_accepted(raw: dict[str, Any]) -> 
     assert parse_settings(cfg).keysets["zapier"].publish_ahead == 690.0
 
 
+@pytest.mark.unit
 def test_retain_after_too_short_names_the_parameter_and_the_bound(raw: dict[str, Any]) -> None:
     """retain_after below max_token_ttl + refresh_interval + clock_skew is refused with the bound."""
     error = _refuse(raw, _set("keysets.zapier.retain_after", "389s"))
@@ -222,6 +231,7 @@ def test_retain_after_too_short_names_the_parameter_and_the_bound(raw: dict[str,
     assert "= 390s" in error.message
 
 
+@pytest.mark.unit
 def test_rotation_period_not_longer_than_publish_ahead_is_refused(raw: dict[str, Any]) -> None:
     """rotation_period <= publish_ahead would keep no key pending long enough: refused (equal too)."""
     error = _refuse(raw, _set("keysets.zapier.rotation_period", "2d"))
@@ -229,6 +239,7 @@ def test_rotation_period_not_longer_than_publish_ahead_is_refused(raw: dict[str,
     assert "publish_ahead" in error.message
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("ttl", ["500ms", 0])
 def test_max_token_ttl_under_one_second_is_refused(raw: dict[str, Any], ttl: object) -> None:
     """Tokens carry whole seconds: a max_token_ttl under 1s would cap every ttl to 0 (expired on issue)."""
@@ -236,6 +247,7 @@ def test_max_token_ttl_under_one_second_is_refused(raw: dict[str, Any], ttl: obj
     assert error.field == "keysets.zapier.max_token_ttl"
 
 
+@pytest.mark.unit
 def test_max_token_ttl_longer_than_rotation_period_is_refused(raw: dict[str, Any]) -> None:
     """max_token_ttl > rotation_period is refused, naming max_token_ttl (retain_after is made long
     enough so that this is the only broken invariant)."""
@@ -249,6 +261,7 @@ def test_max_token_ttl_longer_than_rotation_period_is_refused(raw: dict[str, Any
 # ---------------------------------------------------------------------------------------- valid input
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("90s", 90.0), ("15m", 900.0), ("12h", 43200.0), ("30d", 2592000.0), ("500ms", 0.5), (45, 45.0),
@@ -260,6 +273,7 @@ def test_durations_parse(value: object, seconds: float) -> None:
     assert seconds == parse_duration(value, "x")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "value",
     ["", "5", "5 min", "5M", "-5s", "1w", "s", None, True, [5], "nan", "4000d", " 2m ", "1h 30m", "1h30", ".5s",
@@ -273,6 +287,7 @@ def test_bad_durations_are_refused_with_the_name(value: object) -> None:
     assert info.value.field == "keysets.k.rotation_period"
 
 
+@pytest.mark.unit
 def test_full_config_round_trips_to_settings(tmp_path: Path) -> None:
     """Every section of a full valid config lands in Settings with the right values and types."""
     secret = tmp_path / "passphrase"
@@ -354,6 +369,7 @@ clients:
     assert expected_ops == (ops.keysets, ops.audiences, ops.max_ttl, ops.admin, ops.rate_limit)
 
 
+@pytest.mark.unit
 def test_passphrase_from_env(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """passphrase_env reads the passphrase from the named environment variable."""
     monkeypatch.setenv("KEYSVC_TEST_PASSPHRASE", "from the environment")
@@ -362,6 +378,7 @@ def test_passphrase_from_env(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatc
     assert parse_settings(cfg).backend.passphrase.reveal() == "from the environment"  # type: ignore[union-attr]
 
 
+@pytest.mark.unit
 def test_kms_backend_settings(raw: dict[str, Any]) -> None:
     """A kms backend parses region, alias prefix (trailing / dropped) and the deletion window in days."""
     cfg = copy.deepcopy(raw)
@@ -373,6 +390,7 @@ def test_kms_backend_settings(raw: dict[str, Any]) -> None:
                         backend.endpoint_url)
 
 
+@pytest.mark.unit
 def test_repr_of_settings_hides_every_secret(raw: dict[str, Any], tmp_path: Path) -> None:
     """Neither the passphrase nor any client's API-key hash appears in repr/str of Settings (they end up
     in logs and tracebacks); the Secret itself still reveals its value where it is used."""
@@ -393,6 +411,7 @@ def test_repr_of_settings_hides_every_secret(raw: dict[str, Any], tmp_path: Path
 # ----------------------------------------------------------------------------------------- black box
 
 
+@pytest.mark.system
 def test_check_config_cli_refuses_a_bad_config_with_status_78(raw: dict[str, Any], tmp_path: Path) -> None:
     """`keysvc check-config` exits 78 (EX_CONFIG) and names the field on stderr for an invalid config."""
     raw["keysets"]["zapier"]["alg"] = "HS256"
@@ -402,6 +421,7 @@ def test_check_config_cli_refuses_a_bad_config_with_status_78(raw: dict[str, Any
     assert "keysets.zapier.alg" in result.stderr
 
 
+@pytest.mark.system
 def test_check_config_cli_refuses_broken_invariant_with_status_78(raw: dict[str, Any], tmp_path: Path) -> None:
     """A timing that breaks an invariant also exits 78 with the parameter and the bound on stderr."""
     raw["keysets"]["zapier"]["publish_ahead"] = "60s"
@@ -412,6 +432,7 @@ def test_check_config_cli_refuses_broken_invariant_with_status_78(raw: dict[str,
     assert "690s" in result.stderr
 
 
+@pytest.mark.system
 def test_check_config_cli_refuses_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     """Unparseable YAML and a missing file exit 78 too, never with a traceback."""
     bad = tmp_path / "bad.yaml"
@@ -423,6 +444,7 @@ def test_check_config_cli_refuses_invalid_yaml_and_missing_file(tmp_path: Path) 
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.system
 def test_check_config_cli_accepts_a_good_config(raw: dict[str, Any], tmp_path: Path) -> None:
     """A valid config exits 0 and says ok on stdout; nothing on stderr names an error."""
     path = write_config(tmp_path / "good.yaml", raw)

@@ -15,6 +15,8 @@ import yaml
 
 from tests.helpers import ROOT, base_config, run_cli, write_config
 
+pytestmark = pytest.mark.system
+
 Edit = Callable[[dict[str, Any], Path], None]
 
 

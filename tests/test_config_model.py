@@ -52,6 +52,7 @@ def refusal(raw: dict[str, Any], options: ReadOptions | None = None) -> ConfigEr
 # --- the YAML document ------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_a_keyset_defined_twice_is_refused_with_its_line(raw: dict[str, Any]) -> None:
     """PyYAML would keep the second definition silently; keysvc refuses the file and names both lines."""
     text = yaml.safe_dump(raw, sort_keys=False)
@@ -69,12 +70,14 @@ def test_a_keyset_defined_twice_is_refused_with_its_line(raw: dict[str, Any]) ->
     assert f"line {second}: 'zapier' is defined twice in one mapping (first at line {first})" == info.value.message
 
 
+@pytest.mark.unit
 def test_a_scalar_key_given_twice_is_refused() -> None:
     """The rule holds in every mapping, not only named sections."""
     with pytest.raises(ConfigError, match="line 3: 'public' is defined twice"):
         parse_yaml("listen:\n  public: 0.0.0.0:1\n  public: 0.0.0.0:2\n")
 
 
+@pytest.mark.unit
 def test_unknown_key_suggests_the_close_match(raw: dict[str, Any]) -> None:
     """A misspelt key is refused with the known key it is closest to."""
     raw["keysets"]["zapier"]["rotaton_period"] = "30d"
@@ -87,6 +90,7 @@ def test_unknown_key_suggests_the_close_match(raw: dict[str, Any]) -> None:
     )
 
 
+@pytest.mark.unit
 def test_unknown_key_far_from_any_gets_no_suggestion(raw: dict[str, Any]) -> None:
     """No suggestion when nothing is close."""
     raw["colour"] = "blue"
@@ -94,6 +98,7 @@ def test_unknown_key_far_from_any_gets_no_suggestion(raw: dict[str, Any]) -> Non
     assert refusal(raw).message == "unknown setting"
 
 
+@pytest.mark.unit
 def test_duration_pattern_is_the_documented_one() -> None:
     """The one constant the helm chart's schema copies."""
     assert DURATION_PATTERN == r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
@@ -102,6 +107,7 @@ def test_duration_pattern_is_the_documented_one() -> None:
 # --- clients ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_api_key_digests_accept_one_or_a_list(raw: dict[str, Any]) -> None:
     """One digest becomes a tuple of one; a list (old and new key) keeps its order."""
     old, new = sha256_hex("old"), sha256_hex("new")
@@ -117,6 +123,7 @@ def test_api_key_digests_accept_one_or_a_list(raw: dict[str, Any]) -> None:
     ("value", "words"),
     [([], "at least one"), (["ab" * 32, "ab" * 32], "twice"), (["ab" * 32, "zz"], "64 lowercase hex"), (5, "hex")],
 )
+@pytest.mark.unit
 def test_bad_api_key_digest_lists_are_refused(raw: dict[str, Any], value: object, words: str) -> None:
     """An empty list, a repeated digest or a non-digest in the list names the field."""
     raw["clients"]["signer"]["api_key_sha256"] = value
@@ -126,6 +133,7 @@ def test_bad_api_key_digest_lists_are_refused(raw: dict[str, Any], value: object
     assert (error.field, words in error.message) == ("clients.signer.api_key_sha256", True)
 
 
+@pytest.mark.unit
 def test_a_digest_in_two_clients_lists_is_refused(raw: dict[str, Any]) -> None:
     """The duplicate check looks at every digest of every client."""
     shared = sha256_hex("shared")
@@ -137,6 +145,7 @@ def test_a_digest_in_two_clients_lists_is_refused(raw: dict[str, Any]) -> None:
     assert (error.field, error.message) == ("clients.admin.api_key_sha256", "same API key as signer")
 
 
+@pytest.mark.unit
 def test_zapier_client_needs_a_token_exchange_section(raw: dict[str, Any]) -> None:
     """`zapier: true` without `token_exchange` is refused, naming the client's field."""
     raw["clients"]["signer"]["zapier"] = True
@@ -144,6 +153,7 @@ def test_zapier_client_needs_a_token_exchange_section(raw: dict[str, Any]) -> No
     assert refusal(raw).field == "clients.signer.zapier"
 
 
+@pytest.mark.unit
 def test_zapier_client_with_token_exchange(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """With a token_exchange section the flag is read; other clients default to False."""
     monkeypatch.setenv("ZAPIER_SECRET", "x")
@@ -158,6 +168,7 @@ def test_zapier_client_with_token_exchange(raw: dict[str, Any], monkeypatch: pyt
 # --- listen and log ---------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_listen_timeouts_and_log_public(raw: dict[str, Any]) -> None:
     """Defaults 10s / 30s / 5s and `errors`; each can be set."""
     defaults = parse_settings(copy.deepcopy(raw))
@@ -175,6 +186,7 @@ def test_listen_timeouts_and_log_public(raw: dict[str, Any]) -> None:
     [("listen", "head_timeout", 0), ("listen", "body_timeout", "0s"), ("listen", "keepalive_timeout", "x"),
      ("log", "public", "none")],
 )
+@pytest.mark.unit
 def test_bad_listen_timeouts_and_log_public(raw: dict[str, Any], section: str, key: str, value: object) -> None:
     """A timeout must be a duration > 0; log.public is errors or all."""
     raw.setdefault(section, {})[key] = value
@@ -185,6 +197,7 @@ def test_bad_listen_timeouts_and_log_public(raw: dict[str, Any], section: str, k
 # --- token_exchange: the Zapier embed gateway --------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_gateway_defaults() -> None:
     """api_url, the wider scope, no redirect URIs, 60/min burst 10, 60s run wait."""
     s = parse_token_exchange(EXCHANGE, KEYSETS, environ=ENV)
@@ -196,6 +209,7 @@ def test_gateway_defaults() -> None:
     assert ((), ApiRateLimit(60.0, 10), 60.0) == (s.redirect_uris, s.api_rate_limit, s.run_wait_max)
 
 
+@pytest.mark.unit
 def test_gateway_settings_are_read() -> None:
     """Every gateway key is read in its documented form."""
     s = parse_token_exchange(
@@ -232,6 +246,7 @@ def test_gateway_settings_are_read() -> None:
         ({"run_wait_max": "11m"}, "token_exchange.run_wait_max"),
     ],
 )
+@pytest.mark.unit
 def test_gateway_refusals(change: dict[str, Any], field: str) -> None:
     """Each bad gateway value names its field."""
     with pytest.raises(ConfigError) as info:
@@ -243,6 +258,7 @@ def test_gateway_refusals(change: dict[str, Any], field: str) -> None:
 # --- offline ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_offline_accepts_configured_but_absent_secrets_and_tls(raw: dict[str, Any]) -> None:
     """Offline, secret files, secret env vars and TLS files need only be named; online they must be read."""
     raw["backend"]["passphrase_file"] = "/run/secrets/keysvc-passphrase"
@@ -255,6 +271,7 @@ def test_offline_accepts_configured_but_absent_secrets_and_tls(raw: dict[str, An
     assert refusal(raw).field == "listen.tls.cert_file"  # online: the first unreadable file
 
 
+@pytest.mark.unit
 def test_offline_still_refuses_a_secret_not_configured(raw: dict[str, Any]) -> None:
     """Offline checks that the secret is configured: no client_secret_* at all is still refused."""
     raw["token_exchange"] = {"client_id": "cid"}
@@ -265,6 +282,7 @@ def test_offline_still_refuses_a_secret_not_configured(raw: dict[str, Any]) -> N
 # --- a client secret that changes on disk ----------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_secret_file_is_reread_when_it_changes_and_keeps_the_last_good_value(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -291,6 +309,7 @@ def test_secret_file_is_reread_when_it_changes_and_keeps_the_last_good_value(
     assert secret.reveal() == "third"
 
 
+@pytest.mark.unit
 def test_secret_file_never_readable_is_a_config_error(tmp_path: Path) -> None:
     """Without a last good value there is nothing to fall back to."""
     with pytest.raises(ConfigError) as info:
@@ -305,6 +324,7 @@ def world() -> Iterator[World]:
         yield w
 
 
+@pytest.mark.system
 def test_exchange_uses_the_rotated_client_secret_without_a_restart(world: World, tmp_path: Path) -> None:
     """The partner rotates the client secret and the Secret file is updated: the next exchange of the
     same TokenExchanger authenticates with the new secret."""
@@ -337,6 +357,7 @@ def test_exchange_uses_the_rotated_client_secret_without_a_restart(world: World,
 # --- import weight ----------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_importing_the_configuration_does_not_import_boto3() -> None:
     """Reading any configuration (KMS included) needs no AWS SDK."""
     code = (

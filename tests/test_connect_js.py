@@ -26,6 +26,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.helpers import LOG_DIR, ROOT
 
+pytestmark = pytest.mark.system
+
 CHROMIUM = Path("/usr/bin/chromium")
 ENSURE_CHROMIUM = ROOT / "tests" / "tools" / "ensure_chromium.sh"
 CHROMIUM_FLAGS = [

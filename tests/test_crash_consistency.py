@@ -43,6 +43,8 @@ from keysvc.errors import Conflict
 from keysvc.lifecycle import State
 from keysvc.tokens import Minter
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
 KEYSET = KeysetSettings(

@@ -106,6 +106,7 @@ def dockerfile() -> list[list[Instruction]]:
     return stages(parse(DOCKERFILE.read_text()))
 
 
+@pytest.mark.system
 def test_hadolint_passes_at_the_strictest_threshold() -> None:
     """hadolint reports nothing, not even style notes, and the OCI labels are present and well-formed."""
     cmd = [str(tool("hadolint")), "--no-color", "--failure-threshold", "style"]
@@ -115,6 +116,7 @@ def test_hadolint_passes_at_the_strictest_threshold() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.system
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     """The hadolint wrapper really lints: an unpinned, root, shell-form Dockerfile fails."""
     bad = tmp_path / "Dockerfile"
@@ -125,6 +127,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
         assert rule in result.stdout, result.stdout
 
 
+@pytest.mark.unit
 def test_every_lint_suppression_is_explained() -> None:
     """A `hadolint ignore=` or `checkov:skip=` pragma carries its reason, and no config file hides rules."""
     lines = DOCKERFILE.read_text().splitlines()
@@ -142,6 +145,7 @@ def test_every_lint_suppression_is_explained() -> None:
         assert not (REPO / name).exists(), f"{name} would ignore rules out of sight of this test"
 
 
+@pytest.mark.system
 def test_checkov_dockerfile_checks_pass() -> None:
     """checkov's Dockerfile policies pass; every skip is an inline pragma with a stated reason."""
     result = subprocess.run(
@@ -159,6 +163,7 @@ def test_checkov_dockerfile_checks_pass() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.unit
 def test_image_contract(dockerfile: list[list[Instruction]]) -> None:
     """Multi-stage, pinned slim base, numeric non-root user, exec-form entrypoint, STOPSIGNAL, no
     HEALTHCHECK."""
@@ -194,6 +199,7 @@ def test_image_contract(dockerfile: list[list[Instruction]]) -> None:
     assert copies == [f"--from=build {VENV_PREFIX} {VENV_PREFIX}"], "the runtime stage gets only the venv"
 
 
+@pytest.mark.unit
 def test_dockerignore_admits_only_what_is_copied(dockerfile: list[list[Instruction]]) -> None:
     """The build context is an allow-list: exactly the sources the Dockerfile copies (no .git, .venv)."""
     patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
@@ -237,6 +243,7 @@ def replay_build_stage(stage: list[Instruction], workdir: Path, prefix: Path) ->
             assert ins.keyword in {"ENV", "WORKDIR", "ARG"}, f"line {ins.line}: cannot replay {ins.keyword}"
 
 
+@pytest.mark.system
 def test_install_steps_work_in_a_fresh_venv(dockerfile: list[list[Instruction]], tmp_path: Path) -> None:
     """The build stage's own commands (hash-locked wheels, --no-deps, pip check) produce a working venv."""
     build = dockerfile[0]

@@ -18,6 +18,8 @@ from keysvc.exchange.signer import TokenSigner
 from tests.exchange_support import FakeSigner, World, running_world
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN, EXTERNAL_JWT, GRANT_TYPE
 
+pytestmark = pytest.mark.system
+
 T = TypeVar("T")
 
 

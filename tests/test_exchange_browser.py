@@ -9,6 +9,8 @@ import pytest
 from keysvc.errors import InvalidRequest
 from keysvc.exchange.browser import CallbackResult, connect_url, parse_callback
 
+pytestmark = pytest.mark.unit
+
 
 def test_connect_url_with_every_parameter() -> None:
     """token, redirect_uri, state and reconnect_id are all query parameters, correctly encoded."""

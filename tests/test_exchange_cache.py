@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from keysvc.exchange.cache import SingleFlightCache
+
+pytestmark = pytest.mark.unit
 
 
 class Clock:

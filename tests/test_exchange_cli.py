@@ -25,6 +25,7 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["exchange", *argv])
 
 
+@pytest.mark.unit
 def test_parser() -> None:
     """--user and --tenant are required; --connect and --scope are optional."""
     args = parse("--user", "u-1", "--tenant", "t-9", "--connect", "SlackAPI", "--scope", "external")
@@ -34,6 +35,7 @@ def test_parser() -> None:
         parse("--user", "u-1")
 
 
+@pytest.mark.system
 def test_prints_a_connect_token_as_json(world: World) -> None:
     """A connect exchange prints the JSON answer, connect_url included, and exits 0."""
     world.partner.reset()
@@ -50,6 +52,7 @@ def test_prints_a_connect_token_as_json(world: World) -> None:
     assert (status, body["access_token"][:3], "connect_url" in body) == (0, "ct-", True)
 
 
+@pytest.mark.system
 def test_prints_the_error_as_json_on_stderr(world: World) -> None:
     """A refused exchange prints {"error", "error_description"} on stderr and exits 1."""
     world.partner.reset()

@@ -14,6 +14,8 @@ from keysvc.exchange import TokenExchanger, TokenExchangeSettings
 from keysvc.exchange.endpoint import allowed_scope, exchange_request, parse_body
 from keysvc.exchange.signer import SignedToken
 
+pytestmark = pytest.mark.unit
+
 DEFAULT_SCOPE = "external connection:read connection:write action:run"
 
 

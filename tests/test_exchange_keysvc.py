@@ -33,6 +33,8 @@ from tests.helpers import (
 )
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN, PartnerServer, PartnerState
 
+pytestmark = pytest.mark.system
+
 ISSUER = "https://issuer.example/zapier"  # base_config's issuer of keyset "zapier"
 
 

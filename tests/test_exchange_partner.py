@@ -12,6 +12,8 @@ from keysvc.errors import RequestError, Unavailable, UpstreamError
 from keysvc.exchange.errors import PartnerError, oauth_text, parse_retry_after
 from keysvc.exchange.partner import partner_error, token_response
 
+pytestmark = pytest.mark.unit
+
 
 def answer(status: int, body: Any = None, **headers: str) -> httpx.Response:
     return httpx.Response(status, json=body, headers=headers) if body is not None else httpx.Response(status)

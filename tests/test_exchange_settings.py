@@ -10,6 +10,8 @@ import pytest
 from keysvc.config.exchange import TokenExchangeSettings, parse_token_exchange
 from keysvc.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 KEYSETS = {"zapier": "ES256", "rsa": "RS384", "pss": "PS256", "ed": "EdDSA"}
 ENV = {"ZAPIER_SECRET": "from-env"}
 

@@ -13,6 +13,8 @@ import pytest
 from keysvc.errors import Forbidden, InvalidRequest, RateLimited, RequestError, Unavailable, UpstreamError
 from keysvc.exchange import RemoteSigner, SignedToken
 
+pytestmark = pytest.mark.unit
+
 API_KEY = "ks_test_remote_signer_key_1234567890"
 
 

@@ -1,6 +1,8 @@
-"""keysvc.backends.file and keysvc.operations on a real temporary directory (no mocks).
+"""What only the file backend does, on a real temporary directory (no mocks): file modes, encryption at rest,
+the POSIX lock across processes, crash leftovers on disk, corrupt files, and importing PEMs.
 
-Times come from a FixedClock; several threads and several OS processes race on the same directory.
+The behaviour every backend shares (create/load, compare-and-swap, update, destroy, rotate, revoke, import,
+repair) is tests/test_backend_contract.py. Times come from a FixedClock.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from keysvc.backends.base import KeyRecord
 from keysvc.backends.file import FileBackend
 from keysvc.clock import FixedClock
 from keysvc.config import KeysetSettings
-from keysvc.errors import ConfigError, Conflict, NotFound, StoreCorrupt
+from keysvc.errors import ConfigError, StoreCorrupt
 from keysvc.lifecycle import State
 from tests.helpers import ROOT
 
@@ -81,39 +82,26 @@ def signs_verifiably(backend: FileBackend, record: KeyRecord) -> bool:
 # ------------------------------------------------------------------------------------- round trip
 
 
-@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "ES512"])
-def test_create_then_load_round_trip(backend: FileBackend, alg: str) -> None:
-    """A created record loads back equal (public JWK included), its kid is the thumbprint of the stored
-    private key, and that key signs what the public JWK verifies."""
-    record = backend.create("ks", 1, alg, activates_at=NOW + 5, now=NOW)
+@pytest.mark.unit
+def test_eddsa_keys_round_trip(backend: FileBackend) -> None:
+    """EdDSA, which only the file backend offers: the key another replica reads from its PEM signs what
+    the published public JWK verifies (the shared create/load contract is tests/test_backend_contract.py)."""
+    record = backend.create("ks", 1, "EdDSA", activates_at=NOW, now=NOW)
     assert record is not None
-    (loaded,) = backend.load("ks")
-    assert record == loaded
-    assert dict(record.public_jwk) == dict(loaded.public_jwk)
-    assert ("ks", 1, alg, NOW, NOW + 5, None, None, "test") == (
-        loaded.keyset, loaded.seq, loaded.alg, loaded.created_at, loaded.activates_at, loaded.revoked_at,
-        loaded.destroyed_at, loaded.created_by)
-    replica = FileBackend(backend.root)  # reads the stored private key (the creator would use its copy)
-    signer = replica.signer(loaded)
-    assert (loaded.kid, alg) == (signer.kid, signer.alg)
+    replica = FileBackend(backend.root)
+    (loaded,) = replica.load("ks")
+    assert (record, "OKP") == (loaded, loaded.public_jwk["kty"])
     assert signs_verifiably(replica, loaded)
 
 
-def test_load_of_an_unknown_keyset_is_empty(backend: FileBackend) -> None:
-    """No directory yet: no keys (and nothing created on a read)."""
+@pytest.mark.unit
+def test_a_read_creates_no_directory(backend: FileBackend) -> None:
+    """Loading a keyset that has no directory yet finds no key and creates nothing on disk."""
     assert backend.load("nothing-here") == []
     assert not (backend.root / "nothing-here").exists()
 
 
-def test_update_persists_mutable_fields(backend: FileBackend) -> None:
-    """activates_at, revoked_at and destroyed_at written by update() are what load() returns."""
-    record = backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
-    assert record is not None
-    changed = record.replace(activates_at=NOW + 1, revoked_at=NOW + 2)
-    backend.update(changed)
-    assert [changed] == backend.load("ks")
-
-
+@pytest.mark.unit
 def test_files_are_0600_and_directories_0700(backend: FileBackend, umask_zero: None) -> None:
     """Even with umask 0, the key directory is 0700 and every file in it (records, private keys, the
     lock) is 0600."""
@@ -131,12 +119,14 @@ def test_files_are_0600_and_directories_0700(backend: FileBackend, umask_zero: N
 # ------------------------------------------------------------------------------------------ at rest
 
 
+@pytest.mark.unit
 def test_private_key_is_plain_pkcs8_without_passphrase(backend: FileBackend) -> None:
     """Without a passphrase the PEM is unencrypted PKCS#8."""
     backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
     assert (backend.root / "ks" / "key-000001.pem").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
 
 
+@pytest.mark.unit
 def test_private_key_is_encrypted_with_a_passphrase(keys_dir: Path) -> None:
     """With a passphrase the PEM says ENCRYPTED, loads with the right passphrase, and a wrong or missing
     passphrase is StoreCorrupt with a clear message that never contains the passphrase."""
@@ -160,17 +150,7 @@ def test_private_key_is_encrypted_with_a_passphrase(keys_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- CAS
 
 
-def test_create_of_a_taken_slot_returns_none_and_leaves_no_orphan(backend: FileBackend) -> None:
-    """The second create of slot 1 loses: None, the winner's files untouched, no extra file."""
-    first = backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
-    assert first is not None
-    directory = backend.root / "ks"
-    before = {n: (directory / n).read_bytes() for n in names(directory)}
-    assert backend.create("ks", 1, "ES256", activates_at=NOW + 9, now=NOW + 9) is None
-    assert before == {n: (directory / n).read_bytes() for n in names(directory)}
-    assert [first] == backend.load("ks")
-
-
+@pytest.mark.unit
 def test_create_refuses_a_key_already_in_the_keyset(backend: FileBackend) -> None:
     """Importing the same private key into a second slot is refused (kids are unique in a keyset)."""
     key = keys.generate("ES256")
@@ -195,34 +175,6 @@ def _check_bootstrapped(backend: FileBackend) -> None:
         backend.root / KS.name)
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["one backend", "a backend per thread"])
-def test_threads_racing_reconcile_create_exactly_two_keys(keys_dir: Path, shared: bool) -> None:
-    """Eight threads reconcile an empty keyset at the same instant (a barrier releases them together):
-    exactly one active and one pending key exist afterwards, whether the threads share one backend
-    object or each has its own (as independent components of one process would)."""
-    n = 8
-    backends = [FileBackend(keys_dir, instance_id=f"t{i}") for i in range(1 if shared else n)]
-    barrier = threading.Barrier(n)
-    reports: list[operations.ReconcileReport] = []
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            reports.append(operations.reconcile(backends[i % len(backends)], KS, lambda: NOW, f"t{i}"))
-        except BaseException as exc:  # reported below with the failing thread's exception
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
-    assert sum(r.created for r in reports) == 2
-    _check_bootstrapped(backends[0])
-
-
 RACER = """
 import sys, time
 from pathlib import Path
@@ -240,6 +192,7 @@ print(report.created, report.lost_races)
 """
 
 
+@pytest.mark.system
 def test_processes_racing_reconcile_create_exactly_two_keys(keys_dir: Path) -> None:
     """Four OS processes (the POSIX lock, not a thread lock, must serialise them) reconcile an empty
     keyset at the same wall-clock instant: exactly two keys in all, seq 1 active and seq 2 pending."""
@@ -260,6 +213,7 @@ def test_processes_racing_reconcile_create_exactly_two_keys(keys_dir: Path) -> N
 # ---------------------------------------------------------------------------------- repair, destroy
 
 
+@pytest.mark.unit
 def test_repair_removes_orphans_and_temp_files_only(backend: FileBackend) -> None:
     """repair() deletes private keys with no record and temp files left by a crash, and nothing else:
     records, their keys, the lock and unrelated files stay."""
@@ -278,35 +232,19 @@ def test_repair_removes_orphans_and_temp_files_only(backend: FileBackend) -> Non
     assert backend.repair(KS.name, NOW) == []
 
 
-def test_destroy_deletes_the_private_key_idempotently(backend: FileBackend) -> None:
-    """destroy() removes the PEM and records destroyed_at; calling it again (with the returned record or
-    with a stale copy, as another replica would) changes nothing."""
+@pytest.mark.unit
+def test_destroy_deletes_the_private_key_file(backend: FileBackend) -> None:
+    """destroy() removes the PEM from disk (and the creator's copy in memory); the record stays, marked."""
     record = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
     assert record is not None
     destroyed = backend.destroy(record, NOW + 60)
-    assert destroyed.destroyed_at == NOW + 60
     assert not (backend.root / KS.name / "key-000001.pem").exists()
     assert [destroyed] == backend.load(KS.name)
-    assert destroyed == backend.destroy(destroyed, NOW + 99)
-    assert destroyed == backend.destroy(record, NOW + 120)
-    assert [destroyed] == backend.load(KS.name)
     with pytest.raises(StoreCorrupt):
         backend.signer(destroyed)
 
 
-def test_destroy_with_a_stale_record_keeps_the_revocation(backend: FileBackend) -> None:
-    """destroy() given a copy read before the key was revoked must not write the old revoked_at back:
-    a revoked key would otherwise return to the JWKS."""
-    stale = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
-    assert stale is not None
-    backend.update(stale.replace(revoked_at=NOW + 10))
-    destroyed = backend.destroy(stale, NOW + 20)
-    assert (destroyed.revoked_at, destroyed.destroyed_at) == (NOW + 10, NOW + 20)
-    assert [destroyed] == backend.load(KS.name)
-    with pytest.raises(StoreCorrupt):
-        backend.signer(destroyed)
-
-
+@pytest.mark.unit
 def test_a_pem_holding_another_key_is_store_corrupt(backend: FileBackend) -> None:
     """A record whose PEM file holds another key (swapped files) never signs: StoreCorrupt."""
     one = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
@@ -320,6 +258,7 @@ def test_a_pem_holding_another_key_is_store_corrupt(backend: FileBackend) -> Non
     assert signs_verifiably(replica, two)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"{not json", "unreadable"), (b'{"kid": "x"}', "unreadable"), (b"[]", "unreadable")],
@@ -333,6 +272,7 @@ def test_an_unreadable_record_is_store_corrupt(backend: FileBackend, content: by
     assert "key-000001.json" in str(info.value)
 
 
+@pytest.mark.unit
 def test_a_key_that_does_not_fit_the_records_alg_is_store_corrupt(backend: FileBackend) -> None:
     """A P-256 private key under a record that says ES384 never signs."""
     record = backend.create(KS.name, 1, "ES256", activates_at=NOW, now=NOW)
@@ -341,6 +281,7 @@ def test_a_key_that_does_not_fit_the_records_alg_is_store_corrupt(backend: FileB
         FileBackend(backend.root).signer(record.replace(alg="ES384"))
 
 
+@pytest.mark.unit
 def test_the_creator_hands_its_fresh_key_over_from_memory(backend: FileBackend) -> None:
     """The replica that created a key gets its signer without reading the PEM back (loading an RSA key
     validates it for ~28 ms holding the GIL: a stall after every rotation), once; every other reader, and
@@ -369,25 +310,7 @@ def rsa_2048() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def test_import_adopts_a_pem_as_the_next_key(backend: FileBackend, clock: FixedClock) -> None:
-    """An imported key takes over the pending slot: it is pending, activates no sooner than
-    publish_ahead from now (nor before the pending key it replaces would have), the replaced pending
-    key is revoked and its private material destroyed, and the active key is untouched."""
-    operations.reconcile(backend, KS, clock.now, "test")
-    clock.advance(3600)
-    key = keys.generate("ES256")
-    record = operations.import_key(backend, KS, keys.to_pem(key, None), clock.now, "test")
-    assert keys.kid_of(key) == record.kid
-    assert record.activates_at >= clock.now() + KS.publish_ahead
-    assert NOW + KS.rotation_period == record.activates_at  # the replaced pending key's time, later still
-    assert states(backend, clock.now()) == {1: State.ACTIVE, 2: State.REVOKED, 3: State.PENDING}
-    by_seq = {r.seq: r for r in backend.load(KS.name)}
-    assert (clock.now(), clock.now()) == (by_seq[2].revoked_at, by_seq[2].destroyed_at)
-    assert not (backend.root / KS.name / "key-000002.pem").exists()
-    assert signs_verifiably(backend, by_seq[3])
-    assert states(backend, record.activates_at) == {1: State.RETIRING, 2: State.REVOKED, 3: State.ACTIVE}
-
-
+@pytest.mark.unit
 def test_import_soon_after_start_still_waits_publish_ahead(backend: FileBackend, clock: FixedClock) -> None:
     """With a short rotation period, the imported key still activates only publish_ahead from now."""
     ks = KeysetSettings(name="short", issuer="https://i", alg="ES256", rotation_period=3 * DAY,
@@ -398,6 +321,7 @@ def test_import_soon_after_start_still_waits_publish_ahead(backend: FileBackend,
     assert clock.now() + ks.publish_ahead == record.activates_at
 
 
+@pytest.mark.unit
 def test_import_accepts_a_traditional_rsa_pem(backend: FileBackend, clock: FixedClock,
                                               rsa_2048: rsa.RSAPrivateKey) -> None:
     """A PKCS#1 ('BEGIN RSA PRIVATE KEY') PEM, as older tooling writes, is adopted for an RS256 keyset."""
@@ -416,6 +340,7 @@ def _pem(key: object, password: bytes | None = None) -> bytes:
                              encryption)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("alg", "make_pem"),
     [
@@ -452,78 +377,10 @@ def test_import_refuses_a_key_that_does_not_fit(backend: FileBackend, clock: Fix
     assert states(backend, clock.now(), ks) == {1: State.ACTIVE, 2: State.PENDING}
 
 
-# ------------------------------------------------------------------------------------ rotate, revoke
+# ------------------------------------------------------------------------------------ rotations
 
 
-def test_rotate_promotes_the_pending_key_when_safe(backend: FileBackend, clock: FixedClock) -> None:
-    """rotate is refused (409, Retry-After until safe) while the pending key is younger than
-    publish_ahead; after that it activates the pending key now and creates the next pending key."""
-    operations.reconcile(backend, KS, clock.now, "test")
-    clock.advance(3600)
-    with pytest.raises(Conflict) as info:
-        operations.rotate(backend, KS, clock.now, "ops")
-    assert KS.publish_ahead - 3600 + 1 == info.value.retry_after
-    assert states(backend, clock.now()) == {1: State.ACTIVE, 2: State.PENDING}
-    clock.advance(KS.publish_ahead)
-    promoted = operations.rotate(backend, KS, clock.now, "ops")
-    assert (2, clock.now()) == (promoted.seq, promoted.activates_at)
-    assert states(backend, clock.now()) == {1: State.RETIRING, 2: State.ACTIVE, 3: State.PENDING}
-    new = {r.seq: r for r in backend.load(KS.name)}[3]
-    assert (clock.now(), clock.now() + KS.rotation_period) == (new.created_at, new.activates_at)
-
-
-def test_forced_rotate_promotes_at_once(backend: FileBackend, clock: FixedClock) -> None:
-    """force promotes a pending key younger than publish_ahead; a second forced rotation right after
-    promotes the brand-new pending key too."""
-    operations.reconcile(backend, KS, clock.now, "test")
-    clock.advance(10)
-    assert operations.rotate(backend, KS, clock.now, "ops", force=True).seq == 2
-    clock.advance(10)
-    assert operations.rotate(backend, KS, clock.now, "ops", force=True).seq == 3
-    assert states(
-        backend, clock.now()) == {1: State.RETIRING, 2: State.RETIRING, 3: State.ACTIVE, 4: State.PENDING}
-
-
-def test_revoke_the_active_key(backend: FileBackend, clock: FixedClock) -> None:
-    """Revoking the active key: it leaves signing and the JWKS at once, its private key is destroyed,
-    the pending key signs from now, and a new pending key is created."""
-    operations.reconcile(backend, KS, clock.now, "test")
-    clock.advance(60)
-    active = {r.seq: r for r in backend.load(KS.name)}[1]
-    revoked = operations.revoke(backend, {KS.name: KS}, active.kid, clock.now, "ops")
-    assert (active.kid, clock.now()) == (revoked.kid, revoked.revoked_at)
-    assert states(backend, clock.now()) == {1: State.REVOKED, 2: State.ACTIVE, 3: State.PENDING}
-    by_seq = {r.seq: r for r in backend.load(KS.name)}
-    assert (clock.now(), clock.now()) == (by_seq[1].destroyed_at, by_seq[2].activates_at)
-    assert not (backend.root / KS.name / "key-000001.pem").exists()
-    status = lifecycle.evaluate(backend.load(KS.name), clock.now(), operations.policy_of(KS))
-    assert active.kid not in [r.kid for r in status.published]
-
-
-def test_revoke_the_pending_key(backend: FileBackend, clock: FixedClock) -> None:
-    """Revoking the pending key leaves the active key alone (also once the revoked key's activation time
-    is near) and creates a new pending key, published for publish_ahead before it may sign, that takes
-    over the schedule."""
-    operations.reconcile(backend, KS, clock.now, "test")
-    clock.advance(60)
-    pending = {r.seq: r for r in backend.load(KS.name)}[2]
-    operations.revoke(backend, {KS.name: KS}, pending.kid, clock.now, "ops")
-    assert states(backend, clock.now()) == {1: State.ACTIVE, 2: State.REVOKED, 3: State.PENDING}
-    new = {r.seq: r for r in backend.load(KS.name)}[3]
-    assert new.activates_at - new.created_at >= KS.publish_ahead
-    assert states(backend, pending.activates_at - 1) == {1: State.ACTIVE, 2: State.REVOKED, 3: State.PENDING}
-    assert pending.activates_at == new.activates_at  # the rotation schedule is kept
-    assert states(backend, new.activates_at) == {1: State.RETIRING, 2: State.REVOKED, 3: State.ACTIVE}
-
-
-def test_revoke_of_an_unknown_kid_is_not_found(backend: FileBackend, clock: FixedClock) -> None:
-    """An unknown kid is 404 and changes nothing."""
-    operations.reconcile(backend, KS, clock.now, "test")
-    with pytest.raises(NotFound):
-        operations.revoke(backend, {KS.name: KS}, "no-such-kid", clock.now, "ops")
-    assert states(backend, clock.now()) == {1: State.ACTIVE, 2: State.PENDING}
-
-
+@pytest.mark.unit
 def test_scheduled_rotations_on_disk(backend: FileBackend, clock: FixedClock) -> None:
     """Reconciling daily over five rotation periods on the real backend: one key per slot, and private
     key files exactly for the published (retiring, active, pending) keys: retired ones deleted."""

@@ -27,6 +27,8 @@ from tests.exchange_support import serve
 from tests.helpers import KeysvcProcess, api_key, base_config, remember_secret, write_config
 from tests.partner_server import PartnerServer, PartnerState
 
+pytestmark = pytest.mark.system
+
 ISSUER = "https://issuer.example/zapier"
 MIN_REQUESTS = 1000
 CHECKS = ",".join([

@@ -153,6 +153,7 @@ def rendered(mode: str) -> Rendered:
 # --- every mode: schema validation and policy checks ------------------------------------------------
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", MODES)
 def test_manifests_validate_against_kubernetes_schemas(mode: str, tmp_path: Path) -> None:
     """Every object validates strictly (no unknown field) on the oldest and newest supported Kubernetes."""
@@ -174,6 +175,7 @@ def test_manifests_validate_against_kubernetes_schemas(mode: str, tmp_path: Path
         assert core == passed, result.stdout
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", MODES)
 def test_checkov_kubernetes_checks_pass(mode: str, tmp_path: Path) -> None:
     """checkov's Kubernetes policies pass; the only skips are the justified ones listed above."""
@@ -208,6 +210,7 @@ def test_checkov_kubernetes_checks_pass(mode: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.unit
 def test_checkov_skips_are_documented() -> None:
     """Each skipped checkov check is justified in docs/deployment.md too."""
     doc = (REPO / "docs" / "deployment.md").read_text()
@@ -226,6 +229,7 @@ def test_checkov_skips_are_documented() -> None:
         assert check in doc, f"{check} is skipped but not justified in docs/deployment.md"
 
 
+@pytest.mark.system
 def test_helm_lint_is_clean() -> None:
     """`helm lint --strict` finds no error or warning (only the INFO about a missing icon)."""
     script = f"import json, helm_python as helm\nprint(json.dumps(helm.lint({str(CHART)!r}, strict=True)))"
@@ -332,6 +336,7 @@ BAD_VALUES = {
 }
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("case", sorted(BAD_VALUES))
 def test_bad_values_are_refused(case: str) -> None:
     """values.schema.json (or a template check) refuses the value, naming it in the error."""
@@ -376,6 +381,7 @@ def mounts_cover(container: dict[str, Any], path: str) -> bool:
     )
 
 
+@pytest.mark.system
 def test_default_deployment_is_highly_available() -> None:
     """3 replicas spread over zones and nodes, surge-only rollouts, a PDB, graceful shutdown, probes."""
     chart = rendered("default")
@@ -397,6 +403,7 @@ def test_default_deployment_is_highly_available() -> None:
     assert chart.pod["terminationGracePeriodSeconds"] > sleep > 0
 
 
+@pytest.mark.system
 def test_default_pod_is_locked_down() -> None:
     """Non-root, read-only root, no capabilities, RuntimeDefault seccomp, no API token, writes only /tmp."""
     chart = rendered("default")
@@ -412,6 +419,7 @@ def test_default_pod_is_locked_down() -> None:
     assert writable == ["/tmp"], "kms mode writes nowhere but /tmp"
 
 
+@pytest.mark.system
 def test_two_services_and_internal_port_only_for_labelled_clients() -> None:
     """Public Service -> public port, internal Service -> internal port, which the NetworkPolicy guards."""
     chart = rendered("default")
@@ -447,6 +455,7 @@ def test_two_services_and_internal_port_only_for_labelled_clients() -> None:
     assert chart.of_kind("ServiceMonitor") == []
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", MODES)
 def test_rendered_config_fits_the_service_contract(mode: str) -> None:
     """keysvc.yaml has only keys keysvc knows, and every file it names is mounted in the pod."""
@@ -468,6 +477,7 @@ def test_rendered_config_fits_the_service_contract(mode: str) -> None:
     assert mounts_cover(chart.container, config_path)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", MODES)
 def test_rendered_config_is_accepted_by_keysvc(mode: str, tmp_path: Path) -> None:
     """keysvc's own parser (unknown keys, bounds, invariants) accepts the config each mode renders.
@@ -491,6 +501,7 @@ def test_rendered_config_is_accepted_by_keysvc(mode: str, tmp_path: Path) -> Non
     assert settings is not None
 
 
+@pytest.mark.system
 def test_file_mode_shares_a_read_write_many_volume() -> None:
     """File backend: an RWX claim kept on uninstall, mounted at backend.path; secrets as files."""
     chart = rendered("file-rwx")
@@ -508,6 +519,7 @@ def test_file_mode_shares_a_read_write_many_volume() -> None:
     )
 
 
+@pytest.mark.system
 def test_kms_mode_uses_irsa_and_no_volume() -> None:
     """KMS backend: the IRSA role on the ServiceAccount, no claim, no Kubernetes API token."""
     chart = rendered("kms-irsa")
@@ -529,6 +541,7 @@ def test_kms_mode_uses_irsa_and_no_volume() -> None:
     assert chart.container["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
 
 
+@pytest.mark.system
 def test_ingress_routes_only_the_jwks_paths() -> None:
     """Ingress: exact JWKS paths to the public Service, nothing else; NOTES gives the https JWKS URL."""
     chart = rendered("ingress")
@@ -541,6 +554,7 @@ def test_ingress_routes_only_the_jwks_paths() -> None:
     assert "https://jwks.example.com/.well-known/jwks.json" in chart.notes
 
 
+@pytest.mark.system
 def test_hpa_and_monitoring_objects() -> None:
     """HPA owns the replica count; ServiceMonitor scrapes the internal Service only; rules, dashboard ship."""
     chart = rendered("hpa-monitoring")
@@ -585,6 +599,7 @@ def test_hpa_and_monitoring_objects() -> None:
     )
 
 
+@pytest.mark.system
 def test_helm_test_pod_checks_the_jwks() -> None:
     """The test hook is valid Python, targets the public Service and is not itself a Service endpoint."""
     chart = rendered("default")
@@ -607,6 +622,7 @@ DURATIONS_ACCEPTED = ["90s", "15m", "30d", "1h30m", "1500ms", "2.5d", "1d12h", "
 DURATIONS_REFUSED = ["1 minute", "1h 30m", "h", "", "-1s", "1.s", ".5s", "5", "1w", "10M", -1]
 
 
+@pytest.mark.unit
 def test_duration_table_follows_keysvc_grammar() -> None:
     """The two tables below agree with keysvc's grammar (so the render tests check the right thing)."""
     for value in DURATIONS_ACCEPTED:
@@ -617,6 +633,7 @@ def test_duration_table_follows_keysvc_grammar() -> None:
         ), value
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("value", DURATIONS_ACCEPTED, ids=str)
 def test_chart_accepts_every_keysvc_duration(value: object) -> None:
     """Compound and fractional durations keysvc accepts (1h30m, 1500ms, 2.5d, seconds) pass the schema."""
@@ -624,6 +641,7 @@ def test_chart_accepts_every_keysvc_duration(value: object) -> None:
     assert answer["ok"], answer.get("error")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("value", DURATIONS_REFUSED, ids=repr)
 def test_chart_refuses_what_keysvc_refuses(value: object) -> None:
     """Strings outside keysvc's grammar and negative numbers are refused at install, naming the key."""
@@ -631,6 +649,7 @@ def test_chart_refuses_what_keysvc_refuses(value: object) -> None:
     assert not answer["ok"] and "clock_skew" in answer["error"], answer
 
 
+@pytest.mark.unit
 def test_canary_stalled_threshold_is_three_canary_intervals() -> None:
     """KeysvcCanaryStalled fires after 3 x config.canary.interval, for compound intervals too."""
     for interval, seconds in (("2m", 360), ("1m30s", 270), ("1500ms", 4.5), (45, 135)):
@@ -646,6 +665,7 @@ def test_canary_stalled_threshold_is_three_canary_intervals() -> None:
 # --- operating the chart: rules, escape hatches, secrets, TLS -------------------------------------------
 
 
+@pytest.mark.system
 def test_rules_are_scoped_routed_and_tuned_per_release(tmp_path: Path) -> None:
     """The operated mode's rules: the release selector replaces the plain file's matcher everywhere, routing
     labels and the runbook base URL are on every alert, per-alert overrides apply, and promtool still
@@ -671,6 +691,7 @@ def test_rules_are_scoped_routed_and_tuned_per_release(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.unit
 def test_without_service_monitor_rules_select_the_release_namespace() -> None:
     """Default selector without the ServiceMonitor: the release namespace, so staging and prod never mix."""
     answer = render_raw({"prometheusRule": {"enabled": True}})
@@ -680,6 +701,7 @@ def test_without_service_monitor_rules_select_the_release_namespace() -> None:
             assert f'{{namespace="{NAMESPACE}"' in rule["expr"] and RELEASE_MATCHER not in rule["expr"], rule
 
 
+@pytest.mark.system
 def test_escape_hatches_reach_the_pod() -> None:
     """extraVolumes/Mounts (CA bundle, CSI), extraEnv, envFrom, init and extra containers, log level,
     POD_NAME, commonLabels, deploymentAnnotations and the LoadBalancer settings are rendered where they
@@ -709,6 +731,7 @@ def test_escape_hatches_reach_the_pod() -> None:
     assert len(scrapers) == 2 and scrapers[1]["podSelector"] == {"matchLabels": {"app": "datadog-agent"}}
 
 
+@pytest.mark.system
 def test_a_changed_existing_secret_checksum_rolls_the_pods() -> None:
     """With secrets.existingSecret the chart cannot hash the Secret: secrets.checksum is rendered on the pod
     template, so a new value changes the template and the Deployment rolls; nothing else changes."""
@@ -730,6 +753,7 @@ def test_a_changed_existing_secret_checksum_rolls_the_pods() -> None:
         "metadata"]["annotations"]
 
 
+@pytest.mark.system
 def test_mtls_mode_maps_tls_to_keysvc_config_and_keeps_probes_plain() -> None:
     """mTLS: a Certificate for the internal Service, the TLS and client-CA Secrets mounted where
     listen.tls points, typed cert_subjects passed through, the ServiceMonitor on https with its tlsConfig,
@@ -761,6 +785,7 @@ def test_mtls_mode_maps_tls_to_keysvc_config_and_keeps_probes_plain() -> None:
 # --- documentation -------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_chart_readme_covers_every_value_group_and_mode() -> None:
     """helm/keysvc/README.md (what `helm show readme` prints) names every top-level value and every mode
     file, and has upgrade notes."""
@@ -773,6 +798,7 @@ def test_chart_readme_covers_every_value_group_and_mode() -> None:
     assert "## Upgrad" in readme
 
 
+@pytest.mark.unit
 def test_no_reference_to_documents_outside_the_repository() -> None:
     """Chart files, the runbook and the deployment guide stand on their own: no "design §N" or a path
     outside the repository."""

@@ -20,6 +20,7 @@ ACCEPTED = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("raw", "expected"), ACCEPTED, ids=[str(i) for i in range(len(ACCEPTED))])
 def test_parse_json_accepts_strict_json(raw: bytes, expected: object) -> None:
     """Plain UTF-8 JSON parses to the same value json.loads gives."""
@@ -50,6 +51,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("raw", [r[1] for r in REFUSED], ids=[r[0] for r in REFUSED])
 def test_parse_json_refuses_with_invalid_request(raw: bytes) -> None:
     """Everything that is not strict JSON is an InvalidRequest (400), never another exception (500),
@@ -59,6 +61,7 @@ def test_parse_json_refuses_with_invalid_request(raw: bytes) -> None:
     assert len(info.value.description) < 200
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "value",
     ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8",
@@ -69,6 +72,7 @@ def test_check_content_type_accepts_json_in_utf8(value: str) -> None:
     check_content_type(value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "value",
     [None, "", "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "application/json-seq",
@@ -80,12 +84,14 @@ def test_check_content_type_refuses_anything_else(value: str | None) -> None:
         check_content_type(value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("value", [None, "0", "1", str(MAX_BODY), "000065536"])
 def test_check_length_accepts_up_to_the_limit(value: str | None) -> None:
     """No Content-Length (chunked: checked while reading) or one up to 64 KiB passes."""
     check_length(value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "error"),
     [
@@ -107,12 +113,14 @@ def test_check_length_refuses(value: str, error: type[Exception]) -> None:
         check_length(value)
 
 
+@pytest.mark.unit
 def test_error_body_is_the_oauth_shape() -> None:
     """Errors answer {"error": code, "error_description": text}, nothing else."""
     expected = {"error": "forbidden", "error_description": "not yours"}
     assert expected == json.loads(error_body(Forbidden("not yours")))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("given", "kept"),
     [("abc-123", True), ("a" * 64, True), ("req-1:2_3", True), (None, False), ("", False), ("a" * 65, False),
@@ -127,6 +135,7 @@ def test_request_id_keeps_only_sane_ids(given: str | None, kept: bool) -> None:
         assert len(rid) == 24 and rid != request_id(given)
 
 
+@pytest.mark.system
 def test_fresh_request_ids_are_unique_in_a_process_and_across_a_fork() -> None:
     """Fresh ids never repeat: 10,000 in a row are distinct hex, and a forked child (its own prefix) does
     not make the ids its parent makes next."""

@@ -16,6 +16,8 @@ from keysvc.config import parse_settings
 from keysvc.errors import ConfigError
 from tests.helpers import KeysvcProcess, api_key, base_config, wait_for, write_config
 
+pytestmark = pytest.mark.system
+
 Start = Callable[..., KeysvcProcess]
 
 UPGRADE = (

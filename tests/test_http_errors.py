@@ -41,6 +41,8 @@ from keysvc.metrics import Metrics
 from tests.conftest import LogStream
 from tests.helpers import api_key, base_config
 
+pytestmark = pytest.mark.unit
+
 SECRET = "sk-live-4f1c9e-must-never-be-logged"  # what an exception's message might quote
 
 

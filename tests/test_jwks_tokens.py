@@ -24,6 +24,8 @@ from keysvc.errors import Forbidden, InvalidRequest
 from keysvc.jwks import b64url, build, thumbprint
 from keysvc.tokens import RESERVED_CLAIMS, Minter, SignRequest, check_sign_request
 
+pytestmark = pytest.mark.unit
+
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 NOW = 1_764_300_000
 

@@ -1,38 +1,210 @@
-"""The keyring, in process on a real key directory: the last guard before any signature."""
+"""The keyring on a hand-written in-memory backend and a FixedClock: the view a replica serves from, its
+health, the signers it holds, and the last guard before any signature. Only public methods are used."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import weakref
+from collections.abc import Coroutine, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
-from keysvc.backends.file import FileBackend
+from keysvc import operations
+from keysvc.backends import keys
+from keysvc.backends.base import KeyRecord, Signer
 from keysvc.clock import FixedClock
 from keysvc.config import parse_settings
-from keysvc.errors import Unavailable
+from keysvc.errors import BackendUnavailable, Unavailable
 from keysvc.keyring import Keyring
 from tests.helpers import base_config
 
+pytestmark = pytest.mark.unit
 
-def test_keyring_refuses_a_ttl_beyond_the_retention_guarantee(tmp_path: Path) -> None:
+T0 = 1_800_000_000.0
+DAY = 86400.0
+KS = "zapier"
+CLAIMS = {"aud": "connect.zapier.com"}
+T = TypeVar("T")
+
+
+@dataclass
+class MemoryBackend:
+    """A Backend in memory. `down` makes every call fail as an unreachable store does; `loads` counts
+    reads; `handed_out` keeps a weak reference to every signer given out, to see which ones are still
+    held by someone."""
+
+    records: dict[tuple[str, int], KeyRecord] = field(default_factory=dict)
+    private: dict[str, keys.PrivateKey] = field(default_factory=dict)
+    down: bool = False
+    loads: int = 0
+    handed_out: dict[str, list[weakref.ref[Signer]]] = field(default_factory=dict)
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise BackendUnavailable("the in-memory store is down")
+
+    def load(self, keyset: str) -> list[KeyRecord]:
+        self._reachable()
+        self.loads += 1
+        return [r for (ks, _), r in sorted(self.records.items()) if ks == keyset]
+
+    def create(
+        self, keyset: str, seq: int, alg: str, activates_at: float, now: float, pem: bytes | None = None
+    ) -> KeyRecord | None:
+        self._reachable()
+        if (keyset, seq) in self.records:
+            return None
+        key = keys.generate(alg)
+        record = KeyRecord(keyset, keys.kid_of(key), seq, alg, now, activates_at, keys.public_jwk(key))
+        self.records[(keyset, seq)], self.private[record.kid] = record, key
+        return record
+
+    def update(self, record: KeyRecord) -> None:
+        self._reachable()
+        self.records[(record.keyset, record.seq)] = record
+
+    def destroy(self, record: KeyRecord, now: float) -> KeyRecord:
+        self._reachable()
+        current = self.records[(record.keyset, record.seq)]
+        self.private.pop(record.kid, None)
+        if current.destroyed_at is None:
+            current = self.records[(record.keyset, record.seq)] = current.replace(destroyed_at=now)
+        return current
+
+    def signer(self, record: KeyRecord) -> Signer:
+        self._reachable()
+        signer = keys.LocalSigner(record.kid, record.alg, self.private[record.kid])
+        self.handed_out.setdefault(record.kid, []).append(weakref.ref(signer))
+        return signer
+
+    def exclusive(self, keyset: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def repair(self, keyset: str, now: float) -> list[str]:
+        self._reachable()
+        return []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass
+class Replica:
+    """A keyring on a MemoryBackend, with the clock and backend at hand."""
+
+    keyring: Keyring
+    backend: MemoryBackend
+    clock: FixedClock
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run one coroutine of the keyring to completion."""
+        return asyncio.run(coroutine)
+
+    def active_kid(self) -> str | None:
+        view = self.keyring.view(KS)
+        return None if view is None or view.status.active is None else view.status.active.kid
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> Iterator[Replica]:
+    """A keyring with the test config (keyset zapier: ES256, rotation 30d, publish_ahead 2d, retain 1d,
+    max_token_ttl 5m) on an empty in-memory store, at T0."""
+    clock, backend = FixedClock(T0), MemoryBackend()
+    keyring = Keyring(parse_settings(base_config(tmp_path / "unused")), backend, clock)
+    yield Replica(keyring, backend, clock)
+    keyring.close()
+
+
+def test_the_view_changes_at_the_lifecycle_instant_without_a_refresh(replica: Replica) -> None:
+    """After one refresh the view is valid until the pending key's activation; at that instant, with no
+    further read of the backend, the pending key is active and signs, and the JWKS still lists both."""
+    replica.run(replica.keyring.refresh(KS))
+    view = replica.keyring.view(KS)
+    assert view is not None and view.status.active is not None
+    first = view.status.active.kid
+    pending = next(r for r in replica.backend.records.values() if r.kid != first)
+    assert view.valid_until == pending.activates_at == T0 + 30 * DAY
+    loads = replica.backend.loads
+    replica.clock.t = pending.activates_at - 1
+    assert replica.active_kid() == first
+    replica.clock.t = pending.activates_at
+    assert replica.active_kid() == pending.kid
+    assert replica.run(replica.keyring.sign(KS, CLAIMS, 60)).kid == pending.kid
+    current = replica.keyring.view(KS)
+    assert current is not None and set(current.document.kids) == {first, pending.kid}
+    assert replica.backend.loads == loads
+
+
+def test_a_failing_backend_leaves_the_last_known_view_serving_and_shows_in_health(replica: Replica) -> None:
+    """When the backend fails, refresh returns the last-known view unchanged, signing goes on, and the
+    health says not ok with the error's type and a count; the next good refresh records ok again."""
+    seen: list[BaseException | None] = []
+    replica.keyring.on_reconcile.append(lambda keyset, report, error: seen.append(error))
+    before = replica.run(replica.keyring.refresh(KS))
+    assert before is not None
+    health = replica.keyring.health[KS]
+    assert (health.ok, health.last_sync, health.errors) == (True, T0, 0)
+    replica.backend.down = True
+    replica.clock.advance(60)
+    assert replica.run(replica.keyring.refresh(KS)) is before
+    assert replica.keyring.view(KS) is before
+    assert (health.ok, health.last_sync, health.errors, health.last_error) == (False, T0, 1, "BackendUnavailable")
+    assert replica.run(replica.keyring.sign(KS, CLAIMS, 60)).kid == replica.active_kid()
+    assert replica.keyring.ready()
+    replica.backend.down = False
+    replica.clock.advance(60)
+    replica.run(replica.keyring.refresh(KS))
+    assert (health.ok, health.last_sync, health.errors, health.last_error) == (True, T0 + 120, 1, "")
+    assert seen[0] is None and isinstance(seen[1], BackendUnavailable) and seen[2] is None
+
+
+def test_before_any_successful_sync_nothing_is_served(replica: Replica) -> None:
+    """A replica whose backend has never answered has no view, is not ready, and refuses to sign (503)."""
+    replica.backend.down = True
+    assert replica.run(replica.keyring.refresh(KS)) is None
+    assert replica.keyring.view(KS) is None
+    assert not replica.keyring.ready()
+    assert replica.keyring.health[KS].ok is False
+    with pytest.raises(Unavailable) as info:
+        replica.run(replica.keyring.sign(KS, CLAIMS, 60))
+    assert info.value.status == 503
+
+
+def test_the_signer_of_a_revoked_key_is_dropped(replica: Replica) -> None:
+    """Once a refresh reads that the active key was revoked, the keyring holds no signer of it any more
+    (its private key is gone from this replica's memory), and signs with the promoted key."""
+    replica.run(replica.keyring.refresh(KS))
+    revoked = replica.active_kid()
+    assert revoked is not None
+    assert replica.run(replica.keyring.sign(KS, CLAIMS, 60)).kid == revoked
+    ks = replica.keyring.settings.keysets[KS]
+    operations.revoke(replica.backend, {KS: ks}, revoked, replica.clock.now, "ops")
+    replica.run(replica.keyring.refresh(KS))
+    promoted = replica.run(replica.keyring.sign(KS, CLAIMS, 60)).kid
+    assert promoted != revoked
+    view = replica.keyring.view(KS)
+    assert view is not None and revoked not in view.document.kids
+    gc.collect()
+    assert replica.backend.handed_out[revoked]
+    assert [ref() for ref in replica.backend.handed_out[revoked]] == [None] * len(replica.backend.handed_out[revoked])
+    assert any(ref() is not None for ref in replica.backend.handed_out[promoted])
+
+
+def test_a_ttl_beyond_max_token_ttl_is_refused_with_503(replica: Replica) -> None:
     """Whatever path asks (sign endpoint, token exchange), a token whose exp would outlive the keyset's
-    max_token_ttl is refused before anything is signed, and the violation hook (metric + error log) fires;
-    a ttl at the maximum signs."""
-    settings = parse_settings(base_config(tmp_path / "keys"))
-    keyring = Keyring(settings, FileBackend(tmp_path / "keys"), FixedClock(1_800_000_000.0))
+    max_token_ttl is refused (503) before anything is signed, and the violation hook (metric + error log)
+    fires; a ttl at the maximum signs."""
     seen: list[tuple[str, int]] = []
-    keyring.on_exp_violation.append(lambda keyset, ttl: seen.append((keyset, ttl)))
-
-    async def run() -> None:
-        await keyring.refresh_all()
-        token = await keyring.sign("zapier", {"aud": "connect.zapier.com"}, 300)
-        assert token.expires_at == 1_800_000_000 + 300
-        with pytest.raises(Unavailable):
-            await keyring.sign("zapier", {"aud": "connect.zapier.com"}, 301)
-
-    try:
-        asyncio.run(run())
-    finally:
-        keyring.close()
-    assert seen == [("zapier", 301)]
+    replica.keyring.on_exp_violation.append(lambda keyset, ttl: seen.append((keyset, ttl)))
+    replica.run(replica.keyring.refresh(KS))
+    assert replica.run(replica.keyring.sign(KS, CLAIMS, 300)).expires_at == int(T0) + 300
+    with pytest.raises(Unavailable) as info:
+        replica.run(replica.keyring.sign(KS, CLAIMS, 301))
+    assert info.value.status == 503
+    assert seen == [(KS, 301)]

@@ -1,4 +1,7 @@
-"""The KMS backend against moto's server over HTTP (tests/kms_server.py), with AWS-fidelity patches."""
+"""What only the KMS backend does, against moto's server over HTTP (tests/kms_server.py), with AWS-fidelity
+patches: tags and aliases, GetPublicKey caching, key specs, RAW/DIGEST, throttling, outages.
+
+The behaviour every backend shares is tests/test_backend_contract.py."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +84,7 @@ def public_key(record: KeyRecord) -> Any:
 # --- contract ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_is_a_backend_and_init_makes_no_kms_call(moto_server: MotoServer, kms_alias_prefix: str) -> None:
     """Building the backend talks to nobody: a replica starts even while KMS is unreachable."""
     moto_server.reset_calls()
@@ -90,6 +93,7 @@ def test_is_a_backend_and_init_makes_no_kms_call(moto_server: MotoServer, kms_al
     b.close()
 
 
+@pytest.mark.system
 def test_create_stores_record_in_tags_and_alias(backend: KmsBackend, kms: Any) -> None:
     """create() makes one SIGN_VERIFY key, tags it with the record, aliases the slot, and returns a record
     whose kid is the RFC 7638 thumbprint of its public key."""
@@ -114,19 +118,7 @@ def test_create_stores_record_in_tags_and_alias(backend: KmsBackend, kms: Any) -
     assert expected == {k.removeprefix(TAG): v for k, v in tags.items()}
 
 
-def test_load_returns_what_create_made_from_a_fresh_replica(
-    backend: KmsBackend, moto_server: MotoServer
-) -> None:
-    """A second backend object (another replica) loads the same records, public keys included."""
-    a = backend.create("zapier", 1, "RS256", activates_at=NOW, now=NOW)
-    b = backend.create("zapier", 2, "RS256", activates_at=NOW + 50, now=NOW)
-    other = make_backend(moto_server, backend.alias_prefix)
-    loaded = other.load("zapier")
-    assert [a, b] == loaded
-    assert [a.public_jwk, b.public_jwk] == [r.public_jwk for r in loaded]  # type: ignore[union-attr]
-    assert other.load("other-keyset") == []
-
-
+@pytest.mark.system
 def test_get_public_key_once_per_key(backend: KmsBackend, moto_server: MotoServer) -> None:
     """Repeated loads read tags (mutable) but never GetPublicKey again (public keys are immutable)."""
     backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
@@ -139,6 +131,7 @@ def test_get_public_key_once_per_key(backend: KmsBackend, moto_server: MotoServe
     assert (calls.get("GetPublicKey"), calls.get("ListResourceTags"), calls.get("ListAliases")) == (2, 6, 3)
 
 
+@pytest.mark.system
 def test_update_writes_activation_and_revocation_disables(
     backend: KmsBackend, moto_server: MotoServer, kms: Any
 ) -> None:
@@ -159,6 +152,7 @@ def test_update_writes_activation_and_revocation_disables(
     assert (reloaded.revoked_at, dict(reloaded.public_jwk)) == (NOW + 8, {})
 
 
+@pytest.mark.system
 def test_destroy_schedules_deletion_with_window_and_is_idempotent(
     moto_server: MotoServer, kms_alias_prefix: str, kms: Any
 ) -> None:
@@ -168,9 +162,7 @@ def test_destroy_schedules_deletion_with_window_and_is_idempotent(
     record = backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
     assert record is not None
     destroyed = backend.destroy(record, now=NOW + 60)
-    assert destroyed.destroyed_at == NOW + 60
-    assert destroyed == backend.destroy(destroyed, now=NOW + 99)
-    assert destroyed == backend.destroy(record, now=NOW + 60)  # a replica with a stale view
+    assert destroyed == backend.destroy(record, now=NOW + 60)  # the second ScheduleKeyDeletion is refused
     meta = kms.describe_key(KeyId=f"{kms_alias_prefix}/ks/1")["KeyMetadata"]
     assert meta["KeyState"] == "PendingDeletion"
     days = (meta["DeletionDate"].timestamp() - time.time()) / 86400
@@ -180,6 +172,7 @@ def test_destroy_schedules_deletion_with_window_and_is_idempotent(
     assert [r.destroyed_at for r in make_backend(moto_server, kms_alias_prefix).load("ks")] == [NOW + 60]
 
 
+@pytest.mark.system
 def test_tampered_kid_tag_is_store_corrupt(backend: KmsBackend, moto_server: MotoServer, kms: Any) -> None:
     """A kid tag that is not the key's thumbprint is refused: a kid is self-verifying."""
     backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
@@ -189,6 +182,7 @@ def test_tampered_kid_tag_is_store_corrupt(backend: KmsBackend, moto_server: Mot
         make_backend(moto_server, backend.alias_prefix).load("ks")
 
 
+@pytest.mark.system
 def test_eddsa_and_import_are_refused(backend: KmsBackend) -> None:
     """KMS has no Ed25519 signing keys, and keysvc does not import key material into KMS."""
     with pytest.raises(ConfigError, match="EdDSA is not available with AWS KMS"):
@@ -199,6 +193,7 @@ def test_eddsa_and_import_are_refused(backend: KmsBackend) -> None:
         kms_algorithm("HS256")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("backend", "field"),
     [
@@ -227,6 +222,7 @@ def test_bad_settings_are_config_errors(backend: dict[str, Any], field: str) -> 
 # --- signing ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("alg", ALL_ALGS)
 def test_every_algorithm_signs_tokens_pyjwt_verifies(backend: KmsBackend, alg: str) -> None:
     """Each JOSE alg maps to the right KMS key spec and signing algorithm: PyJWT verifies the token
@@ -239,6 +235,7 @@ def test_every_algorithm_signs_tokens_pyjwt_verifies(backend: KmsBackend, alg: s
     assert claims == verify(mint(signer, claims), record)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(("alg", "count"), [("ES256", 2000), ("ES384", 2000), ("ES512", 500)])
 def test_ecdsa_signatures_in_bulk_all_verify(backend: KmsBackend, alg: str, count: int) -> None:
     """DER -> R||S keeps leading zeros: every one of many KMS ECDSA signatures verifies with PyJWT,
@@ -261,6 +258,7 @@ def test_ecdsa_signatures_in_bulk_all_verify(backend: KmsBackend, alg: str, coun
     assert any(short for _, short in results), "no signature exercised the leading-zero path"
 
 
+@pytest.mark.system
 def test_raw_up_to_4096_bytes_digest_above(backend: KmsBackend, moto_server: MotoServer) -> None:
     """Signing inputs of at most 4096 bytes go as MessageType=RAW, longer ones are hashed locally and sent
     as DIGEST; both verify (moto is patched to sign a DIGEST as given and to refuse RAW over 4096)."""
@@ -276,6 +274,7 @@ def test_raw_up_to_4096_bytes_digest_above(backend: KmsBackend, moto_server: Mot
     assert (calls.get("Sign:RAW"), calls.get("Sign:DIGEST")) == (2, 2)
 
 
+@pytest.mark.system
 def test_fidelity_raw_over_4096_is_refused(backend: KmsBackend, moto_server: MotoServer) -> None:
     """The patched server refuses RAW above 4096 bytes as AWS does (so the test above can fail)."""
     record = backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
@@ -286,6 +285,7 @@ def test_fidelity_raw_over_4096_is_refused(backend: KmsBackend, moto_server: Mot
         client.sign(KeyId=key_id, Message=b"x" * 4097, MessageType="RAW", SigningAlgorithm="ECDSA_SHA_256")
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("alg", ["PS256", "PS512"])
 def test_fidelity_pss_salt_is_hash_length(backend: KmsBackend, alg: str) -> None:
     """KMS PSS signatures use salt length = hash length (as AWS; moto unpatched uses the maximum): they
@@ -304,6 +304,7 @@ def test_fidelity_pss_salt_is_hash_length(backend: KmsBackend, alg: str) -> None
         key.verify(signature, message, padding.PSS(padding.MGF1(digest), max_salt), digest)
 
 
+@pytest.mark.system
 def test_fidelity_digest_is_signed_as_given(backend: KmsBackend, moto_server: MotoServer) -> None:
     """A DIGEST Sign signs the digest itself (unpatched moto hashes it again and this fails)."""
     record = backend.create("ks", 1, "ES384", activates_at=NOW, now=NOW)
@@ -341,25 +342,6 @@ def check_one_winner(kms: Any, prefix: str, keyset: str, seq: int, kids: list[st
     assert all(s == "PendingDeletion" for s in states.values()), states
 
 
-def test_cas_race_between_threads_one_winner(
-    moto_server: MotoServer, kms_alias_prefix: str, kms: Any
-) -> None:
-    """8 replicas (backend objects) create the same slot at once: one alias, one record, the losers'
-    KMS keys scheduled for deletion."""
-    replicas = [make_backend(moto_server, kms_alias_prefix, instance_id=f"r{i}") for i in range(8)]
-    barrier = threading.Barrier(len(replicas))
-
-    def race(b: KmsBackend) -> str | None:
-        barrier.wait()
-        record = b.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
-        return record.kid if record else None
-
-    with ThreadPoolExecutor(len(replicas)) as pool:
-        kids = list(pool.map(race, replicas))
-    check_one_winner(kms, kms_alias_prefix, "ks", 1, kids)
-    assert [kids[0] or kids[1] or next(k for k in kids if k)] == [r.kid for r in replicas[0].load("ks")]
-
-
 RACER = """
 import json, sys, time
 from keysvc.backends.kms import KmsBackend
@@ -371,6 +353,7 @@ print(json.dumps(r.kid if r else None))
 """
 
 
+@pytest.mark.system
 def test_cas_race_between_processes_one_winner(
     moto_server: MotoServer, kms_alias_prefix: str, kms: Any
 ) -> None:
@@ -389,6 +372,19 @@ def test_cas_race_between_processes_one_winner(
     check_one_winner(kms, kms_alias_prefix, "ks", 1, kids)
 
 
+@pytest.mark.system
+def test_fidelity_a_key_pending_deletion_takes_no_tags(backend: KmsBackend, kms: Any) -> None:
+    """The patched server refuses TagResource on a key pending deletion, as AWS does (unpatched moto
+    tags it, and a replica destroying a key with a stale copy would move its destroyed_at)."""
+    record = backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW)
+    assert record is not None
+    backend.destroy(record, now=NOW)
+    key_id = backend.signer(record).key_id
+    with pytest.raises(kms.exceptions.KMSInvalidStateException):
+        kms.tag_resource(KeyId=key_id, Tags=[{"TagKey": TAG + "destroyed_at", "TagValue": "1.0"}])
+
+
+@pytest.mark.system
 def test_lost_create_alias_answer_still_wins(
     backend: KmsBackend, moto_server: MotoServer, kms: Any
 ) -> None:
@@ -402,6 +398,7 @@ def test_lost_create_alias_answer_still_wins(
     verify(mint(backend.signer(record), {"aud": "connect.zapier.com"}), record)
 
 
+@pytest.mark.system
 def test_existing_slot_creates_no_key(backend: KmsBackend, moto_server: MotoServer) -> None:
     """A replica arriving after the slot was taken gets None without creating a KMS key."""
     assert backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW) is not None
@@ -410,6 +407,7 @@ def test_existing_slot_creates_no_key(backend: KmsBackend, moto_server: MotoServ
     assert moto_server.calls().get("CreateKey") is None
 
 
+@pytest.mark.system
 def test_repair_schedules_old_orphans_only(backend: KmsBackend, moto_server: MotoServer, kms: Any) -> None:
     """A crash between CreateKey and CreateAlias leaves an unaliased key tagged as ours; repair() leaves
     it alone during the grace period, then schedules its deletion, and never touches aliased keys or
@@ -431,6 +429,7 @@ def test_repair_schedules_old_orphans_only(backend: KmsBackend, moto_server: Mot
     assert kms.describe_key(KeyId=f"{backend.alias_prefix}x/ks/1")["KeyMetadata"]["KeyState"] == "Enabled"
 
 
+@pytest.mark.system
 def test_repair_finishes_half_done_revocation(backend: KmsBackend, kms: Any) -> None:
     """A key whose record says revoked but which is still enabled (revocation interrupted, or someone
     enabled it again) is disabled by repair()."""
@@ -446,6 +445,7 @@ def test_repair_finishes_half_done_revocation(backend: KmsBackend, kms: Any) -> 
 # --- failures ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_throttling_is_retried_then_reported(backend: KmsBackend, moto_server: MotoServer) -> None:
     """Two ThrottlingExceptions are absorbed by botocore's retries; persistent throttling becomes
     BackendUnavailable within a bounded time (max_attempts with capped backoff)."""
@@ -461,6 +461,7 @@ def test_throttling_is_retried_then_reported(backend: KmsBackend, moto_server: M
     assert time.monotonic() - started < 20
 
 
+@pytest.mark.system
 def test_unreachable_kms_is_unavailable_and_recovers(backend: KmsBackend, moto_server: MotoServer) -> None:
     """With KMS unreachable, Sign, load and create raise BackendUnavailable quickly (no hang, no other
     exception type); once it is back the same backend object works again with the same keys."""

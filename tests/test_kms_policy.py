@@ -22,6 +22,8 @@ import pytest
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.unit
+
 PREFIX = "alias/keysvc/prod"
 OUR_KEY = "arn:aws:kms:REGION:ACCOUNT:key/1111"
 FOREIGN_KEY = "arn:aws:kms:REGION:ACCOUNT:key/2222"

@@ -19,6 +19,8 @@ from keysvc.backends.kms import TAG
 from tests.helpers import KeysvcProcess, api_key, backend_syncs, base_config, wait_for
 from tests.kms_server import REGION, MotoServer
 
+pytestmark = pytest.mark.system
+
 Start = Callable[..., KeysvcProcess]
 AUD = "connect.zapier.com"
 

@@ -29,6 +29,8 @@ from keysvc.lifecycle import (
     promote,
 )
 
+pytestmark = pytest.mark.unit
+
 P, A, R = 100.0, 20.0, 10.0
 POLICY = Policy(rotation_period=P, publish_ahead=A, retain_after=R)
 INF = math.inf

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.rotation_harness import RunReport, run_rotation
 from tests.test_rotation_replicas import fast_config, start_replicas
+
+pytestmark = pytest.mark.system
 
 SIGNERS = 12
 MIN_REQUESTS = 3000

@@ -7,8 +7,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+import pytest
+
 from keysvc import logs
 from tests.conftest import LogStream
+
+pytestmark = pytest.mark.unit
 
 
 def lines(out: LogStream) -> list[dict[str, object]]:

@@ -65,6 +65,7 @@ ALLOWED_LABELS = {"keyset", "client", "outcome", "kid", "status", "listener", "r
                   "etag", "keys", "result", "backend", "version", "le"}
 
 
+@pytest.mark.system
 def test_names_types_and_labels_follow_the_conventions(server: KeysvcProcess) -> None:
     """Every keysvc_ family has a TYPE; counters end in _total; durations and timestamps are in seconds;
     only known, bounded label names appear; neither the caller's sub nor an API key is anywhere."""
@@ -86,6 +87,7 @@ def test_names_types_and_labels_follow_the_conventions(server: KeysvcProcess) ->
     assert "_created" not in result.text  # one sample per counter child, not two
 
 
+@pytest.mark.system
 def test_a_signature_counts_by_client_keyset_outcome_and_kid(server: KeysvcProcess) -> None:
     """One good sign adds 1 to requests{outcome=ok}, tokens_signed{kid}, the latency histogram and the
     internal HTTP counter; a refused one counts under its error code; no token exceeds its retention."""
@@ -111,6 +113,7 @@ def test_a_signature_counts_by_client_keyset_outcome_and_kid(server: KeysvcProce
     assert ("keysvc_token_exp_beyond_retention_total", frozenset({("keyset", "zapier")})) in after.values
 
 
+@pytest.mark.system
 def test_jwks_200_and_304_are_counted_with_bytes(server: KeysvcProcess) -> None:
     """A JWKS GET counts a 200 and its body bytes; a conditional GET counts a 304 and no bytes; the ETag
     served is the one in keysvc_jwks_info."""
@@ -132,6 +135,7 @@ def test_jwks_200_and_304_are_counted_with_bytes(server: KeysvcProcess) -> None:
     assert after.types["keysvc_jwks_info"] == "gauge"  # an info metric, as the text format exposes it
 
 
+@pytest.mark.system
 def test_rotation_changes_key_events_and_gauges(server: KeysvcProcess) -> None:
     """A forced rotation through the admin API: rotate and create events +1, a successful backend write,
     the active key age restarts near 0, one key is now retiring, a new pending key is due in ~30 days, and
@@ -168,6 +172,7 @@ def test_rotation_changes_key_events_and_gauges(server: KeysvcProcess) -> None:
     assert scrape(server).get("keysvc_backend_operations_total", operation="write", outcome="refused") == 1
 
 
+@pytest.mark.system
 def test_backend_failure_shows_in_metrics_not_in_readiness(server: KeysvcProcess) -> None:
     """With the keyset directory replaced by a regular file (root ignores chmod, so this is how a test
     makes listdir fail), syncs count as unavailable, reconcile errors rise, backend_up drops to 0 and the
@@ -213,6 +218,7 @@ def _referenced_metrics() -> set[str]:
     return set(re.findall(r"\bkeysvc_[a-z_]+\b", "\n".join(exprs)))
 
 
+@pytest.mark.system
 def test_every_metric_the_alerts_and_dashboard_query_is_exported(server: KeysvcProcess) -> None:
     """A typo in an alert or a panel would silently never fire / show nothing: each keysvc_ name they use
     is a sample name or a declared family of a running server."""
@@ -233,6 +239,7 @@ def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
     return error
 
 
+@pytest.mark.unit
 def test_backend_outcome_tells_kms_throttling_from_other_failures() -> None:
     """The outcome label comes from the error a backend raised and the botocore error it chained: AWS's
     throttling codes are `throttled`, other unavailability `unavailable`, unreadable records `corrupt`,
@@ -256,6 +263,7 @@ def test_backend_outcome_tells_kms_throttling_from_other_failures() -> None:
     assert backend_outcome(OSError("disk")) == "error"
 
 
+@pytest.mark.unit
 def test_loop_metrics_expose_exactly_what_prometheus_client_would() -> None:
     """LoopCounter and LoopHistogram (the request paths' lock-free metrics) write the same exposition text
     as prometheus_client's Counter and Histogram given the same increments and observations, bucket

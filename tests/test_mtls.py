@@ -115,6 +115,7 @@ def https(proc: KeysvcProcess) -> str:
     return proc.internal.replace("http://", "https://")
 
 
+@pytest.mark.system
 def test_client_certificates_map_to_clients_when_required(tmp_path: Path, keysvc: Start, pki: Pki) -> None:
     """require_client_cert: a certificate whose CN (or SAN URI) is in a client's cert_subjects
     authenticates as that client with no API key; a verified but unmapped certificate gets 401; a
@@ -142,6 +143,7 @@ def test_client_certificates_map_to_clients_when_required(tmp_path: Path, keysvc
         httpx.get(proc.internal + "/healthz", timeout=5).raise_for_status()
 
 
+@pytest.mark.system
 def test_optional_client_certificate_falls_back_to_api_keys(tmp_path: Path, keysvc: Start, pki: Pki) -> None:
     """Without require_client_cert, TLS clients without a certificate authenticate with API keys as
     before (and with neither get 401); mapped certificates still work."""
@@ -155,6 +157,7 @@ def test_optional_client_certificate_falls_back_to_api_keys(tmp_path: Path, keys
         assert http.post(f"{base}/v1/sign", json=SIGN).status_code == 200
 
 
+@pytest.mark.unit
 def test_tls_config_refusals(tmp_path: Path, pki: Pki) -> None:
     """cert_subjects need a client CA; require_client_cert needs a client CA; files must exist; a subject
     may name one client only; unknown keys are refused."""
@@ -177,6 +180,7 @@ def test_tls_config_refusals(tmp_path: Path, pki: Pki) -> None:
     assert settings.clients["signer"].cert_subjects == ("signer.internal",)
 
 
+@pytest.mark.unit
 def test_identities_of_a_peer_certificate() -> None:
     """CN and DNS/URI/e-mail SANs, in order, without duplicates; nothing for an unverified peer."""
     peer = {"subject": ((("commonName", "a.internal"),), (("organizationName", "x"),)),

@@ -33,6 +33,7 @@ class RecordingTransport(asyncio.Transport):
         return self.closed
 
 
+@pytest.mark.unit
 def test_an_armed_response_leaves_in_one_write_and_later_chunks_go_straight_through() -> None:
     """Armed at the start of a response: the head waits for the body, both leave in one write; a streamed
     response's later chunks are not held."""
@@ -46,6 +47,7 @@ def test_an_armed_response_leaves_in_one_write_and_later_chunks_go_straight_thro
     assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nchunk 1", b"chunk 2"]
 
 
+@pytest.mark.unit
 def test_not_armed_writes_go_straight_through() -> None:
     """An interim `100 Continue` (the protocol does not arm for it) is never held back."""
     real = RecordingTransport()
@@ -53,6 +55,7 @@ def test_not_armed_writes_go_straight_through() -> None:
     assert real.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
 
 
+@pytest.mark.unit
 def test_flush_writes_a_head_that_has_no_body() -> None:
     """HEAD: uvicorn writes no body; the protocol flushes when the response is complete."""
     real = RecordingTransport()
@@ -64,6 +67,7 @@ def test_flush_writes_a_head_that_has_no_body() -> None:
     assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 914\r\n\r\n"]
 
 
+@pytest.mark.unit
 def test_the_next_response_never_overtakes_a_held_head() -> None:
     """Arming for the next response first writes whatever the previous one left held."""
     real = RecordingTransport()
@@ -76,6 +80,7 @@ def test_the_next_response_never_overtakes_a_held_head() -> None:
     assert real.writes == [b"first head", b"second headsecond body"]
 
 
+@pytest.mark.unit
 def test_close_writes_what_is_held_first() -> None:
     """Closing (Connection: close, errors) never drops a held head."""
     real = RecordingTransport()
@@ -86,6 +91,7 @@ def test_close_writes_what_is_held_first() -> None:
     assert (real.writes, real.closed) == ([b"HTTP/1.1 500 Internal Server Error\r\n\r\n"], True)
 
 
+@pytest.mark.unit
 def test_nothing_is_written_to_a_connection_already_closing() -> None:
     """The client went away: a held head is dropped, not written to a dead socket."""
     real = RecordingTransport()
@@ -145,6 +151,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
         proc.stop()
 
 
+@pytest.mark.system
 def test_pipelined_requests_get_their_responses_whole_and_in_order(live: KeysvcProcess) -> None:
     """Three requests sent in one packet (HTTP/1.1 pipelining): three complete responses, in order."""
     get = b"GET %s HTTP/1.1\r\nHost: keysvc\r\n\r\n"
@@ -156,6 +163,7 @@ def test_pipelined_requests_get_their_responses_whole_and_in_order(live: KeysvcP
     assert json.loads(third.split(b"\r\n\r\n", 1)[1]) == {"status": "ready"}
 
 
+@pytest.mark.system
 def test_head_and_304_answers_are_not_held_back(live: KeysvcProcess) -> None:
     """HEAD (a head with no body write) and 304 (an empty body) arrive promptly and whole."""
     head = exchange(live.public, b"HEAD /.well-known/jwks.json HTTP/1.1\r\nHost: keysvc\r\n\r\n", 1, timeout=2)[0]
@@ -165,6 +173,7 @@ def test_head_and_304_answers_are_not_held_back(live: KeysvcProcess) -> None:
     assert status(exchange(live.public, request, 1, timeout=2)[0]) == 304
 
 
+@pytest.mark.system
 def test_expect_100_continue_gets_the_interim_answer_then_the_token(live: KeysvcProcess) -> None:
     """A client that waits for 100 Continue before sending its body is not left waiting."""
     body = json.dumps({"claims": {"aud": "connect.zapier.com", "sub": "u-1"}}).encode()
@@ -185,6 +194,7 @@ def test_expect_100_continue_gets_the_interim_answer_then_the_token(live: Keysvc
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["token"].count(".") == 2
 
 
+@pytest.mark.system
 def test_a_held_head_is_not_overtaken_by_the_next_pipelined_response(live: KeysvcProcess) -> None:
     """HEAD's answer is a head with no body write, so it is held to the end of the turn; the next
     pipelined response on the connection must still come after it, not before."""

@@ -17,6 +17,8 @@ import pytest
 from tests.helpers import KeysvcProcess, backend_syncs, base_config, wait_for, write_config
 from tests.kms_server import MotoServer
 
+pytestmark = pytest.mark.system
+
 REPLICAS = 3
 FAILED_SYNCS = 6  # the outage lasts until every replica has failed this many more refreshes
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,8 @@ from keysvc.config import ClientSettings, KeysetSettings, Settings, parse_yaml
 from keysvc.errors import ConfigError, Forbidden, InvalidRequest
 from keysvc.tokens import RESERVED_CLAIMS, Minter, check_sign_request
 from tests.helpers import base_config
+
+pytestmark = pytest.mark.unit
 
 # ------------------------------------------------------------------------------------------ config loader
 

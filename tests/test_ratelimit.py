@@ -6,6 +6,8 @@ import pytest
 
 from keysvc.ratelimit import TokenBucket, retry_after
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_fresh_bucket_allows_a_full_burst_then_refuses() -> None:
     """`burst` requests pass at once; the next one waits 1/rate seconds."""

@@ -6,8 +6,11 @@ import re
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.helpers import KeysvcProcess, api_key, base_config, sha256_hex
+
+pytestmark = pytest.mark.system
 
 Start = Callable[..., KeysvcProcess]
 SIGN = {"keyset": "zapier", "claims": {"sub": "u-1", "aud": "connect.zapier.com"}}

@@ -16,6 +16,8 @@ import pytest
 from tests.helpers import KeysvcProcess, api_key, backend_syncs, base_config, run_cli, wait_for, write_config
 from tests.rotation_harness import RunReport, run_rotation
 
+pytestmark = pytest.mark.system
+
 # P=4s, A=2s, R=3s, T=2s; M=1s, W=0, C=1s, I=0.5s, S=0.2s: A >= max(M+W, C)+I+S = 1.7, R >= T+I+S = 2.7
 FAST_KEYSET = {"rotation_period": "4s", "publish_ahead": "2s", "retain_after": "3s", "max_token_ttl": "2s"}
 REFRESH = 0.5

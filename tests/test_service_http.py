@@ -16,6 +16,8 @@ import pytest
 from keysvc.algorithms import ALGORITHMS
 from tests.helpers import KeysvcProcess, api_key, base_config
 
+pytestmark = pytest.mark.system
+
 ALL_ALGS = {alg.lower(): alg for alg in ALGORITHMS}
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 

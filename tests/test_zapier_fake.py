@@ -15,6 +15,8 @@ from tests.exchange_support import ISSUER, FakeJwks, FakeSigner, serve
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN, EXTERNAL_JWT, GRANT_TYPE, Grant
 from tests.zapier_fake import App, Budget, InputField, RunBehaviour, ZapierFake, running_zapier, schemas
 
+pytestmark = pytest.mark.system
+
 ALICE = ("u-alice", "t-1")
 BOB = ("u-bob", "t-1")
 

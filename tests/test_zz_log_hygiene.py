@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import LOG_DIR, SECRETS_FILE, KeysvcProcess, api_key, base_config, remember_secret, wait_for
 
@@ -49,6 +50,7 @@ def run_started_at() -> float:
         return 0.0
 
 
+@pytest.mark.system
 def test_a_server_fed_secrets_logs_none_of_them(tmp_path: Path, keysvc: Callable[..., KeysvcProcess]) -> None:
     """Signing (the token comes back), wrong and JWT-shaped API keys, secrets in claim values, in a
     malformed body, in an unknown public path and in a broken HTTP request: the access, audit and error
@@ -97,6 +99,7 @@ def test_a_server_fed_secrets_logs_none_of_them(tmp_path: Path, keysvc: Callable
     assert leaks(proc.log_text(), [wrong_key, in_body, token, api_key("signer"), api_key("admin")]) == []
 
 
+@pytest.mark.system  # it scans the logs the run's processes wrote: nothing to scan without them
 def test_no_log_of_the_whole_run_holds_a_secret_token_or_private_key() -> None:
     """Every log file written during this run (all `keysvc serve` processes, CLI runs, partner servers) is
     free of recorded secrets (API keys, client secrets), signed JWTs and PEM private keys."""
