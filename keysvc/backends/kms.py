@@ -373,16 +373,17 @@ class KmsBackend:
         if record.destroyed_at is not None:
             return record
         key_id = self._key_id(record)
-        destroyed = record.replace(destroyed_at=float(now))
         try:
             self._tag(key_id, {"destroyed_at": repr(float(now))})
         except BackendUnavailable as exc:
             if not _caused_by(exc, "KMSInvalidStateException"):
                 raise
         self._schedule_deletion(key_id)
+        # The record as stored, not the caller's copy: a copy read before a revocation (another replica's
+        # view) would otherwise be cached as this key's final record and bring the revoked key back.
         with self._lock:
-            self._final[key_id] = destroyed.replace(public_jwk=self._public.get(key_id, {}))
-        return destroyed
+            self._final.pop(key_id, None)
+        return self._record(record.keyset, record.seq, key_id)
 
     def _schedule_deletion(self, key_id: str) -> None:
         try:
