@@ -124,6 +124,7 @@ class ClientSettings:
     admin: bool = False
     token_exchange: bool = False
     exchange_scopes: tuple[str, ...] | None = None
+    zapier: bool = False  # may call the embed gateway, /v1/zapier/*
     rate_limit: RateLimit | None = None
     cert_subjects: tuple[str, ...] = ()  # client-certificate CN or SAN values that identify this client
 
@@ -382,6 +383,7 @@ def _client(name: str, sec: _Section, keysets: Mapping[str, KeysetSettings]) -> 
         admin=sec.flag("admin"),
         token_exchange=sec.flag("token_exchange"),
         exchange_scopes=scopes,
+        zapier=sec.flag("zapier"),
         rate_limit=_rate_limit(sec.section("rate_limit")),
         cert_subjects=cert_subjects,
     )

@@ -109,9 +109,10 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     extra_routes = None
     if settings.token_exchange is not None:
         from keysvc.exchange.wiring import exchange_routes
+        from keysvc.zapier.routes import zapier_routes
 
         def extra_routes(api: InternalApi) -> list[Route]:
-            return exchange_routes(settings, keyring, metrics, api)
+            return [*exchange_routes(settings, keyring, metrics, api), *zapier_routes(settings, keyring, metrics, api)]
 
     internal_app, _ = build_internal_app(settings, keyring, metrics, extra_routes)
     public_app = PublicApp(keyring, metrics, access_log=settings.access_log)

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -34,6 +34,14 @@ CONNECT_FROM: tuple[ConnectFrom, ...] = ("access_token", "jwt")
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
+@dataclass(frozen=True)
+class ApiRateLimit:
+    """This replica's budget towards the partner's API (a token bucket)."""
+
+    per_minute: float = 60.0
+    burst: int = 10
+
+
 # ruff's S105 reads "token" in a field name as a password; these are URLs and URNs, no secrets.
 @dataclass(frozen=True)
 class TokenExchangeSettings:
@@ -51,8 +59,12 @@ class TokenExchangeSettings:
     access_token_type: str = "urn:ietf:params:oauth:token-type:access-token"  # noqa: S105
     connect_token_type: str = "urn:ietf:params:oauth:token-type:connect-token"  # noqa: S105
     connect_from: ConnectFrom = "access_token"
-    scope: str = "external connection:read connection:write action:run"
+    scope: str = "external connection:read connection:write zap zap:write action:run"
     connect_url: str = "https://connect.zapier.com/to/{app}"
+    api_url: str = "https://api.zapier.com"  # the Partner API of the embed gateway (keysvc.zapier)
+    redirect_uris: tuple[str, ...] = ()  # exact-match allow-list for the Connect redirect
+    api_rate_limit: ApiRateLimit = field(default_factory=ApiRateLimit)
+    run_wait_max: float = 60.0  # the longest a caller may ask keysvc to wait for an action run
     connect_timeout: float = 5.0  # TCP + TLS handshake of one attempt
     read_timeout: float = 10.0  # waiting for the partner's answer in one attempt
     total_timeout: float = 30.0  # all attempts and back-off sleeps together
@@ -67,12 +79,12 @@ class TokenExchangeSettings:
 
 _STRINGS = (
     "keyset", "token_url", "client_id", "audience", "tenant_claim", "subject_token_type",
-    "access_token_type", "connect_token_type", "scope", "connect_url",
+    "access_token_type", "connect_token_type", "scope", "connect_url", "api_url",
 )  # fmt: skip
 _TIMEOUTS = ("connect_timeout", "read_timeout", "total_timeout")
 _KNOWN = frozenset(
     (*_STRINGS, *_TIMEOUTS, "client_secret_file", "client_secret_env", "client_auth", "connect_from",
-     "jwt_ttl", "max_attempts", "cache_margin")
+     "jwt_ttl", "max_attempts", "cache_margin", "redirect_uris", "api_rate_limit", "run_wait_max")
 )  # fmt: skip
 
 
@@ -97,9 +109,10 @@ def parse_token_exchange(
     values["client_secret"] = _secret(raw, os.environ if environ is None else environ)
     values["client_auth"] = _choice(raw, "client_auth", CLIENT_AUTH_METHODS)
     values["connect_from"] = _choice(raw, "connect_from", CONNECT_FROM)
-    settings = TokenExchangeSettings(**values, **_numbers(raw))
+    settings = TokenExchangeSettings(**values, **_numbers(raw), **_gateway(raw))
     _check_keyset(settings.keyset, keyset_algs)
     _check_url(settings.token_url, "token_url")
+    _check_url(settings.api_url, "api_url")
     _check_connect_url(settings.connect_url)
     _check_claims(settings)
     _check_scope(settings.scope)
@@ -144,6 +157,33 @@ def _numbers(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(_f("max_attempts"), f"must be an integer from 1 to 10, got {attempts!r}")
         numbers["max_attempts"] = attempts
     return numbers
+
+
+def _gateway(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The embed gateway's keys: redirect_uris, api_rate_limit, run_wait_max."""
+    values: dict[str, Any] = {}
+    if "redirect_uris" in raw:
+        uris = raw["redirect_uris"]
+        if not isinstance(uris, list) or not all(isinstance(u, str) and u for u in uris):
+            raise ConfigError(_f("redirect_uris"), "must be a list of absolute URLs")
+        for uri in uris:
+            parts = urlsplit(uri)
+            if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
+                raise ConfigError(_f("redirect_uris"), f"{uri!r} is not an absolute http(s) URL without fragment")
+        values["redirect_uris"] = tuple(uris)
+    if "api_rate_limit" in raw:
+        limit = raw["api_rate_limit"]
+        if not isinstance(limit, Mapping) or set(limit) - {"per_minute", "burst"}:
+            raise ConfigError(_f("api_rate_limit"), "must be a mapping of per_minute and burst")
+        per_minute, burst = limit.get("per_minute", 60.0), limit.get("burst", 10)
+        if isinstance(per_minute, bool) or not isinstance(per_minute, int | float) or per_minute <= 0:
+            raise ConfigError(_f("api_rate_limit.per_minute"), "must be a number > 0")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ConfigError(_f("api_rate_limit.burst"), "must be a whole number >= 1")
+        values["api_rate_limit"] = ApiRateLimit(float(per_minute), burst)
+    if "run_wait_max" in raw:
+        values["run_wait_max"] = _seconds(raw, "run_wait_max")
+    return values
 
 
 def _secret(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Secret:
