@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -50,6 +51,8 @@ class Grant:
     sub: str
     tenant: str
     scope: str
+    token_type: str = ""  # set when issued (_issue), read by the Partner API fake
+    expires_at: float = 0.0  # epoch seconds, set when issued
 
 
 @dataclass
@@ -210,7 +213,7 @@ class PartnerServer:
 
     def _issue(self, prefix: str, grant: Grant, token_type: str, expires_in: int) -> JSONResponse:
         token = f"{prefix}-{next(self.state._counter)}"
-        self.state.issued[token] = grant
+        self.state.issued[token] = replace(grant, token_type=token_type, expires_at=time.time() + expires_in)
         body = {
             "access_token": token,
             "issued_token_type": token_type,
