@@ -271,7 +271,7 @@ def choices_body(body: Any, action: str, input_id: str) -> ChoicesCall:
     f = body_fields(body, (*_CALL, "page"))
     if not PARTNER_ID.fullmatch(input_id):
         raise InvalidRequest("the input id in the path is malformed")
-    return ChoicesCall(action_call(f, action), input_id, f.integer("page", 0, MAX_OFFSET))
+    return ChoicesCall(action_call(f, action), input_id, f.integer("page", 1, MAX_OFFSET))
 
 
 def run_body(body: Any, wait_max: float) -> RunBody:
