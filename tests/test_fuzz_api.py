@@ -75,6 +75,9 @@ def test_openapi_document_is_valid_and_lists_every_route(live: KeysvcProcess) ->
     assert set(doc["paths"]) == {
         "/v1/sign", "/v1/token-exchange", "/v1/keys", "/v1/keysets/{name}/rotate", "/v1/keys/{kid}/revoke",
         "/metrics", "/healthz", "/openapi.json",
+        "/v1/zapier/apps", "/v1/zapier/connections", "/v1/zapier/connect", "/v1/zapier/connect/complete",
+        "/v1/zapier/actions", "/v1/zapier/actions/{key}/inputs", "/v1/zapier/actions/{key}/inputs/{input_id}/choices",
+        "/v1/zapier/action-runs", "/v1/zapier/action-runs/{run_id}",
     }
 
 
