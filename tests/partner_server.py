@@ -66,7 +66,9 @@ class PartnerState:
     client_id: str = "keysvc-test-client"
     client_secret: str = "s3cr3t/with+special&chars"
     client_auth: str = "client_secret_post"
-    scopes: frozenset[str] = frozenset({"external", "connection:read", "connection:write", "action:run"})
+    scopes: frozenset[str] = frozenset(
+        {"external", "connection:read", "connection:write", "zap", "zap:write", "action:run"}
+    )
     connect_prefix: str = "https://connect.zapier.com/to/"
     access_expires_in: int = 3600
     connect_expires_in: int = 360

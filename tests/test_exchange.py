@@ -85,7 +85,7 @@ def test_access_token_flow(world: World, alg: str) -> None:
             "grant_type": GRANT_TYPE,
             "subject_token_type": EXTERNAL_JWT,
             "requested_token_type": ACCESS_TOKEN,
-            "scope": "action:run connection:read connection:write external",
+            "scope": "action:run connection:read connection:write external zap zap:write",
             "client_id": world.partner.client_id,
         }
     ] == world.partner.calls

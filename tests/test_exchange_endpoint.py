@@ -75,7 +75,7 @@ def test_invalid_bodies(body: Any, words: str) -> None:
         ("action:run", frozenset({"connection:read"})),
         ("connection:read zap:write", frozenset({"connection:read"})),
         (None, frozenset()),
-        ("zap:write", None),  # no exchange_scopes: the configured scope is the ceiling
+        ("zap:delete", None),  # no exchange_scopes: the configured scope is the ceiling
     ],
 )
 def test_scopes_beyond_the_client_are_forbidden(requested: str | None, allowed: frozenset[str] | None) -> None:
