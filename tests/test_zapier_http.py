@@ -167,6 +167,8 @@ def test_partner_metrics_are_exported_with_fixed_endpoint_names(replicas: Replic
                                        "run_get"}
     assert 'keysvc_zapier_action_runs_total{status="success"}' in text
     assert 'keysvc_zapier_api_budget_total{result="cooling"} 0.0' in text
+    routes = set(re.findall(r'keysvc_http_requests_total\{listener="internal",route="(zapier_[a-z_]+)"', text))
+    assert {"zapier_connections", "zapier_connect", "zapier_run"} <= routes  # handler names, never paths
 
 
 def test_zz_no_token_secret_or_jwt_in_any_answer_or_log(replicas: Replicas) -> None:
@@ -179,8 +181,12 @@ def test_zz_no_token_secret_or_jwt_in_any_answer_or_log(replicas: Replicas) -> N
         assert not any(token in text for token in access)
         assert z.partner.client_secret not in text
         assert not JWT_SHAPE.search(text)
-    audit = [line for line in replicas.a.lines() if str(line.get("event", "")).startswith("zapier.")]
-    assert {line["event"] for line in audit} >= {"zapier.connect", "zapier.run"}
+    lines = [*replicas.a.lines(), *replicas.b.lines()]
+    audit = [line for line in lines if str(line.get("event", "")).startswith("zapier.")]
+    assert {line["event"] for line in audit} == {"zapier.connect", "zapier.complete", "zapier.run"}
+    assert all({"client", "user", "tenant", "app", "outcome"} <= set(line) for line in audit)
+    forged = [line for line in audit if line["event"] == "zapier.complete" and line["outcome"] != "ok"]
+    assert forged and forged[0]["outcome"] == "invalid_request"  # the forged state of the malformed table
 
 
 def test_zz_openapi_documents_the_gateway(replicas: Replicas, tmp_path: Path) -> None:

@@ -143,7 +143,11 @@ class ZapierGateway:
     async def complete(self, client: str, b: CompleteBody) -> dict[str, Any]:
         """Check the state, then that the returned id is one of the user's live connections of that app."""
         u = b.user
-        opened = self._states.check(b.state, self._wall(), u.user_id, u.tenant_id, b.redirect_uri)
+        try:
+            opened = self._states.check(b.state, self._wall(), u.user_id, u.tenant_id, b.redirect_uri)
+        except RequestError as exc:
+            audit_request("zapier.complete", _audit(client, u, None, outcome=exc.code, reason="state"))
+            raise
         fields = _audit(client, u, opened.app, outcome="ok")
         try:
             if b.error is not None:
@@ -280,7 +284,7 @@ class ZapierGateway:
         return await step(token.access_token)
 
 
-def _audit(client: str, user: User, app: str, **extra: Any) -> dict[str, Any]:
+def _audit(client: str, user: User, app: str | None, **extra: Any) -> dict[str, Any]:
     return {"client": client, "user": user.user_id, "tenant": user.tenant_id, "app": app, **extra}
 
 
