@@ -11,7 +11,8 @@ JWT against our JWKS), and the access tokens it issues identify the user, (sub, 
     POST /v2/action-runs                                        {data: {type: "run", id}}
     GET  /v2/action-runs/{id}                                   {data: {type, status, results, errors}}
 
-The one-element array envelopes are where the document declares them (see schemas.py). Behaviour:
+The one-element array envelopes are where the document declares them (see schemas.py); set
+`array_envelopes = False` to answer those lists bare, as a caller must also accept. Behaviour:
 - Bearer access token required; missing -> 401 (and a violation); unknown, expired or a connect token -> 401;
   a token without the scope the document names for the endpoint -> 403 (`check_scopes`).
 - Authentications are the user's own connections of that app, 10 per page by default, `links.next` to the

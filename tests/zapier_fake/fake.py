@@ -131,6 +131,7 @@ class ZapierFake:
     throttle_delay: int = 2
     choices_page_size: int = 10
     check_scopes: bool = True
+    array_envelopes: bool = True
     base_url: str = ""
     apps: dict[str, App] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
@@ -410,7 +411,11 @@ class ZapierFake:
             "links": self._page_links(call, offset, limit, len(found)),
             "meta": {"count": len(found), "limit": limit, "offset": offset},
         }
-        return JSONResponse([page])
+        return self._envelope(page)
+
+    def _envelope(self, page: dict[str, Any]) -> Response:
+        """A list answer the document types as `[{links, meta, data}]`; bare with `array_envelopes=False`."""
+        return JSONResponse([page] if self.array_envelopes else page)
 
     def _known_app(self, app_id: str) -> App | Response:
         app = self.apps.get(app_id)
@@ -464,7 +469,7 @@ class ZapierFake:
         if not found:  # a lookup that found nothing still supersedes earlier ids
             self.action_ids.latest[(call.user, app.id)] = lookup
         meta = {"count": len(data), "limit": None, "offset": 0}
-        return JSONResponse([{"links": NO_LINKS, "meta": meta, "data": data}])
+        return self._envelope({"links": NO_LINKS, "meta": meta, "data": data})
 
     def _fresh_action(self, call: Call, action_id: str, source: dict[str, str]) -> Action | Response:
         entry = self.action_ids.check(action_id, call.user, self.clock())
@@ -513,7 +518,7 @@ class ZapierFake:
             "next": str(url.include_query_params(page=str(page + 1))) if more else None,
             "prev": str(url.include_query_params(page=str(page - 1))) if page > 1 else None,
         }
-        return JSONResponse([{"data": data, "links": links, "meta": {"page": page}}])
+        return self._envelope({"data": data, "links": links, "meta": {"page": page}})
 
     def _run(self, call: Call) -> Response:
         data = call.body["data"]
