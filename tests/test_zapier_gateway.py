@@ -398,3 +398,24 @@ def test_replica_budget_limits_what_reaches_the_partner(rig: Rig) -> None:
     error = rig.run(flow, api_rate_limit=ApiRateLimit(per_minute=1, burst=1))
     assert isinstance(error, Unavailable) and error.retry_after is not None and error.retry_after > 5
     assert rig.zapier.count("GET /v2/authentications") == 1
+
+
+def test_bare_list_envelopes_are_accepted_too(rig: Rig) -> None:
+    """With the fake answering apps, actions and choices as bare `{links, meta, data}` objects (the other
+    form the document allows), listing apps, actions and choices and running an action all work."""
+    rig.zapier.array_envelopes = False
+    slack, _, cid = seed_actions(rig)
+    rig.zapier.queue_runs(RunBehaviour(pending_polls=0))
+    call = dict(app=slack.id, action_type="WRITE", connection=cid, inputs={})
+
+    async def flow(g: ZapierGateway) -> tuple[Any, ...]:
+        apps = await g.apps(requests.apps_query(q()))
+        actions = await g.actions(requests.actions_query(q(app=slack.id)))
+        choices = await g.choices(requests.choices_body(body(**call), "send_message", "channel"))
+        run = await g.run("web", requests.run_body(body(**call, action="send_message", wait=5), 60))
+        return apps, actions, choices, run
+
+    apps, actions, choices, run = rig.run(flow)
+    assert [a["id"] for a in apps["apps"]] == [slack.id]
+    assert [a["key"] for a in actions["actions"]] == ["send_message", "find_user"]
+    assert len(choices["choices"]) == 10 and run.status_code == 200
