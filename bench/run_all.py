@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "resources": (["--runs", "3"], ["--runs", "1"]),
     "rotation_latency": (["--duration", "20", "--runs", "3"], ["--duration", "9", "--algs", "ES256", "--runs", "1"]),
     "soak": (["--duration", "30"], ["--duration", "8"]),
+    "zapier_gateway": (["--runs", "3", "--requests", "200"], ["--runs", "1", "--requests", "30", "--action-runs", "1"]),
 }
 NEEDS_TOOLS = {"jwks_http", "sign_http", "scale", "latency"}
 

@@ -21,6 +21,7 @@ from keysvc.config import KeysetSettings, ReadOptions, Settings, load_settings, 
 from keysvc.errors import ConfigError, KeysvcError, RequestError
 from keysvc.jwks import build
 from keysvc.logs import setup
+from keysvc.zapier.cli import add_zapier_parser
 
 DEV_DIR = Path(".keysvc-dev")
 EXIT_FAILED = 1  # the operation failed or was refused
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     from keysvc.exchange.cli import add_exchange_parser
 
     with_config(add_exchange_parser(sub)).set_defaults(fn=cmd_exchange)
+    add_zapier_parser(sub)
     return parser
 
 

@@ -139,6 +139,23 @@ class Metrics:
         self.exchange_cache = Counter(
             "keysvc_token_exchange_cache_total", "Token-exchange access-token cache lookups", ["result"], registry=r
         )
+        # the embed gateway (keysvc.zapier): `endpoint` is our fixed name of a Partner API call, never a path
+        self.zapier_calls = Counter(
+            "keysvc_zapier_api_requests_total", "Partner API requests by endpoint (apps, authentications, actions, "
+            "inputs, choices, run_create, run_get) and outcome", ["endpoint", "outcome"], registry=r,
+        )
+        self.zapier_latency = Histogram(
+            "keysvc_zapier_api_duration_seconds", "Partner API request latency", ["endpoint"],
+            buckets=BACKEND_BUCKETS, registry=r,
+        )
+        self.zapier_runs = Counter(
+            "keysvc_zapier_action_runs_total", "Action-run answers by status (success, error, pending)", ["status"],
+            registry=r,
+        )
+        self.zapier_budget = Counter(
+            "keysvc_zapier_api_budget_total", "Partner API requests the replica's budget delayed (waited) or "
+            "refused (refused: api_rate_limit spent; cooling: after a 429)", ["result"], registry=r,
+        )
         self.canary_success = Gauge(
             "keysvc_canary_success", "1 when the last canary verification through the public JWKS URL passed",
             ["keyset"], registry=r,

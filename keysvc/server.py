@@ -110,8 +110,10 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     features: list[RouteSource] = []
     if settings.token_exchange is not None:
         from keysvc.exchange.wiring import exchange_routes
+        from keysvc.zapier.routes import zapier_routes
 
         features.append(functools.partial(exchange_routes, settings, keyring, metrics))
+        features.append(functools.partial(zapier_routes, settings, keyring, metrics))
     internal_app = build_internal_app(settings, keyring, metrics, features)
     public_app = PublicApp(keyring, metrics)
     if settings.mirror is not None:

@@ -96,6 +96,10 @@ class TokenExchanger:
         expires_in = None if expires_at is None else max(0, round(expires_at - self._clock()))
         return ExchangeResult(response.access_token, response.issued_token_type, expires_in)
 
+    def forget_access_token(self, user_id: str, tenant_id: str, scope: str | None = None) -> None:
+        """Drop the cached access token of the user (the partner answered 401 to it: revoked or expired)."""
+        self._cache.invalidate(self._key(user_id, tenant_id, scope))
+
     async def connect_token(self, user_id: str, tenant_id: str, app: str, scope: str | None = None) -> ExchangeResult:
         """A fresh single-use connect token for `app`, with the Connect URL that carries it."""
         s = self.settings

@@ -1,0 +1,132 @@
+"""The `/v1/zapier/*` routes of the internal listener: thin handlers over ZapierGateway.
+
+    zapier_routes(settings, keyring, metrics, api) -> [Route, ...]
+        client API key (Bearer), client flag `zapier: true` (else 403); authentication, the client's rate
+        limit and strict JSON body reading are the internal API's own (keysvc.http.context.RouteContext)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from keysvc.config import ClientSettings, Settings
+from keysvc.errors import Forbidden
+from keysvc.exchange.client import TokenExchanger
+from keysvc.exchange.wiring import LocalSigner, PrometheusObserver
+from keysvc.http.context import RouteContext
+from keysvc.keyring import Keyring
+from keysvc.metrics import Metrics
+from keysvc.zapier import requests
+from keysvc.zapier.budget import ApiBudget
+from keysvc.zapier.gateway import RunAnswer, ZapierGateway
+from keysvc.zapier.partner_api import PartnerApi
+from keysvc.zapier.state import StateCodec, state_key
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+ENDPOINTS = ("apps", "authentications", "actions", "inputs", "choices", "run_create", "run_get")
+
+
+class PrometheusApiObserver:
+    """Feeds Partner API calls and budget decisions to keysvc's metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def call(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """One Partner API request."""
+        self._metrics.zapier_calls.labels(endpoint, outcome).inc()
+        self._metrics.zapier_latency.labels(endpoint).observe(seconds)
+
+    def budget(self, result: str) -> None:
+        """A request delayed or refused by the replica's budget."""
+        self._metrics.zapier_budget.labels(result).inc()
+
+
+def build_gateway(settings: Settings, keyring: Keyring, metrics: Metrics) -> ZapierGateway:
+    """The gateway of this replica: its own exchanger (access-token cache), HTTP client and budget."""
+    exchange = settings.token_exchange
+    assert exchange is not None  # nosec B101 - only called when configured
+    signer = LocalSigner(keyring, settings.keysets, exchange.keyset)
+    exchanger = TokenExchanger(exchange, signer, observer=PrometheusObserver(metrics))
+    limit = exchange.api_rate_limit
+    api = PartnerApi(exchange, httpx.AsyncClient(follow_redirects=False), ApiBudget(limit.per_minute, limit.burst),
+                     observer=PrometheusApiObserver(metrics))
+    states = StateCodec(state_key(exchange.client_secret.reveal()))
+    for result in ("waited", "refused", "cooling"):
+        metrics.zapier_budget.labels(result)  # at 0 from the start, so alerts see the first increment
+    for status in ("success", "error", "pending"):
+        metrics.zapier_runs.labels(status)
+    return ZapierGateway(exchanger, api, states, on_run=lambda status: metrics.zapier_runs.labels(status).inc())
+
+
+def zapier_routes(settings: Settings, keyring: Keyring, metrics: Metrics, api: RouteContext) -> list[Route]:
+    """The gateway's routes, for `settings.token_exchange`."""
+    gateway = build_gateway(settings, keyring, metrics)
+    exchange = settings.token_exchange
+    assert exchange is not None  # nosec B101 - only called when configured
+    Handler = Callable[[Request, ClientSettings], Awaitable[Any]]
+
+    def route(path: str, method: str, handle: Handler, name: str) -> Route:
+        async def endpoint(request: Request) -> Response:
+            client = api.client(request)
+            if not client.zapier:
+                raise Forbidden("this client may not call /v1/zapier/* (zapier is not set)")
+            answer = await handle(request, client)
+            if isinstance(answer, RunAnswer):
+                return JSONResponse(answer.body, status_code=answer.status_code, headers=_NO_STORE)
+            return JSONResponse(answer, headers=_NO_STORE)
+
+        endpoint.__name__ = name  # the access log's and http_requests_total's bounded route label
+        return Route(path, endpoint, methods=[method])
+
+    def query(request: Request) -> list[tuple[str, str]]:
+        return request.query_params.multi_items()
+
+    async def apps(request: Request, client: ClientSettings) -> Any:
+        return await gateway.apps(requests.apps_query(query(request)))
+
+    async def connections(request: Request, client: ClientSettings) -> Any:
+        return await gateway.connections(requests.connections_query(query(request)))
+
+    async def connect(request: Request, client: ClientSettings) -> Any:
+        body = requests.connect_body(await api.body(request), exchange.redirect_uris)
+        return await gateway.connect(client.name, body)
+
+    async def complete(request: Request, client: ClientSettings) -> Any:
+        return await gateway.complete(client.name, requests.complete_body(await api.body(request)))
+
+    async def actions(request: Request, client: ClientSettings) -> Any:
+        return await gateway.actions(requests.actions_query(query(request)))
+
+    async def inputs(request: Request, client: ClientSettings) -> Any:
+        key = request.path_params["key"]
+        return await gateway.inputs(requests.inputs_body(await api.body(request), key))
+
+    async def choices(request: Request, client: ClientSettings) -> Any:
+        key, input_id = request.path_params["key"], request.path_params["input_id"]
+        return await gateway.choices(requests.choices_body(await api.body(request), key, input_id))
+
+    async def run(request: Request, client: ClientSettings) -> Any:
+        return await gateway.run(client.name, requests.run_body(await api.body(request), exchange.run_wait_max))
+
+    async def run_status(request: Request, client: ClientSettings) -> Any:
+        run_id = request.path_params["run_id"]
+        return await gateway.run_status(requests.run_query(query(request), run_id, exchange.run_wait_max))
+
+    return [
+        route("/v1/zapier/apps", "GET", apps, "zapier_apps"),
+        route("/v1/zapier/connections", "GET", connections, "zapier_connections"),
+        route("/v1/zapier/connect", "POST", connect, "zapier_connect"),
+        route("/v1/zapier/connect/complete", "POST", complete, "zapier_complete"),
+        route("/v1/zapier/actions", "GET", actions, "zapier_actions"),
+        route("/v1/zapier/actions/{key}/inputs", "POST", inputs, "zapier_inputs"),
+        route("/v1/zapier/actions/{key}/inputs/{input_id}/choices", "POST", choices, "zapier_choices"),
+        route("/v1/zapier/action-runs", "POST", run, "zapier_run"),
+        route("/v1/zapier/action-runs/{run_id}", "GET", run_status, "zapier_run_status"),
+    ]

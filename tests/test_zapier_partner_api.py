@@ -1,0 +1,146 @@
+"""PartnerApi against a scripted Partner API on 127.0.0.1: which calls are retried (reads) and which never
+are (creating a run), envelopes, and the budget's cooldown after a 429. Sleeps are on a test clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from keysvc.config import Secret
+from keysvc.errors import RequestError, Unavailable, UpstreamError
+from keysvc.exchange.settings import TokenExchangeSettings
+from keysvc.zapier.budget import ApiBudget
+from keysvc.zapier.partner_api import PartnerApi, PartnerUnauthorized
+from tests.exchange_support import serve
+
+pytestmark = pytest.mark.system
+
+TOKEN = "at-scripted-access-token-0123456789abcdef"
+
+
+@dataclass
+class Script:
+    """Answers in order (status, body, headers); records what arrived."""
+
+    answers: list[tuple[int, Any, dict[str, str]]] = field(default_factory=list)
+    seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def any_path(request: Request) -> Response:
+            self.seen.append((request.method, request.url.path, request.headers.get("authorization")))
+            status, body, headers = self.answers.pop(0) if self.answers else (200, {"data": []}, {})
+            if isinstance(body, bytes):
+                return Response(body, status_code=status, headers=headers)
+            return JSONResponse(body, status_code=status, headers=headers)
+
+        return Starlette(routes=[Route("/{path:path}", any_path, methods=["GET", "POST"])])
+
+
+@dataclass
+class Clock:
+    now: float = 0.0
+    slept: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def script() -> Iterator[tuple[Script, str]]:
+    """The scripted server and its base URL."""
+    s = Script()
+    with serve(s.app()) as url:
+        yield s, url
+
+
+def call(url: str, method: str, clock: Clock | None = None, budget: ApiBudget | None = None,
+         retry: bool = True) -> dict[str, Any]:
+    settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), api_url=url, max_attempts=4,
+                                     total_timeout=30.0)
+    clock = clock or Clock()
+
+    async def go() -> dict[str, Any]:
+        async with httpx.AsyncClient() as http:
+            api = PartnerApi(settings, http, budget or ApiBudget(6000, 100), clock=clock, sleep=clock.sleep)
+            if method == "GET":
+                return await api.get("authentications", "/v2/authentications", TOKEN, {"app": "x"})
+            return await api.post("run_create", "/v2/action-runs", TOKEN, {"data": {}}, retry=retry)
+
+    return asyncio.run(go())
+
+
+def error_body(status: int, detail: str = "detail") -> dict[str, Any]:
+    return {"errors": [{"status": status, "code": "c", "title": "t", "detail": detail, "source": None}]}
+
+
+def test_reads_are_retried_after_5xx_and_succeed(script: tuple[Script, str]) -> None:
+    """A GET answered 503 then 500 then 200 returns the 200; the token went as a Bearer each time."""
+    s, url = script
+    s.answers = [(503, error_body(503), {"Retry-After": "2"}), (500, error_body(500), {}), (200, {"data": [1]}, {})]
+    clock = Clock()
+    assert call(url, "GET", clock) == {"data": [1]}
+    assert [a for a, _, _ in s.seen] == ["GET"] * 3 and all(h == f"Bearer {TOKEN}" for _, _, h in s.seen)
+    assert clock.slept[0] >= 2.0  # Retry-After honoured
+
+
+def test_creating_a_run_is_never_retried(script: tuple[Script, str]) -> None:
+    """POST /v2/action-runs answered 500 is a 502 after ONE request: a retry could run the action twice."""
+    s, url = script
+    s.answers = [(500, error_body(500), {}), (200, {"data": {"id": "r"}}, {})]
+    with pytest.raises(UpstreamError):
+        call(url, "POST", retry=False)
+    assert len(s.seen) == 1
+
+
+def test_a_429_cools_the_budget_down(script: tuple[Script, str]) -> None:
+    """A 429 is a 503 with Zapier's Retry-After; the next call is refused without being sent."""
+    s, url = script
+    s.answers = [(429, error_body(429), {"Retry-After": "30"})]
+    budget, clock = ApiBudget(600, 10), Clock()
+    with pytest.raises(Unavailable) as first:
+        call(url, "GET", clock, budget)
+    with pytest.raises(Unavailable) as second:
+        call(url, "GET", clock, budget)
+    assert (first.value.retry_after, len(s.seen)) == (30, 1)
+    assert second.value.retry_after is not None and 1 <= second.value.retry_after <= 30
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ((401, error_body(401), {}), PartnerUnauthorized),
+    ((200, b"not json", {}), UpstreamError),
+    ((200, [1, 2], {}), UpstreamError),
+    ((200, [{"data": [], "links": {}}], {}), None),  # the document's one-element array envelope
+])
+def test_answers_map_to_results_or_errors(script: tuple[Script, str], answer: tuple[int, Any, dict[str, str]],
+                                          expected: type[RequestError] | None) -> None:
+    """401 is PartnerUnauthorized (the gateway renews the token); garbage is a 502; [object] is the object."""
+    s, url = script
+    s.answers = [answer]
+    if expected is None:
+        assert call(url, "GET") == {"data": [], "links": {}}
+    else:
+        with pytest.raises(expected):
+            call(url, "GET")
+        assert len(s.seen) == 1  # neither 401 nor a malformed 2xx is retried
+
+
+def test_errors_never_carry_the_token(script: tuple[Script, str]) -> None:
+    """A partner detail echoing our bearer token comes back redacted."""
+    s, url = script
+    s.answers = [(400, error_body(400, f"bad token {TOKEN}"), {})]
+    with pytest.raises(RequestError) as info:
+        call(url, "GET")
+    assert TOKEN not in info.value.description and "[redacted]" in info.value.description
