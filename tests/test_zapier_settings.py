@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from keysvc.config import parse_settings
+from keysvc.config import ReadOptions, parse_settings
 from keysvc.errors import ConfigError
 from keysvc.exchange.settings import ApiRateLimit, TokenExchangeSettings, parse_token_exchange
 from tests.helpers import base_config
@@ -47,7 +47,7 @@ def test_gateway_keys_are_read() -> None:
     ({"redirect_uris": ["https://app.example/cb#frag"]}, "token_exchange.redirect_uris"),
     ({"api_rate_limit": {"per_minute": 0}}, "token_exchange.api_rate_limit.per_minute"),
     ({"api_rate_limit": {"burst": 0}}, "token_exchange.api_rate_limit.burst"),
-    ({"api_rate_limit": {"per_second": 1}}, "token_exchange.api_rate_limit"),
+    ({"api_rate_limit": {"per_second": 1}}, "token_exchange.api_rate_limit.per_second"),
     ({"run_wait_max": "soon"}, "token_exchange.run_wait_max"),
 ])
 def test_bad_gateway_keys_name_their_field(raw: dict[str, Any], field: str) -> None:
@@ -58,8 +58,12 @@ def test_bad_gateway_keys_name_their_field(raw: dict[str, Any], field: str) -> N
 
 
 def test_client_zapier_flag(tmp_path: Any) -> None:
-    """`zapier: true` on a client is read; clients without it may not use the gateway."""
+    """`zapier: true` on a client is read (it needs a token_exchange section); clients without it may not use
+    the gateway."""
     config = base_config(tmp_path / "keys")
     config["clients"]["signer"]["zapier"] = True
-    settings = parse_settings(config)
+    with pytest.raises(ConfigError, match="token_exchange"):
+        parse_settings(config)
+    config["token_exchange"] = {"client_id": "keysvc", "client_secret_env": "ZAPIER_TEST_SECRET", "keyset": "zapier"}
+    settings = parse_settings(config, ReadOptions(environ={"ZAPIER_TEST_SECRET": "s3cret"}))
     assert settings.clients["signer"].zapier is True and settings.clients["admin"].zapier is False
