@@ -11,7 +11,13 @@ TOOLS_STAMP := $(TOOLS)/.installed
 # node `jose`: an independent verifier of our tokens, in another language
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: run test lint unit bench tools clean
+.PHONY: run test lint unit bench tools clean image
+
+# The image: keysvc:$(VERSION), labelled with the version and the git revision it was built from.
+IMAGE ?= keysvc
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DOCKER ?= docker
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +42,11 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+image:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make image: no '$(DOCKER)' command here; build where a Docker engine runs (a workstation or a CI runner with Docker)" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make image: '$(DOCKER)' is installed but no Docker engine answers (daemon not running, or DOCKER_HOST unreachable)" >&2; exit 1; }
+	$(DOCKER) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE):$(VERSION) .
 
 clean:
 	rm -rf $(VENV) .keysvc-dev .pytest_cache .mypy_cache

@@ -118,7 +118,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"ok: {len(settings.keysets)} keyset(s), {len(settings.clients)} client(s), "
         f"backend {settings.backend.type}{offline}"
     )
-    return 0
+    if not args.connect:
+        return 0
+    from keysvc import preflight
+
+    checks = preflight.run(settings)
+    for check in checks:
+        print(check.line(), flush=True)
+    return preflight.exit_status(checks)
 
 
 def _now() -> float:
@@ -242,8 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
         fn=cmd_serve
     )
     p = with_config(sub.add_parser("check-config", help="validate the configuration and exit"))
-    p.add_argument("--offline", action="store_true",
-                   help="check that secrets and TLS files are configured, not that they are readable here")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--offline", action="store_true",
+                      help="check that secrets and TLS files are configured, not that they are readable here")
+    mode.add_argument("--connect", action="store_true",
+                      help="also prove the backend, IAM, the S3 mirror and the partner URLs work from here "
+                      "(exit 1 if any check fails)")
     p.set_defaults(fn=cmd_check_config)
     keys = sub.add_parser("keys", help="inspect and operate keys directly on the backend").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION"

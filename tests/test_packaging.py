@@ -1,0 +1,72 @@
+"""Packaging: the Python clients import none of the server stack, and requirements.lock pins a version of
+every dependency the service (`keysvc[server]`) declares."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.helpers import ROOT
+
+SERVER_ONLY = ("starlette", "uvicorn", "uvloop", "httptools", "boto3", "botocore", "apscheduler",
+               "prometheus_client", "jwcrypto", "orjson")
+# keysvc.zapier.client (the gateway's client) joins when its branch is merged
+CLIENT_MODULES = ["keysvc.exchange", *(["keysvc.zapier.client"] if importlib.util.find_spec("keysvc.zapier") else [])]
+
+
+@pytest.mark.parametrize("module", CLIENT_MODULES)
+def test_client_modules_import_no_server_dependency(module: str) -> None:
+    """In a fresh interpreter, importing a client module loads none of the server-only packages, so
+    `pip install keysvc[client]` (httpx, PyYAML, cryptography) is enough to use it."""
+    probe = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
+
+    assert sorted(loaded & set(SERVER_ONLY)) == []
+
+
+def _project() -> dict[str, object]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return dict(tomllib.load(f)["project"])
+
+
+def test_lock_pins_every_server_and_base_dependency_within_its_bounds() -> None:
+    """The image installs requirements.lock with --no-deps: each requirement of the base install and of the
+    `server` extra (marker applying on Linux) must be pinned there at a version its specifier allows."""
+    project = _project()
+    extras = project["optional-dependencies"]
+    assert isinstance(extras, dict)
+    pins = {canonicalize_name(name): version for name, version in
+            re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", (ROOT / "requirements.lock").read_text(), re.M)}
+    wanted = [Requirement(r) for r in [*project["dependencies"], *extras["server"]]]  # type: ignore[misc]
+    linux = {"sys_platform": "linux", "platform_system": "Linux"}
+
+    problems = [
+        f"{req} (lock: {pins.get(canonicalize_name(req.name))})"
+        for req in wanted
+        if (req.marker is None or req.marker.evaluate(linux))
+        and not req.specifier.contains(pins.get(canonicalize_name(req.name), "0.0.0.dev0"), prereleases=True)
+    ]
+    assert problems == []
+
+
+def test_client_extra_is_the_base_install_and_the_lock_drops_uvicorn_standard() -> None:
+    """`keysvc[client]` names exactly the base dependencies; websockets, watchfiles and python-dotenv (what
+    uvicorn[standard] would add and keysvc never uses) are not in the lock."""
+    project = _project()
+    extras = project["optional-dependencies"]
+    assert isinstance(extras, dict)
+    lock = (ROOT / "requirements.lock").read_text()
+
+    assert sorted(extras["client"]) == sorted(project["dependencies"])  # type: ignore[arg-type]
+    assert [name for name in ("websockets", "watchfiles", "python-dotenv") if f"\n{name}==" in lock] == []
