@@ -9,7 +9,11 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.system
 
 FAKE_DOCKER = """#!/bin/sh
 echo "$*" >> "{log}"

@@ -22,6 +22,7 @@ SERVER_ONLY = ("starlette", "uvicorn", "uvloop", "httptools", "boto3", "botocore
 CLIENT_MODULES = ["keysvc.exchange", *(["keysvc.zapier.client"] if importlib.util.find_spec("keysvc.zapier") else [])]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("module", CLIENT_MODULES)
 def test_client_modules_import_no_server_dependency(module: str) -> None:
     """In a fresh interpreter, importing a client module loads none of the server-only packages, so
@@ -40,6 +41,7 @@ def _project() -> dict[str, object]:
         return dict(tomllib.load(f)["project"])
 
 
+@pytest.mark.unit
 def test_lock_pins_every_server_and_base_dependency_within_its_bounds() -> None:
     """The image installs requirements.lock with --no-deps: each requirement of the base install and of the
     `server` extra (marker applying on Linux) must be pinned there at a version its specifier allows."""
@@ -60,6 +62,7 @@ def test_lock_pins_every_server_and_base_dependency_within_its_bounds() -> None:
     assert problems == []
 
 
+@pytest.mark.unit
 def test_client_extra_is_the_base_install_and_the_lock_drops_uvicorn_standard() -> None:
     """`keysvc[client]` names exactly the base dependencies; websockets, watchfiles and python-dotenv (what
     uvicorn[standard] would add and keysvc never uses) are not in the lock."""

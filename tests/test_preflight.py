@@ -25,6 +25,8 @@ from tests.kms_server import REGION, MotoServer, free_port
 from tests.test_kms_service import kms_config
 from tests.test_mtls import Pki, pki  # noqa: F401 - the CA and 127.0.0.1 server certificate fixture
 
+pytestmark = pytest.mark.system
+
 
 def lines(result: Any) -> list[str]:
     """The check lines of a `check-config --connect` run (the first line is the config summary)."""
