@@ -60,6 +60,17 @@ class Address:
 
 
 @dataclass(frozen=True)
+class ListenTimeouts:
+    """How long a client may take, per connection of either listener (seconds): to send a request head
+    (from the connection's start or the head's first byte), to send a body once the head is in, and to
+    send nothing between requests (keep-alive)."""
+
+    head: float = 10.0
+    body: float = 30.0
+    keepalive: float = 5.0
+
+
+@dataclass(frozen=True)
 class BackendSettings:
     """Where keys live. Fields not used by the chosen `type` keep their defaults."""
 
@@ -173,6 +184,7 @@ class Settings:
     mirror: MirrorSettings | None = None
     access_log: bool = True
     tls: TlsSettings | None = None
+    listen_timeouts: ListenTimeouts = ListenTimeouts()
 
     @property
     def default_keyset(self) -> str | None:
@@ -458,6 +470,15 @@ def parse_settings(raw: object) -> Settings:
     public = _address(listen.text("public", "0.0.0.0:8080"), "listen.public")
     internal = _address(listen.text("internal", "127.0.0.1:8081"), "listen.internal")
     tls = _tls(listen.section("tls"))
+    listen_timeouts = ListenTimeouts(
+        head=listen.duration("head_timeout", "10s"),
+        body=listen.duration("body_timeout", "30s"),
+        keepalive=listen.duration("keepalive_timeout", "5s"),
+    )
+    for key, seconds in (("head_timeout", listen_timeouts.head), ("body_timeout", listen_timeouts.body),
+                         ("keepalive_timeout", listen_timeouts.keepalive)):
+        if seconds <= 0:  # 0 would close every connection at once, not disable the timeout
+            raise ConfigError(f"listen.{key}", "must be more than 0s")
     listen.done()
     if (public.host, public.port) == (internal.host, internal.port) and public.port != 0:
         raise ConfigError("listen.internal", "must differ from listen.public")
@@ -538,6 +559,7 @@ def parse_settings(raw: object) -> Settings:
         mirror=mirror,
         access_log=access_log,
         tls=tls,
+        listen_timeouts=listen_timeouts,
     )
     top.done()
     check_invariants(settings)

@@ -256,6 +256,8 @@ class SignEndpoint:
                 head.insert(-1, _ALLOW_POST)
             await _send(send, exc.status, head, error_body(exc))
             return exc.status
+        except ClientDisconnect:  # gone mid-body, or cut by the listener's body timeout (which answered 408)
+            return 499
         except Exception as exc:
             LOG.error("unexpected error", extra={"path": scope["path"], "error_type": type(exc).__name__})
             await _send(send, 500, [_JSON, (b"x-request-id", rid)], _INTERNAL_ERROR)
