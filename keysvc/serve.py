@@ -14,7 +14,7 @@ import uvicorn
 
 from keysvc import tls
 from keysvc.config import ListenTimeouts, Settings
-from keysvc.http.protocol import MAX_REQUEST_HEAD, ProtocolConfig, check_uvicorn
+from keysvc.http.protocol import ProtocolConfig, check_uvicorn
 from keysvc.logs import LOG
 from keysvc.service import Service, build_service
 
@@ -27,8 +27,7 @@ def listener(app: Any, host: str, port: int, timeouts: ListenTimeouts | None = N
     config = ProtocolConfig(
         app, timeouts=timeouts or ListenTimeouts(), host=host, port=port, lifespan="off", access_log=False,
         log_config=None, server_header=False, date_header=True, timeout_graceful_shutdown=20, loop="auto",
-        ws="none", proxy_headers=False, limit_concurrency=None, backlog=LISTEN_BACKLOG,
-        h11_max_incomplete_event_size=MAX_REQUEST_HEAD, **ssl_options,
+        ws="none", proxy_headers=False, limit_concurrency=None, backlog=LISTEN_BACKLOG, **ssl_options,
     )
     return _Server(config)
 
