@@ -1,6 +1,6 @@
 """keysvc.http.protocol.KeysvcHttpProtocol driven directly, over a recording transport: only requests in
-flight count against MAX_IN_FLIGHT (open connections never do), and the refusal past it is the JSON 503
-contract with Retry-After."""
+flight count against MAX_IN_FLIGHT (open connections never do), the refusal past it is the JSON 503
+contract with Retry-After, and a malformed request gets a JSON 400."""
 
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ class PeerTransport(RecordingTransport):
         return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
 
 
-async def answer(state: ServerState) -> bytes:
-    """What one connection of a listener in `state` answers to REQUEST."""
+async def answer(state: ServerState, request: bytes = REQUEST) -> bytes:
+    """What one connection of a listener in `state` answers to `request`."""
     config = ProtocolConfig(ok_app, timeouts=ListenTimeouts(), lifespan="off", log_config=None, access_log=False)
     protocol = KeysvcHttpProtocol(config=config, server_state=state, app_state={})
     transport = PeerTransport()
     protocol.connection_made(transport)
-    protocol.data_received(REQUEST)
+    protocol.data_received(request)
     for _ in range(20):
         await asyncio.sleep(0)
     protocol.connection_lost(None)
@@ -68,3 +68,12 @@ def test_past_the_in_flight_limit_the_answer_is_json_503_with_retry_after() -> N
     assert head.startswith(b"HTTP/1.1 503 ")
     assert {b"content-type: application/json", b"retry-after: 1", b"connection: close"} <= set(head.split(b"\r\n"))
     assert json.loads(body)["error"] == "unavailable"
+
+
+def test_a_malformed_request_gets_a_json_400_not_uvicorns_plain_text() -> None:
+    """Bytes httptools cannot parse: 400 `invalid_request` JSON and the connection closed."""
+    raw = asyncio.run(answer(ServerState(), b"GET / HTTP/1.1\r\nHost: keysvc\r\nbroken header\r\n\r\n"))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert {b"content-type: application/json", b"connection: close"} <= set(head.split(b"\r\n"))
+    assert json.loads(body) == {"error": "invalid_request", "error_description": "malformed HTTP request"}

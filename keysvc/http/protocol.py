@@ -6,6 +6,7 @@ needs and one write per response.
   answer is 408 `request_timeout` and the connection is closed (silently when nothing was sent). Idle
   keep-alive connections close after `keepalive` seconds (uvicorn's own timer).
 - Space: a request head over MAX_REQUEST_HEAD bytes is answered 431 and the connection closed.
+- Every refusal the protocol writes itself (400 malformed, 408, 431, 503) is the JSON error contract.
 - Load: only requests in flight count against MAX_IN_FLIGHT (never open connections, so idle ones cannot
   starve real requests); past it the answer is 503 `unavailable` with Retry-After.
 - One write: a response's head waits for its body (OneWriteResponses).
@@ -83,6 +84,7 @@ def refusal(status_line: bytes, exc: RequestError) -> bytes:
 HEAD_TIMEOUT = refusal(b"408 Request Timeout", RequestTimeout("the request head was not sent in time"))
 BODY_TIMEOUT = refusal(b"408 Request Timeout", RequestTimeout("the request body was not sent in time"))
 HEAD_TOO_LARGE = refusal(b"431 Request Header Fields Too Large", InvalidRequest("request headers too large"))
+MALFORMED = refusal(b"400 Bad Request", InvalidRequest("malformed HTTP request"))
 _BUSY = Unavailable("too many requests in flight, retry later", retry_after=BUSY_RETRY_AFTER)
 
 
@@ -239,12 +241,8 @@ class KeysvcHttpProtocol(HttpToolsProtocol):
             raise ValueError("request head too large")  # httptools aborts: send_400_response below
 
     def send_400_response(self, msg: str) -> None:
-        self._flush_held()  # a response head still held goes out before this answer
-        if self._too_large:
-            self._refuse(HEAD_TOO_LARGE)
-        else:
-            self._disarm()
-            super().send_400_response(msg)
+        """httptools refused the request (uvicorn has logged why): JSON, not uvicorn's plain-text 400."""
+        self._refuse(HEAD_TOO_LARGE if self._too_large else MALFORMED)
 
     # ------------------------------------------------------------------------------------- deadlines
 
