@@ -1,4 +1,4 @@
-"""Baseline servers on keysvc's own uvicorn settings (`keysvc.server._server`, uvloop like `keysvc serve`).
+"""Baseline servers on keysvc's own uvicorn settings (`keysvc.serve.listener`, uvloop like `keysvc serve`).
 
     python bench/baseline_app.py KIND BODY_FILE HEADERS_JSON
 
@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keysvc.server import _bound, _server
+from keysvc.serve import bound_address, listener
 
 
 def raw_app(body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
@@ -60,7 +60,7 @@ async def main(kind: str, body: bytes, headers: dict[str, str]) -> None:
         app = raw_app(body, raw_headers)
     else:
         app = starlette_app(kind, body, headers)
-    server = _server(app, "127.0.0.1", 0, None)
+    server = listener(app, "127.0.0.1", 0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,7 +70,7 @@ async def main(kind: str, body: bytes, headers: dict[str, str]) -> None:
         if task.done():
             raise SystemExit("baseline server failed to start")
         await asyncio.sleep(0.01)
-    print(json.dumps({"url": f"http://{_bound(server)}"}), flush=True)
+    print(json.dumps({"url": f"http://{bound_address(server)}"}), flush=True)
     await stop.wait()
     server.should_exit = True
     await task

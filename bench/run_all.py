@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in turn, then one summary of the issue-9 / issue-3 targets.
 
 Each script prints its own table (figures, the baseline measured in the same invocation, ratios, medians
-of several runs). Bounded: about 12 minutes on a 2-core machine. Loopback only.
+of several runs). Bounded: about 14 minutes on a 2-core machine. Loopback only.
 
     .venv/bin/python bench/run_all.py            # the full run (what docs/benchmarks.md shows)
     .venv/bin/python bench/run_all.py --quick    # one short run per figure: a smoke test, not figures
@@ -36,6 +36,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "rotation_latency": (["--duration", "20", "--runs", "3"], ["--duration", "9", "--algs", "ES256", "--runs", "1"]),
     "soak": (["--duration", "30"], ["--duration", "8"]),
     "zapier_gateway": (["--runs", "3", "--requests", "200"], ["--runs", "1", "--requests", "30", "--action-runs", "1"]),
+    "slowloris": (["--duration", "12"], ["--duration", "3", "--idle", "1000", "--slow", "100"]),
 }
 NEEDS_TOOLS = {"jwks_http", "sign_http", "scale", "latency"}
 

@@ -56,7 +56,7 @@ def scaled_config(keys: Path, keysets: int, clients: int, signing_keyset: str) -
 def refresh_cost(keysets: int, runs: int, work: Path) -> tuple[int, float]:
     """(keys loaded, median seconds of one full refresh) for `keysets` keysets on a fresh directory."""
     from keysvc.config import parse_settings
-    from keysvc.server import build_service
+    from keysvc.service import build_service
 
     config = scaled_config(work / f"refresh-{keysets}", keysets, 1, "ks000")
     service = build_service(parse_settings(config))
@@ -74,7 +74,7 @@ def refresh_cost(keysets: int, runs: int, work: Path) -> tuple[int, float]:
         times = asyncio.run(measure())
         keys = sum(len(v.records) for name in config["keysets"] if (v := service.keyring.view(name)) is not None)
     finally:
-        service.stop()
+        service.close()
     return keys, statistics.median(times)
 
 

@@ -40,7 +40,7 @@ def inprocess_rs256_rate(config: dict[str, object], runs: int, seconds: float) -
 
     from bench.mint_inprocess import rate
     from keysvc.config import parse_settings
-    from keysvc.server import build_service
+    from keysvc.service import build_service
     from keysvc.tokens import check_sign_request
 
     settings = parse_settings(config)
@@ -61,7 +61,7 @@ def inprocess_rs256_rate(config: dict[str, object], runs: int, seconds: float) -
         return [rate(mint, seconds) for _ in range(runs)]
     finally:
         os.sched_setaffinity(0, previous)
-        service.stop()
+        service.close()
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from keysvc.logs import LOG
-    from keysvc.server import serve
+    from keysvc.serve import serve
 
     settings = _settings(args)
     if args.dev:

@@ -8,6 +8,7 @@
     │   ├── Forbidden                 403 forbidden
     │   ├── NotFound                  404 not_found
     │   ├── MethodNotAllowed          405 method_not_allowed (Allow)
+    │   ├── RequestTimeout            408 request_timeout (a head or body not sent in time)
     │   ├── Conflict                  409 conflict (e.g. rotation not yet safe)
     │   ├── PayloadTooLarge           413 payload_too_large
     │   ├── UnsupportedMediaType      415 unsupported_media_type
@@ -83,6 +84,10 @@ class MethodNotAllowed(RequestError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": self.allow}
+
+
+class RequestTimeout(RequestError):
+    status, code = 408, "request_timeout"
 
 
 class Conflict(RequestError):

@@ -144,10 +144,10 @@ def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     _handler = handler
-    # What JsonFormatter never writes, so no record needs to collect it: the caller's file and line (a
-    # stack walk per record), thread and process names. The switches the logging docs list under
-    # "Optimization"; together about a third of the cost of a record.
-    logging._srcfile = None
+    # What JsonFormatter never writes, so no record needs to collect it: thread and process names (public
+    # switches the logging docs list under "Optimization"). The caller's file and line stay collected:
+    # per-request lines make no LogRecord at all (event(), audit_requests()), so the stack walk only costs
+    # the rare records, and setting the private `logging._srcfile` would change it for every library.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler"):
         lg = logging.getLogger(name)

@@ -1,4 +1,5 @@
-"""keysvc.batching: the signatures of one event-loop turn run back to back, each for its own request."""
+"""keysvc.batching: the first signature of an event-loop turn runs at once, the turn's others back to back
+when it ends, each for its own request."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ class RecordingSigner:
         return signing_input[::-1]
 
 
-def test_a_turns_signatures_run_together_after_every_request_queued() -> None:
-    """Five requests reaching the signing step in one turn are all queued before the first signature,
-    and each gets its own token (in the order they queued)."""
+def test_the_first_request_of_a_turn_is_signed_at_once_and_the_others_together_after_it() -> None:
+    """Five requests reaching the signing step in one turn: the first is signed before the second arrives
+    (it waits for nothing), the other four are all queued before any of them is signed, and each request
+    gets its own token."""
     events: list[str] = []
     minters = [Minter(RecordingSigner(events, kid=f"k{i}"), "https://issuer") for i in range(5)]
     batch = SignBatch()
@@ -52,8 +54,25 @@ def test_a_turns_signatures_run_together_after_every_request_queued() -> None:
 
     jtis = asyncio.run(scenario())
     assert len(set(jtis)) == 5
-    assert events[:5] == [f"queued {i}" for i in range(5)]
-    assert len([e for e in events[5:] if e.startswith("signed")]) == 5
+    assert events[:2] == ["queued 0", "signed " + events[1].split()[1]]
+    assert events[2:6] == [f"queued {i}" for i in range(1, 5)]
+    assert len([e for e in events[6:] if e.startswith("signed")]) == 4
+
+
+def test_a_request_alone_in_its_turn_never_suspends() -> None:
+    """At light load a request does not wait for the end of its turn: sign() completes without yielding
+    to the event loop (the coroutine finishes on its first step)."""
+    minter = Minter(RecordingSigner([]), "https://issuer")
+    batch = SignBatch()
+
+    async def scenario() -> None:
+        await asyncio.sleep(0)  # a fresh turn
+        step = batch.sign(minter, minter.signing_input({"n": 0}, 1_000, 60))
+        with pytest.raises(StopIteration) as done:
+            step.send(None)
+        assert done.value.value.kid == "k1"
+
+    asyncio.run(scenario())
 
 
 def test_a_failed_signature_fails_its_request_only() -> None:
@@ -79,16 +98,17 @@ def test_a_cancelled_request_gets_no_signature() -> None:
     batch = SignBatch()
 
     async def scenario() -> None:
-        gone = asyncio.ensure_future(batch.sign(minter, minter.signing_input({"n": 0}, 1_000, 60)))
-        kept = asyncio.ensure_future(batch.sign(minter, minter.signing_input({"n": 1}, 1_000, 60)))
-        await asyncio.sleep(0)  # both queued
+        first = asyncio.ensure_future(batch.sign(minter, minter.signing_input({"n": 0}, 1_000, 60)))
+        gone = asyncio.ensure_future(batch.sign(minter, minter.signing_input({"n": 1}, 1_000, 60)))
+        kept = asyncio.ensure_future(batch.sign(minter, minter.signing_input({"n": 2}, 1_000, 60)))
+        await asyncio.sleep(0)  # the first signed, the other two queued
         gone.cancel()
-        await kept
+        await asyncio.gather(first, kept)
         with pytest.raises(asyncio.CancelledError):
             await gone
 
     asyncio.run(scenario())
-    assert len(events) == 1
+    assert len(events) == 2  # the first and the kept one
 
 
 def test_a_new_event_loop_starts_from_an_empty_queue() -> None:
@@ -97,10 +117,11 @@ def test_a_new_event_loop_starts_from_an_empty_queue() -> None:
     minter = Minter(RecordingSigner(events), "https://issuer")
     batch = SignBatch()
     old = asyncio.new_event_loop()
-    orphan = old.create_task(batch.sign(minter, minter.signing_input({"n": 0}, 1_000, 60)))
+    signed_at_once = old.create_task(batch.sign(minter, minter.signing_input({"n": 0}, 1_000, 60)))
+    orphan = old.create_task(batch.sign(minter, minter.signing_input({"n": 1}, 1_000, 60)))
     old.call_soon(old.stop)
-    old.run_forever()  # one turn: the request queues, the loop stops before the batch runs
-    assert not orphan.done()
+    old.run_forever()  # one turn: the first is signed, the second queues, the loop stops before the batch runs
+    assert signed_at_once.done() and not orphan.done()
     old.close()  # the batch's run is dropped with the loop: the entry stays queued on the old loop
 
     async def later() -> str:
@@ -111,8 +132,9 @@ def test_a_new_event_loop_starts_from_an_empty_queue() -> None:
 
 
 def test_a_batch_is_audited_in_one_write_before_any_token_is_handed_out(log_stream: LogStream) -> None:
-    """The three tokens of one turn get their token.sign lines (caller fields, kid, jti, exp) in a single
-    write, and each request finds its own line already written when it receives its token."""
+    """Four requests in one turn: the first token's token.sign line is written at once, the three batched
+    tokens' lines (caller fields, kid, jti, exp) in a single write; each request finds its own line
+    already written when it receives its token."""
     minter = Minter(RecordingSigner([]), "https://issuer")
     batch = SignBatch()
 
@@ -122,25 +144,26 @@ def test_a_batch_is_audited_in_one_write_before_any_token_is_handed_out(log_stre
         return f'"jti":"{token.jti}"' in log_stream.getvalue()
 
     async def scenario() -> list[bool]:
-        return list(await asyncio.gather(*(request(i) for i in range(3))))
+        return list(await asyncio.gather(*(request(i) for i in range(4))))
 
-    assert asyncio.run(scenario()) == [True, True, True]
+    assert asyncio.run(scenario()) == [True, True, True, True]
     audit_writes = [w for w in log_stream.writes if "token.sign" in w]
-    assert len(audit_writes) == 1
-    lines = [json.loads(line) for line in audit_writes[0].splitlines()]
-    assert [(x["client"], x["kid"], x["exp"], x["audit"]) for x in lines] == [
-        (f"svc-{i}", "k1", 1_060, True) for i in range(3)]
+    assert len(audit_writes) == 2
+    lines = [[json.loads(line) for line in write.splitlines()] for write in audit_writes]
+    assert [[(x["client"], x["kid"], x["exp"], x["audit"]) for x in write] for write in lines] == [
+        [("svc-0", "k1", 1_060, True)], [(f"svc-{i}", "k1", 1_060, True) for i in range(1, 4)]]
 
 
 def test_no_token_is_handed_out_when_its_audit_line_cannot_be_written(log_stream: LogStream) -> None:
-    """Fail closed: if the audit write fails, every request of the batch gets the error, not a token."""
+    """Fail closed: if the audit write fails, neither the request signed at once nor any request of the
+    batch gets a token: each gets the error."""
     minter = Minter(RecordingSigner([]), "https://issuer")
     batch = SignBatch()
     log_stream.broken = True
 
     async def scenario() -> list[object]:
-        unsigned = [minter.signing_input({"n": i}, 1_000, 60) for i in range(2)]
+        unsigned = [minter.signing_input({"n": i}, 1_000, 60) for i in range(3)]
         return list(await asyncio.gather(*(batch.sign(minter, u, {"client": "svc"}) for u in unsigned),
                                          return_exceptions=True))
 
-    assert [type(r).__name__ for r in asyncio.run(scenario())] == ["OSError", "OSError"]
+    assert [type(r).__name__ for r in asyncio.run(scenario())] == ["OSError", "OSError", "OSError"]

@@ -1,4 +1,4 @@
-"""keysvc.server.OneWriteResponses: a response head waits for its body so the two leave in one write, and
+"""keysvc.http.protocol.OneWriteResponses: a response head waits for its body so the two leave in one write, and
 nothing is reordered, left unwritten or written to a closed connection. Then the same over real sockets,
 through the protocol that arms and flushes it: pipelined requests, HEAD, 304, `Expect: 100-continue`."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from keysvc.server import OneWriteResponses
+from keysvc.http.protocol import OneWriteResponses
 from tests.helpers import KeysvcProcess, api_key
 
 

@@ -30,15 +30,30 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-# RSA key generation takes tens of milliseconds of CPU with the GIL released. Run at the lowest priority,
-# it yields the core to the request-serving thread instead of competing with it: the reconcile that
-# creates the next pending key right after an activation adds no latency spike, even on one core.
-_KEYGEN = ThreadPoolExecutor(1, "keysvc-keygen", initializer=_lower_priority)
+class _KeygenThread:
+    """RSA key generation takes tens of milliseconds of CPU with the GIL released. Run at the lowest
+    priority, it yields the core to the request-serving thread instead of competing with it: the reconcile
+    that creates the next pending key right after an activation adds no latency spike, even on one core.
+    The thread starts with the first key generated, not when the module is imported."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def run(self, alg: str, rsa_bits: int) -> PrivateKey:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, "keysvc-keygen", initializer=_lower_priority)
+            pool = self._pool
+        return pool.submit(_generate, alg, rsa_bits).result()
+
+
+_KEYGEN = _KeygenThread()
 
 
 def generate(alg: str, rsa_bits: int = RSA_KEY_BITS) -> PrivateKey:
     """A fresh private key for a JOSE algorithm, generated on a low-priority thread (blocks until done)."""
-    return _KEYGEN.submit(_generate, alg, rsa_bits).result()
+    return _KEYGEN.run(alg, rsa_bits)
 
 
 def _generate(alg: str, rsa_bits: int) -> PrivateKey:

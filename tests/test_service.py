@@ -1,0 +1,53 @@
+"""keysvc.service: a Service starts what it built and closes all of it, the S3 mirror included."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from keysvc.config import parse_settings
+from keysvc.logs import AUDIT
+from keysvc.service import build_service
+from tests.helpers import base_config, wait_for
+from tests.kms_server import AWS_ENV, REGION, MotoServer
+
+pytestmark = pytest.mark.system
+
+
+def keysvc_threads() -> set[str]:
+    """Names of the live threads keysvc's own pools started (keysvc-io, keysvc-mirror, keysvc-keygen...)."""
+    return {t.name.rsplit("_", 1)[0] for t in threading.enumerate() if t.name.startswith("keysvc-")}
+
+
+def test_close_releases_the_schedule_the_pools_and_the_mirror(
+    tmp_path: Path, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started with an S3 mirror (moto's S3), a Service writes the JWKS there; closed, its scheduler,
+    its I/O pool and the mirror's writer thread are gone and its audit handler is removed."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"jwks-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_server.direct_url)
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})  # type: ignore[typeddict-item]
+    config = base_config(tmp_path / "keys")
+    config["mirror"] = {"bucket": bucket, "key_prefix": "public/", "region": REGION,
+                        "endpoint_url": moto_server.direct_url}
+    service = build_service(parse_settings(config))
+    before = keysvc_threads()
+
+    async def run() -> None:
+        await service.start()
+        wait_for(lambda: "Contents" in s3.list_objects_v2(Bucket=bucket), 15, "the mirror's first write")
+        assert {"keysvc-io", "keysvc-mirror"} <= keysvc_threads()
+        service.close()
+
+    asyncio.run(run())
+    assert service.scheduler is None
+    assert service.metrics.key_event_counter not in AUDIT.handlers
+    wait_for(lambda: not ({"keysvc-io", "keysvc-mirror"} & (keysvc_threads() - before)), 10,
+             "keysvc's threads to end")
