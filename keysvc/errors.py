@@ -2,6 +2,7 @@
 
     KeysvcError                       root; never escapes as a 500
     ├── ConfigError                   bad configuration (exit status 78, EX_CONFIG, at start-up)
+    ├── InvalidKeyMaterial            a key given to `keys import --pem` cannot be used (exit status 1)
     ├── RequestError                  answered to an HTTP client, OAuth-style code + status
     │   ├── InvalidRequest            400 invalid_request
     │   ├── InvalidClient             401 invalid_client (WWW-Authenticate: Bearer)
@@ -34,6 +35,16 @@ class ConfigError(KeysvcError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+
+class InvalidKeyMaterial(KeysvcError):
+    """A private key given to import (`keysvc keys import --pem`) cannot be used: not an unencrypted PEM
+    private key, the wrong type or curve for the keyset's algorithm, a weak RSA key, a key already in the
+    keyset, or a backend that cannot import. The file is wrong, not the configuration: exit status 1."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"--pem: {message}")
         self.message = message
 
 
