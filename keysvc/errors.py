@@ -12,6 +12,7 @@
     │   ├── Conflict                  409 conflict (e.g. rotation not yet safe)
     │   ├── PayloadTooLarge           413 payload_too_large
     │   ├── UnsupportedMediaType      415 unsupported_media_type
+    │   ├── ClientClosedRequest       499 (nginx's code): the client went away mid-body; nobody reads it
     │   ├── RateLimited               429 rate_limited (Retry-After)
     │   ├── UpstreamError             502 upstream_error
     │   └── Unavailable               503 unavailable (Retry-After)
@@ -106,6 +107,13 @@ class PayloadTooLarge(RequestError):
 
 class UnsupportedMediaType(RequestError):
     status, code = 415, "unsupported_media_type"
+
+
+class ClientClosedRequest(RequestError):
+    """The client disconnected before sending its whole body: its own doing, so no error line and no 500;
+    the access line and the request counter say 499, as nginx does. The answer reaches no one."""
+
+    status, code = 499, "client_closed_request"
 
 
 class RateLimited(RequestError):

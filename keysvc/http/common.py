@@ -14,10 +14,9 @@ import os
 import re
 from typing import Any
 
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from keysvc.errors import InvalidRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+from keysvc.errors import ClientClosedRequest, InvalidRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -143,7 +142,7 @@ async def read_json(receive: Receive, content_type: str | None, content_length: 
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            raise ClientClosedRequest("the client disconnected before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:
