@@ -25,7 +25,7 @@ from keysvc.backends.base import KeyRecord
 from keysvc.backends.file import FileBackend
 from keysvc.clock import FixedClock
 from keysvc.config import KeysetSettings
-from keysvc.errors import ConfigError, Conflict, InvalidKeyMaterial, NotFound, StoreCorrupt
+from keysvc.errors import Conflict, InvalidKeyMaterial, NotFound, StoreCorrupt
 from keysvc.lifecycle import State
 from tests.helpers import ROOT
 
@@ -176,7 +176,7 @@ def test_create_refuses_a_key_already_in_the_keyset(backend: FileBackend) -> Non
     key = keys.generate("ES256")
     pem = keys.to_pem(key, None)
     assert backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW, pem=pem) is not None
-    with pytest.raises(ConfigError):
+    with pytest.raises(InvalidKeyMaterial, match="already in keyset"):
         backend.create("ks", 2, "ES256", activates_at=NOW, now=NOW, pem=pem)
     assert {"key-000001.json", "key-000001.pem"} == names(backend.root / "ks")
 
