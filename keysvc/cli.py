@@ -18,7 +18,7 @@ import yaml
 from keysvc import __version__, lifecycle, operations
 from keysvc.backends.registry import open_backend
 from keysvc.config import KeysetSettings, ReadOptions, Settings, load_settings, parse_settings
-from keysvc.errors import ConfigError, KeysvcError, RequestError
+from keysvc.errors import ConfigError, InvalidKeyMaterial, KeysvcError, RequestError
 from keysvc.jwks import build
 from keysvc.logs import setup
 from keysvc.zapier.cli import add_zapier_parser
@@ -179,7 +179,7 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
     try:
         pem = Path(args.pem).read_bytes()
     except OSError as exc:
-        raise ConfigError("--pem", f"cannot read {args.pem}: {exc.strerror}") from None
+        raise InvalidKeyMaterial(f"cannot read {args.pem}: {exc.strerror}") from None
     backend = open_backend(settings.backend, "cli")
     record = operations.import_key(backend, ks, pem, _now, f"cli:{_user()}")
     print(json.dumps({"keyset": ks.name, "kid": record.kid, "activates_at": record.activates_at}))

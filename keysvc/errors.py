@@ -2,6 +2,7 @@
 
     KeysvcError                       root; never escapes as a 500
     ├── ConfigError                   bad configuration (exit status 78, EX_CONFIG, at start-up)
+    ├── InvalidKeyMaterial            a key given to `keys import --pem` cannot be used (exit status 1)
     ├── RequestError                  answered to an HTTP client, OAuth-style code + status
     │   ├── InvalidRequest            400 invalid_request
     │   ├── InvalidClient             401 invalid_client (WWW-Authenticate: Bearer)
@@ -12,6 +13,7 @@
     │   ├── Conflict                  409 conflict (e.g. rotation not yet safe)
     │   ├── PayloadTooLarge           413 payload_too_large
     │   ├── UnsupportedMediaType      415 unsupported_media_type
+    │   ├── ClientClosedRequest       499 (nginx's code): the client went away mid-body; nobody reads it
     │   ├── RateLimited               429 rate_limited (Retry-After)
     │   ├── UpstreamError             502 upstream_error
     │   └── Unavailable               503 unavailable (Retry-After)
@@ -35,6 +37,16 @@ class ConfigError(KeysvcError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+
+class InvalidKeyMaterial(KeysvcError):
+    """A private key given to import (`keysvc keys import --pem`) cannot be used: not an unencrypted PEM
+    private key, the wrong type or curve for the keyset's algorithm, a weak RSA key, a key already in the
+    keyset, or a backend that cannot import. The file is wrong, not the configuration: exit status 1."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"--pem: {message}")
         self.message = message
 
 
@@ -100,6 +112,13 @@ class PayloadTooLarge(RequestError):
 
 class UnsupportedMediaType(RequestError):
     status, code = 415, "unsupported_media_type"
+
+
+class ClientClosedRequest(RequestError):
+    """The client disconnected before sending its whole body: its own doing, so no error line and no 500;
+    the access line and the request counter say 499, as nginx does. The answer reaches no one."""
+
+    status, code = 499, "client_closed_request"
 
 
 class RateLimited(RequestError):

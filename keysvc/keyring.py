@@ -9,6 +9,7 @@ unreachable, the last-known view keeps serving; only its health changes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from keysvc.clock import Clock
 from keysvc.config import KeysetSettings, Settings
 from keysvc.errors import BackendError, BackendUnavailable, KeysvcError, Unavailable
 from keysvc.lifecycle import KeysetStatus, State
-from keysvc.logs import LOG
+from keysvc.logs import LOG, request_fields
 from keysvc.tokens import Minter, Token
 
 SIGNABLE = frozenset({State.PENDING, State.ACTIVE})
@@ -101,6 +102,8 @@ class Keyring:
         minter = view.minter
         now = int(self.clock.now())
         unsigned = minter.signing_input(claims, now, ttl)
+        if audit is not None:  # now, in the request's context: a batch is audited in another's
+            audit = request_fields(audit)
         if minter.signer.in_process:
             return await self._batch.sign(minter, unsigned, audit)
         loop = asyncio.get_running_loop()
@@ -199,7 +202,8 @@ class Keyring:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            result = await loop.run_in_executor(self.executor, fn)
+            # the caller's context goes along, so lines logged in the thread carry the request id
+            result = await loop.run_in_executor(self.executor, contextvars.copy_context().run, fn)
         except BackendUnavailable as exc:
             self._observe(operation, exc, started)
             raise Unavailable(f"the key store is unavailable: {exc}", retry_after=5) from None

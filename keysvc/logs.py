@@ -9,11 +9,19 @@ Three ways to write a line, all in the same JSON layout and to the same stream, 
   6 us less per line). Access lines are written in one write per event-loop turn; audit lines are written
   before the responses they describe are sent (the tokens of one signing batch in one write), so no token
   leaves without its audit line on the stream.
+
+The request id: the internal listener's access log sets `REQUEST_ID` (a contextvar) for the time of each
+request (keysvc.http.access_log), so every line written during it carries `request_id`, also the lines of code
+that knows nothing of HTTP (the keyring, the backends through `Keyring.run_blocking`, the service's
+hooks): a record's through the formatter, a per-request line through `request_fields` (the keyring stamps
+the audit fields of a token when it is asked for, as a batch of signatures runs in one request's context).
+A line that names its own `request_id` keeps it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import sys
@@ -31,6 +39,8 @@ MAX_PENDING = 256  # access lines held before a write, at most (a busy event-loo
 # dataclasses and datetimes go to `default=str` as with the stdlib encoder: a dataclass's repr hides what
 # its fields mark repr=False (key material), which orjson's own dataclass encoding would not
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+# the id of the request being answered, in this task (and in the I/O threads it runs work in)
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("keysvc_request_id", default=None)
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 
 
@@ -44,6 +54,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         extra = fields(record)
+        if (rid := REQUEST_ID.get()) is not None and "request_id" not in extra:
+            extra = {**extra, "request_id": rid}
         if record.exc_info and record.exc_info[0] is not None:
             # the type only: a traceback may quote secrets
             extra = {**extra, "exception": record.exc_info[0].__name__}
@@ -123,6 +135,14 @@ class JsonHandler(logging.StreamHandler[TextIO]):
 _handler: JsonHandler | None = None  # the handler setup() installed, for the per-request lines
 
 
+def request_fields(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`values` with the current request's id (when there is one and `values` names none)."""
+    rid = REQUEST_ID.get()
+    if rid is None or "request_id" in values:
+        return values
+    return {**values, "request_id": rid}
+
+
 def fields(record: logging.LogRecord) -> Mapping[str, Any]:
     """The extra fields of a record: an event()'s dict, else the non-standard attributes."""
     given: Mapping[str, Any] | None = record.__dict__.get(FIELDS)
@@ -185,7 +205,7 @@ def audit(name: str, /, **values: Any) -> None:
 def audit_request(name: str, values: Mapping[str, Any], /) -> None:
     """Record the audit line of one request (a token signed or exchanged), written at once: call it before
     the response is sent. Handlers added to `keysvc.audit` do not see it. Never a secret in `values`."""
-    audit_requests(name, (values,))
+    audit_requests(name, (request_fields(values),))
 
 
 def audit_requests(name: str, lines: Sequence[Mapping[str, Any]], /) -> None:

@@ -8,12 +8,15 @@
         require_client_cert: true            # refuse the handshake without a valid client certificate
     clients:
       billing-api:
-        cert_subjects: ["billing-api.internal", "spiffe://cluster.local/ns/billing/sa/api"]
+        cert_subjects: ["uri:spiffe://cluster.local/ns/billing/sa/api", "dns:billing-api.internal"]
 
 A client certificate is only ever read after the TLS layer has verified it against `client_ca_file`
-(Python's `getpeercert()` is empty otherwise). Its identities are the subject CN and every DNS, URI and
-e-mail subjectAltName; the first one configured in some client's `cert_subjects` names the client.
-Certificates that verify but name no configured client get 401, as a wrong API key does.
+(Python's `getpeercert()` is empty otherwise). Its identities are typed, so that one kind of name can
+never pass for another: `uri:`, `dns:` and `email:` for its subjectAltNames, and `cn:` for its subject
+CN **only when the certificate has no subjectAltName at all** (RFC 6125 §6.4.4: a CA that checks SANs
+often lets the requester choose the CN, so a CN next to SANs proves nothing). DNS names compare
+case-insensitively (they are lower-cased on both sides). A certificate that names no configured client,
+or names two different clients, gets 401, as a wrong API key does.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from keysvc.config import TlsSettings
 # Where the HTTP protocol puts the verified identities of the peer's certificate in the ASGI scope
 # (inside the ASGI "tls" extension, under a keysvc-specific key).
 SCOPE_KEY = "keysvc.client_cert_identities"
-_SAN_TYPES = frozenset({"DNS", "URI", "email"})
+# getpeercert()'s subjectAltName types -> the prefix of a typed identity (IP and other SANs name no client)
+_SAN_PREFIX = {"URI": "uri", "DNS": "dns", "email": "email"}
+SUBJECT_TYPES = ("uri", "dns", "email", "cn")
+
+
+def typed_subject(kind: str, value: str) -> str:
+    """The canonical text of one identity, `kind:value` (DNS names lower-cased)."""
+    return f"{kind}:{value.lower() if kind == 'dns' else value}"
 
 
 def uvicorn_ssl_options(tls: TlsSettings | None) -> dict[str, Any]:
@@ -42,13 +52,16 @@ def uvicorn_ssl_options(tls: TlsSettings | None) -> dict[str, Any]:
 
 
 def identities(peercert: dict[str, Any] | None) -> tuple[str, ...]:
-    """The subject CN and DNS/URI/e-mail SANs of a verified peer certificate (`SSLObject.getpeercert()`)."""
+    """The typed identities of a verified peer certificate (`SSLObject.getpeercert()`): its URI, DNS and
+    e-mail SANs; its subject CN only when it has no SAN of any type."""
     if not peercert:
         return ()
-    found: list[str] = []
-    for rdn in peercert.get("subject", ()):
-        found.extend(value for key, value in rdn if key == "commonName")
-    found.extend(value for kind, value in peercert.get("subjectAltName", ()) if kind in _SAN_TYPES)
+    sans = peercert.get("subjectAltName", ())
+    if sans:
+        found = [typed_subject(_SAN_PREFIX[kind], value) for kind, value in sans if kind in _SAN_PREFIX]
+    else:
+        found = [typed_subject("cn", value) for rdn in peercert.get("subject", ())
+                 for key, value in rdn if key == "commonName"]
     return tuple(dict.fromkeys(found))
 
 

@@ -1,9 +1,11 @@
 """Authorisation matrix: every internal endpoint x every kind of caller -> exactly the documented status.
 
 Callers: no credentials, a wrong key, a revoked client (in the config of the previous run, removed since),
-a client of another keyset, a non-admin client, an admin. One server (restarted once to revoke a client);
-no request in the table changes the key store (the admin's rotation is refused as not yet safe, its
-revocation names an unknown kid), so the table can run in any order.
+a client of another keyset, a non-admin client, an admin (of both keysets), an admin of the other keyset
+only (`admin: true` with `keysets: [second]`) and a client of both keysets that is admin of one
+(`admin: [second]`): admin rights cover the client's admin keysets, nothing more. One server (restarted
+once to revoke a client); no request in the table changes the key store (the admins' rotations are refused
+as not yet safe, their revocations name an unknown kid), so the table can run in any order.
 """
 
 from __future__ import annotations
@@ -29,27 +31,30 @@ class Endpoint:
 SIGN = Endpoint("POST", "/v1/sign", {"keyset": "zapier", "claims": {"sub": "u-1", "aud": "connect.zapier.com"}})
 KEYS = Endpoint("GET", "/v1/keys")
 ROTATE = Endpoint("POST", "/v1/keysets/zapier/rotate")
+ROTATE_SECOND = Endpoint("POST", "/v1/keysets/second/rotate")
 REVOKE = Endpoint("POST", "/v1/keys/no-such-kid/revoke")
 METRICS = Endpoint("GET", "/metrics")
 HEALTHZ = Endpoint("GET", "/healthz")
 OPENAPI = Endpoint("GET", "/openapi.json")
 
-CALLERS = ["none", "wrong", "revoked", "other-keyset", "non-admin", "admin"]
+CALLERS = ["none", "wrong", "revoked", "other-keyset", "non-admin", "admin", "second-admin", "subset-admin"]
 # endpoint -> status per caller, in CALLERS order
 MATRIX: dict[Endpoint, tuple[int, ...]] = {
-    SIGN: (401, 401, 401, 403, 200, 200),
-    KEYS: (401, 401, 401, 403, 403, 200),
-    ROTATE: (401, 401, 401, 403, 403, 409),  # admin: allowed, but the pending key is not yet safe
-    REVOKE: (401, 401, 401, 403, 403, 404),  # admin: allowed, no such kid
-    METRICS: (200,) * 6,  # the internal port's scrape target: no credentials, nothing secret in it
-    HEALTHZ: (200,) * 6,
-    OPENAPI: (200,) * 6,
+    SIGN: (401, 401, 401, 403, 200, 200, 403, 200),
+    KEYS: (401, 401, 401, 403, 403, 200, 200, 200),  # each admin sees its admin keysets' keys only
+    ROTATE: (401, 401, 401, 403, 403, 409, 403, 403),  # admin: allowed, but the pending key is not yet safe
+    ROTATE_SECOND: (401, 401, 401, 403, 403, 409, 409, 409),
+    REVOKE: (401, 401, 401, 403, 403, 404, 404, 404),  # admins: allowed, no such kid
+    METRICS: (200,) * 8,  # the internal port's scrape target: no credentials, nothing secret in it
+    HEALTHZ: (200,) * 8,
+    OPENAPI: (200,) * 8,
 }
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
-    """Keysets zapier and second; clients signer (zapier, not admin), stranger (second only), admin; and
+    """Keysets zapier and second; clients signer (zapier, not admin), stranger (second only), admin (both),
+    second-admin (admin of second, its only keyset), subset-admin (of both, admin of second); and
     `retired`, which the restart removes."""
     tmp = tmp_path_factory.mktemp("authz")
     config = base_config(tmp / "keys", algs={"zapier": "ES256", "second": "ES256"})
@@ -58,6 +63,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
                                      "audiences": ["connect.zapier.com"], "max_ttl": "5m"}
     config["clients"]["retired"] = {"api_key_sha256": sha256_hex(api_key("retired")), "keysets": ["zapier"],
                                     "audiences": ["connect.zapier.com"], "max_ttl": "5m", "admin": True}
+    config["clients"]["second-admin"] = {"api_key_sha256": sha256_hex(api_key("second-admin")),
+                                         "keysets": ["second"], "audiences": ["connect.zapier.com"], "admin": True}
+    config["clients"]["subset-admin"] = {"api_key_sha256": sha256_hex(api_key("subset-admin")),
+                                         "keysets": ["zapier", "second"], "audiences": ["connect.zapier.com"],
+                                         "admin": ["second"]}
     config["log"] = {"access": False}
     path = write_config(tmp / "keysvc.yaml", config)
     with KeysvcProcess(path, name="authz-before") as before:
@@ -70,7 +80,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
 
 def credentials(caller: str) -> dict[str, str]:
     key = {"none": None, "wrong": "ks_test_not-a-key", "revoked": api_key("retired"),
-           "other-keyset": api_key("stranger"), "non-admin": api_key("signer"), "admin": api_key("admin")}[caller]
+           "other-keyset": api_key("stranger"), "non-admin": api_key("signer"), "admin": api_key("admin"),
+           "second-admin": api_key("second-admin"), "subset-admin": api_key("subset-admin")}[caller]
     return {} if key is None else {"Authorization": f"Bearer {key}"}
 
 
@@ -102,3 +113,30 @@ def test_other_keyset_client_signs_its_own_keyset(server: KeysvcProcess) -> None
     body = {"keyset": "second", "claims": {"aud": "connect.zapier.com"}}
     answer = httpx.post(server.internal + "/v1/sign", json=body, headers=credentials("other-keyset"))
     assert answer.status_code == 200, answer.text
+
+
+def _listed(server: KeysvcProcess, caller: str) -> dict[str, str]:
+    answer = call(server, KEYS, caller)
+    assert answer.status_code == 200, answer.text
+    return {row["kid"]: row["keyset"] for row in answer.json()["keys"]}
+
+
+def test_admins_list_only_their_admin_keysets(server: KeysvcProcess) -> None:
+    """GET /v1/keys lists the keys of the caller's admin keysets: both for the admin of both, `second`'s
+    alone for an admin of `second` (whether or not it also signs with zapier)."""
+    everything = _listed(server, "admin")
+    assert set(everything.values()) == {"zapier", "second"}
+    second = {kid: ks for kid, ks in everything.items() if ks == "second"}
+    assert second == _listed(server, "second-admin") == _listed(server, "subset-admin")
+
+
+def test_a_revocation_outside_the_admin_keysets_is_an_unknown_kid(server: KeysvcProcess) -> None:
+    """An admin of `second` revoking a real kid of zapier gets exactly the 404 of a kid that exists
+    nowhere (same body: nothing tells it the kid exists), and the key stays published."""
+    zapier_kid = next(kid for kid, ks in _listed(server, "admin").items() if ks == "zapier")
+    unknown = call(server, REVOKE, "second-admin")
+    for caller in ("second-admin", "subset-admin"):
+        refused = call(server, Endpoint("POST", f"/v1/keys/{zapier_kid}/revoke"), caller)
+        assert (refused.status_code, refused.json()) == (404, unknown.json())
+        assert zapier_kid not in refused.text
+    assert zapier_kid in {k["kid"] for k in server.jwks("zapier").json()["keys"]}

@@ -98,6 +98,9 @@ REFUSALS: list[tuple[str, Edit, str]] = [
     ("missing audiences", _delete("clients.signer.audiences"), "clients.signer.audiences"),
     ("empty keysets of a client", _set("clients.signer.keysets", []), "clients.signer.keysets"),
     ("unknown keyset in a client", _set("clients.signer.keysets", ["zapier", "x"]), "clients.signer.keysets"),
+    ("admin of a keyset not in keysets", _set("clients.admin.admin", ["zapier", "x"]), "clients.admin.admin"),
+    ("admin an empty list", _set("clients.admin.admin", []), "clients.admin.admin"),
+    ("admin a string", _set("clients.admin.admin", "zapier"), "clients.admin.admin"),
     ("duplicate api key hash", _duplicate_hash, "clients.admin.api_key_sha256"),
     ("api key hash not hex", _set(SIGNER_HASH, "z" * 64), SIGNER_HASH),
     ("api key hash too short", _set(SIGNER_HASH, "ab" * 16), SIGNER_HASH),
@@ -359,14 +362,27 @@ clients:
                                  internal.retain_after, internal.max_token_ttl, internal.default)
     assert settings.default_keyset == "zapier"
     billing = settings.clients["billing-api"]
-    expected_billing = (sha256_hex("billing"), ("zapier",), ("connect.zapier.com",), 120.0, False)
+    expected_billing = (sha256_hex("billing"), ("zapier",), ("connect.zapier.com",), 120.0, ())
     assert expected_billing == (billing.api_key_digests[0], billing.keysets, billing.audiences, billing.max_ttl,
-                                billing.admin)
+                                billing.admin_keysets)
     assert billing.rate_limit is not None
     assert (billing.rate_limit.rate, billing.rate_limit.burst) == (5.0, 10)
     ops = settings.clients["ops"]
-    expected_ops = (("zapier", "internal"), ("a", "b"), 300.0, True, None)
-    assert expected_ops == (ops.keysets, ops.audiences, ops.max_ttl, ops.admin, ops.rate_limit)
+    expected_ops = (("zapier", "internal"), ("a", "b"), 300.0, ("zapier", "internal"), None)  # admin: true
+    assert expected_ops == (ops.keysets, ops.audiences, ops.max_ttl, ops.admin_keysets, ops.rate_limit)
+
+
+@pytest.mark.unit
+def test_admin_is_scoped_to_the_clients_keysets(raw: dict[str, Any]) -> None:
+    """`admin: true` makes a client admin of the keysets in its `keysets`, no others; `admin: [k]` of
+    those listed (each must be one of its keysets); `admin: false` (or none) of nothing."""
+    cfg = copy.deepcopy(raw)
+    cfg["keysets"]["second"] = {**cfg["keysets"]["zapier"], "issuer": "https://second.example", "default": False}
+    cfg["clients"]["admin"]["keysets"] = ["zapier"]
+    cfg["clients"]["signer"].update(keysets=["zapier", "second"], admin=["second"])
+    clients = parse_settings(cfg).clients
+    expected = {"admin": ("zapier",), "signer": ("second",), "other": ()}
+    assert expected == {name: c.admin_keysets for name, c in clients.items()}
 
 
 @pytest.mark.unit

@@ -26,7 +26,7 @@ from keysvc.backends.base import KeyRecord
 from keysvc.backends.file import FileBackend
 from keysvc.clock import FixedClock
 from keysvc.config import KeysetSettings
-from keysvc.errors import ConfigError, StoreCorrupt
+from keysvc.errors import InvalidKeyMaterial, StoreCorrupt
 from keysvc.lifecycle import State
 from tests.helpers import ROOT
 
@@ -156,7 +156,7 @@ def test_create_refuses_a_key_already_in_the_keyset(backend: FileBackend) -> Non
     key = keys.generate("ES256")
     pem = keys.to_pem(key, None)
     assert backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW, pem=pem) is not None
-    with pytest.raises(ConfigError):
+    with pytest.raises(InvalidKeyMaterial, match="already in keyset"):
         backend.create("ks", 2, "ES256", activates_at=NOW, now=NOW, pem=pem)
     assert {"key-000001.json", "key-000001.pem"} == names(backend.root / "ks")
 
@@ -364,15 +364,15 @@ def _pem(key: object, password: bytes | None = None) -> bytes:
 def test_import_refuses_a_key_that_does_not_fit(backend: FileBackend, clock: FixedClock,
                                                 rsa_2048: rsa.RSAPrivateKey, alg: str, make_pem: object) -> None:
     """Wrong key type or curve, RSA under 2048 or over 8192 bits or with an exponent other than 65537, an
-    encrypted PEM, garbage or a public key: refused
-    with a ConfigError naming `pem`, and the keyset is left as it was (no new file)."""
+    encrypted PEM, garbage or a public key: refused with InvalidKeyMaterial (the key is wrong, not the
+    configuration), and the keyset is left as it was (no new file)."""
     ks = KeysetSettings(name="imp", issuer="https://i", alg=alg, rotation_period=30 * DAY,
                         publish_ahead=2 * DAY, retain_after=DAY, max_token_ttl=300.0)
     operations.reconcile(backend, ks, clock.now, "test")
     before = names(backend.root / "imp")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(InvalidKeyMaterial) as info:
         operations.import_key(backend, ks, make_pem(rsa_2048), clock.now, "test")  # type: ignore[operator]
-    assert info.value.field == "pem"
+    assert str(info.value).startswith("--pem: ")
     assert before == names(backend.root / "imp")
     assert states(backend, clock.now(), ks) == {1: State.ACTIVE, 2: State.PENDING}
 

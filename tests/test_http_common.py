@@ -124,11 +124,13 @@ def test_error_body_is_the_oauth_shape() -> None:
 @pytest.mark.parametrize(
     ("given", "kept"),
     [("abc-123", True), ("a" * 64, True), ("req-1:2_3", True), (None, False), ("", False), ("a" * 65, False),
-     ("bad id", False), ("x\r\ny", False), ("é", False), ("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.sig", False)],
+     ("bad id", False), ("x\r\ny", False), ("abc\n", False), ("a" * 64 + "\n", False), ("é", False),
+     ("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.sig", False)],
 )
 def test_request_id_keeps_only_sane_ids(given: str | None, kept: bool) -> None:
-    """A caller's X-Request-ID is echoed only when short and plain (no dots, so never a JWT); otherwise a
-    fresh random one is made."""
+    """A caller's X-Request-ID is echoed only when short and plain (no dots, so never a JWT), all of it:
+    a trailing newline (which a `$` anchor lets through) is refused too; otherwise a fresh random one is
+    made."""
     rid = request_id(given)
     assert (rid == given) is kept
     if not kept:

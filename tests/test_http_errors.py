@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from keysvc.config import Settings, parse_settings
 from keysvc.errors import (
+    ClientClosedRequest,
     Conflict,
     Forbidden,
     InvalidClient,
@@ -149,6 +150,7 @@ TABLE: list[tuple[RequestError, int, str, dict[str, str]]] = [
     (Conflict("later"), 409, "conflict", {}),
     (PayloadTooLarge("big"), 413, "payload_too_large", {}),
     (UnsupportedMediaType("json"), 415, "unsupported_media_type", {}),
+    (ClientClosedRequest("gone"), 499, "client_closed_request", {}),
     (RateLimited("slow", retry_after=3), 429, "rate_limited", {"retry-after": "3"}),
     (UpstreamError("partner"), 502, "upstream_error", {}),
     (Unavailable("later", retry_after=5), 503, "unavailable", {"retry-after": "5"}),

@@ -27,7 +27,7 @@ from jwcrypto.jwk import JWK
 from keysvc.backends.base import Backend, KeyRecord
 from keysvc.backends.kms import TAG, KmsBackend, kms_algorithm
 from keysvc.config import parse_settings
-from keysvc.errors import BackendUnavailable, ConfigError, StoreCorrupt
+from keysvc.errors import BackendUnavailable, ConfigError, InvalidKeyMaterial, StoreCorrupt
 from tests.helpers import base_config
 from tests.kms_server import REGION, MotoServer, aws_env
 
@@ -187,7 +187,7 @@ def test_eddsa_and_import_are_refused(backend: KmsBackend) -> None:
     """KMS has no Ed25519 signing keys, and keysvc does not import key material into KMS."""
     with pytest.raises(ConfigError, match="EdDSA is not available with AWS KMS"):
         backend.create("ks", 1, "EdDSA", activates_at=NOW, now=NOW)
-    with pytest.raises(ConfigError, match="file backend"):
+    with pytest.raises(InvalidKeyMaterial, match="file backend"):
         backend.create("ks", 1, "ES256", activates_at=NOW, now=NOW, pem=b"-----BEGIN PRIVATE KEY-----")
     with pytest.raises(ConfigError):
         kms_algorithm("HS256")

@@ -135,3 +135,22 @@ def test_without_keysvc_logging_set_up_lines_go_through_logging() -> None:
         logs.AUDIT.setLevel(logging.NOTSET)
         logs._handler = saved
     assert [(r.getMessage(), logs.fields(r)) for r in seen] == [("token.sign", {"audit": True, "kid": "k1"})]
+
+
+def test_lines_written_during_a_request_carry_its_id(log_stream: LogStream) -> None:
+    """With REQUEST_ID set (as the access log does per request), a record and a per-request audit line
+    carry it; a line naming its own request_id keeps it; once reset, lines carry none."""
+    token = logs.REQUEST_ID.set("req-1")
+    try:
+        logs.LOG.error("backend failed", extra={"keyset": "zapier"})
+        logs.audit("key.revoke", kid="k1")
+        logs.audit_request("token.exchange", {"client": "svc"})
+        logs.LOG.info("explicit", extra={"request_id": "req-own"})
+        assert logs.request_fields({"a": 1}) == {"a": 1, "request_id": "req-1"}
+    finally:
+        logs.REQUEST_ID.reset(token)
+    logs.LOG.info("later")
+    assert logs.request_fields({"a": 1}) == {"a": 1}
+    got = {str(line["event"]): line.get("request_id") for line in lines(log_stream)}
+    assert got == {"backend failed": "req-1", "key.revoke": "req-1", "token.exchange": "req-1",
+                   "explicit": "req-own", "later": None}

@@ -22,11 +22,13 @@ from cryptography.x509.oid import NameOID
 from keysvc.config import parse_settings
 from keysvc.errors import ConfigError
 from keysvc.tls import identities
-from tests.helpers import KeysvcProcess, api_key, base_config
+from tests.helpers import KeysvcProcess, api_key, base_config, wait_for
 
 Start = Callable[..., KeysvcProcess]
 SIGN = {"keyset": "zapier", "claims": {"sub": "u-1", "aud": "connect.zapier.com"}}
 SPIFFE = "spiffe://cluster.local/ns/ops/sa/admin"
+BILLING = "spiffe://cluster.local/ns/billing/sa/api"  # a workload's own SPIFFE ID, mapped to no client here
+OTHER = "spiffe://cluster.local/ns/other/sa/api"  # mapped to the client `other`
 
 
 @dataclass
@@ -90,6 +92,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "admin-san": _write(d, "admin-san", *_issue("ops", ca, [x509.UniformResourceIdentifier(SPIFFE)])),
         "unmapped": _write(d, "unmapped", *_issue("stranger.internal", ca, [x509.DNSName("stranger.internal")])),
         "rogue-signer": _write(d, "rogue-signer", *_issue("signer.internal", rogue, [])),
+        # the attack: a CA that checks SANs lets the requester choose the CN, here the admin's SPIFFE ID
+        "cn-attack": _write(d, "cn-attack", *_issue(SPIFFE, ca, [x509.UniformResourceIdentifier(BILLING)])),
+        "cn-attack-other": _write(d, "cn-attack-other", *_issue(SPIFFE, ca, [x509.UniformResourceIdentifier(OTHER)])),
+        # SANs naming two different clients (signer by DNS name, admin by URI)
+        "two-clients": _write(d, "two-clients", *_issue("x", ca, [x509.DNSName("signer.internal"),
+                                                                   x509.UniformResourceIdentifier(SPIFFE)])),
+        "dns-upper": _write(d, "dns-upper", *_issue("x", ca, [x509.DNSName("Signer.Internal")])),
     }
     return Pki(d, ca_crt, server, certs)
 
@@ -98,8 +107,11 @@ def tls_config(tmp_path: Path, pki: Pki, *, require: bool) -> dict[str, object]:
     config = base_config(tmp_path / "keys")
     config["listen"]["tls"] = {"cert_file": str(pki.server[0]), "key_file": str(pki.server[1]),
                                "client_ca_file": str(pki.ca), "require_client_cert": require}
-    config["clients"]["signer"]["cert_subjects"] = ["signer.internal"]
-    config["clients"]["admin"]["cert_subjects"] = [SPIFFE]
+    config["clients"]["signer"]["cert_subjects"] = ["cn:signer.internal", "dns:signer.internal"]
+    # cn: next to uri: on purpose: a CN counts only for a certificate without SANs, so the attack
+    # certificates (CN = this string, plus a SAN) still never authenticate as admin
+    config["clients"]["admin"]["cert_subjects"] = [f"uri:{SPIFFE}", f"cn:{SPIFFE}"]
+    config["clients"]["other"]["cert_subjects"] = [f"uri:{OTHER}"]
     return config
 
 
@@ -116,9 +128,43 @@ def https(proc: KeysvcProcess) -> str:
 
 
 @pytest.mark.system
+def test_a_chosen_cn_next_to_a_san_never_authenticates(tmp_path: Path, keysvc: Start, pki: Pki) -> None:
+    """The identity-confusion attack: a certificate whose only SAN is a workload's own SPIFFE ID and whose
+    CN is the admin's SPIFFE string. Its CN is ignored (it has a SAN), so it is not admin: with its SAN
+    mapped to no client it gets 401 on every route; with its SAN mapped to `other` it is `other` (403 on
+    the admin route, and logged as `other`, never as admin). SANs naming two clients get 401; DNS SANs
+    match case-insensitively."""
+    proc = keysvc(tls_config(tmp_path, pki, require=True))
+    base = https(proc)
+    with client(pki, "cn-attack") as http:
+        keys = http.get(f"{base}/v1/keys", headers={"X-Request-ID": "cn-attack"})
+        assert keys.status_code == 401, keys.text
+        assert keys.json()["error"] == "invalid_client"
+        assert http.post(f"{base}/v1/sign", json=SIGN).status_code == 401
+    with client(pki, "cn-attack-other") as http:
+        keys = http.get(f"{base}/v1/keys", headers={"X-Request-ID": "cn-attack-other"})
+        assert keys.status_code == 403, keys.text
+    with client(pki, "two-clients") as http:
+        both = http.get(f"{base}/v1/keys", headers={"X-Request-ID": "two-clients"})
+        assert both.status_code == 401 and "more than one client" in both.json()["error_description"]
+    with client(pki, "dns-upper") as http:
+        assert http.post(f"{base}/v1/sign", json=SIGN).status_code == 200
+
+    def access(rid: str) -> dict[str, object] | None:
+        return next((line for line in proc.lines() if line.get("event") == "access"
+                     and line.get("request_id") == rid), None)
+
+    attack = wait_for(lambda: access("cn-attack"), 10, "the attack's access line")
+    assert (attack["status"], attack["client"]) == (401, None)
+    other = wait_for(lambda: access("cn-attack-other"), 10, "the second attack's access line")
+    assert (other["status"], other["client"]) == (403, "other")
+    assert wait_for(lambda: access("two-clients"), 10, "the two-client access line")["client"] is None
+
+
+@pytest.mark.system
 def test_client_certificates_map_to_clients_when_required(tmp_path: Path, keysvc: Start, pki: Pki) -> None:
-    """require_client_cert: a certificate whose CN (or SAN URI) is in a client's cert_subjects
-    authenticates as that client with no API key; a verified but unmapped certificate gets 401; a
+    """require_client_cert: a certificate whose CN (it has no SANs) or SAN URI is in a client's
+    cert_subjects authenticates as that client with no API key; a verified but unmapped certificate gets 401; a
     certificate from an untrusted CA, or none, fails the TLS handshake; a certificate and an API key of
     different clients get 401; plain HTTP is not served."""
     proc = keysvc(tls_config(tmp_path, pki, require=True))
@@ -160,7 +206,8 @@ def test_optional_client_certificate_falls_back_to_api_keys(tmp_path: Path, keys
 @pytest.mark.unit
 def test_tls_config_refusals(tmp_path: Path, pki: Pki) -> None:
     """cert_subjects need a client CA; require_client_cert needs a client CA; files must exist; a subject
-    may name one client only; unknown keys are refused."""
+    may name one client only; unknown keys are refused; an untyped subject is refused with the prefix
+    to write; typed subjects are kept (DNS names lower-cased)."""
     def refused(mutate: Callable[[dict[str, object]], None]) -> str:
         config = tls_config(tmp_path, pki, require=True)
         mutate(config)
@@ -173,17 +220,32 @@ def test_tls_config_refusals(tmp_path: Path, pki: Pki) -> None:
     assert refused(lambda c: c["listen"]["tls"].update(cert_file="/nope")) == "listen.tls.cert_file"  # type: ignore[index, attr-defined]
     assert refused(lambda c: c["listen"]["tls"].update(ciphers="ALL")) == "listen.tls.ciphers"  # type: ignore[index, attr-defined]
     assert refused(
-        lambda c: c["clients"]["other"].update(cert_subjects=["signer.internal"])  # type: ignore[index, attr-defined]
+        lambda c: c["clients"]["other"].update(cert_subjects=["dns:Signer.internal"])  # type: ignore[index, attr-defined]
     ) == "clients.other.cert_subjects"
     settings = parse_settings(tls_config(tmp_path, pki, require=True))
     assert settings.tls is not None and settings.tls.require_client_cert
-    assert settings.clients["signer"].cert_subjects == ("signer.internal",)
+    assert settings.clients["signer"].cert_subjects == ("cn:signer.internal", "dns:signer.internal")
+    for untyped, suggested in [("signer.internal", "dns:signer.internal"), (SPIFFE, f"uri:{SPIFFE}"),
+                               ("ops@example.com", "email:ops@example.com"), ("Ops Team", "cn:Ops Team"),
+                               ("DNS:a.example", "dns:a.example")]:
+        config = tls_config(tmp_path, pki, require=True)
+        config["clients"]["signer"]["cert_subjects"] = [untyped]  # type: ignore[index]
+        with pytest.raises(ConfigError) as err:
+            parse_settings(config)
+        assert err.value.field == "clients.signer.cert_subjects"
+        assert f"{untyped!r} has no type: write {suggested} " in err.value.message
+    assert refused(lambda c: c["clients"]["signer"].update(cert_subjects=["dns:"])) == (  # type: ignore[index, attr-defined]
+        "clients.signer.cert_subjects")
 
 
 @pytest.mark.unit
 def test_identities_of_a_peer_certificate() -> None:
-    """CN and DNS/URI/e-mail SANs, in order, without duplicates; nothing for an unverified peer."""
-    peer = {"subject": ((("commonName", "a.internal"),), (("organizationName", "x"),)),
-            "subjectAltName": (("DNS", "a.internal"), ("URI", SPIFFE), ("IP Address", "10.0.0.1"))}
-    assert identities(peer) == ("a.internal", SPIFFE)
+    """Typed DNS/URI/e-mail SANs, in order, without duplicates, DNS lower-cased; the CN only when the
+    certificate has no SAN at all (an IP SAN alone is enough to drop it); nothing for an unverified peer."""
+    subject = ((("commonName", SPIFFE),), (("organizationName", "x"),))
+    peer = {"subject": subject, "subjectAltName": (("DNS", "A.internal"), ("URI", BILLING), ("DNS", "a.internal"),
+                                                   ("email", "ops@example.com"), ("IP Address", "10.0.0.1"))}
+    assert identities(peer) == ("dns:a.internal", f"uri:{BILLING}", "email:ops@example.com")
+    assert identities({"subject": subject, "subjectAltName": (("IP Address", "10.0.0.1"),)}) == ()
+    assert identities({"subject": subject}) == (f"cn:{SPIFFE}",)
     assert identities({}) == () and identities(None) == ()

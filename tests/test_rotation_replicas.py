@@ -300,7 +300,8 @@ def test_alg_change_takes_effect_with_next_key_and_import(tmp_path: Path) -> Non
             )
         )
         refused = run_cli("keys", "import", "zapier", "--pem", str(wrong), config=path)
-        assert refused.returncode == 78 and "RS256" in refused.stderr
+        # the key is wrong, not the configuration: exit 1 (not 78, EX_CONFIG), naming --pem
+        assert refused.returncode == 1 and "RS256" in refused.stderr and "--pem" in refused.stderr
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

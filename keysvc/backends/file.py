@@ -26,7 +26,7 @@ from typing import Any
 
 from keysvc.backends import keys
 from keysvc.backends.base import KeyRecord, Signer
-from keysvc.errors import BackendUnavailable, ConfigError, StoreCorrupt
+from keysvc.errors import BackendUnavailable, InvalidKeyMaterial, StoreCorrupt
 from keysvc.faults import checkpoint
 
 _RECORD = re.compile(r"^key-(\d{6,})\.json$")
@@ -211,7 +211,7 @@ class FileBackend:
             ) from None
         try:
             checked = keys.check_key_fits(key, record.alg)
-        except ConfigError:
+        except InvalidKeyMaterial:
             raise StoreCorrupt(f"private key of {record.kid} does not fit {record.alg}") from None
         if keys.kid_of(checked) != record.kid:
             raise StoreCorrupt(f"private key file of {record.kid} holds another key")
@@ -231,7 +231,7 @@ class FileBackend:
             try:
                 loaded = keys.from_pem(pem, None)
             except (ValueError, TypeError):
-                raise ConfigError("pem", "not an unencrypted PEM private key") from None
+                raise InvalidKeyMaterial("not an unencrypted PEM private key") from None
             key = keys.check_key_fits(loaded, alg)
         record = KeyRecord(
             keyset=keyset,
@@ -244,7 +244,7 @@ class FileBackend:
             created_by=self.instance_id,
         )
         if any(r.kid == record.kid for r in self.load(keyset)):
-            raise ConfigError("pem", f"key {record.kid} is already in keyset {keyset}")
+            raise InvalidKeyMaterial(f"key {record.kid} is already in keyset {keyset}")
         pem_path = self._pem_path(keyset, seq)
         try:
             checkpoint("file.create.begin")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from jwcrypto.jwk import JWK
 
 from keysvc.algorithms import ALGORITHMS, RSA_KEY_BITS, Algorithm, der_to_jose
-from keysvc.errors import ConfigError
+from keysvc.errors import InvalidKeyMaterial
 from keysvc.jwks import public_members, thumbprint
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -70,22 +70,22 @@ def check_key_fits(key: object, alg: str) -> PrivateKey:
     spec = ALGORITHMS[alg]
     if spec.family in ("RSA", "RSA-PSS") and isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < RSA_MIN_BITS:
-            raise ConfigError("pem", f"RSA key of {key.key_size} bits is too weak ({RSA_MIN_BITS} at least)")
+            raise InvalidKeyMaterial(f"RSA key of {key.key_size} bits is too weak ({RSA_MIN_BITS} at least)")
         if key.key_size > RSA_MAX_BITS:
             # every signature costs O(bits^3): a huge imported key would make each /v1/sign a CPU sink
-            raise ConfigError("pem", f"RSA key of {key.key_size} bits is too large ({RSA_MAX_BITS} at most)")
+            raise InvalidKeyMaterial(f"RSA key of {key.key_size} bits is too large ({RSA_MAX_BITS} at most)")
         exponent = key.public_key().public_numbers().e
         if exponent != RSA_EXPONENT:
             # e = 3 invites the signature-forgery attacks on lax PKCS#1 v1.5 verifiers (Bleichenbacher 2006)
-            raise ConfigError("pem", f"RSA public exponent {exponent} refused ({RSA_EXPONENT} required)")
+            raise InvalidKeyMaterial(f"RSA public exponent {exponent} refused ({RSA_EXPONENT} required)")
         return key
     if spec.family == "EC" and isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.name != spec.ec_curve().name:
-            raise ConfigError("pem", f"{alg} needs curve {spec.curve}, the key is on {key.curve.name}")
+            raise InvalidKeyMaterial(f"{alg} needs curve {spec.curve}, the key is on {key.curve.name}")
         return key
     if spec.family == "OKP" and isinstance(key, ed25519.Ed25519PrivateKey):
         return key
-    raise ConfigError("pem", f"the key's type does not fit algorithm {alg}")
+    raise InvalidKeyMaterial(f"the key's type does not fit algorithm {alg}")
 
 
 def public_jwk(key: PrivateKey) -> dict[str, str]:

@@ -29,7 +29,7 @@ from jwcrypto.jwk import JWK  # type: ignore[import-untyped,unused-ignore]
 
 from keysvc.algorithms import ALGORITHMS, RSA_KEY_BITS, Algorithm, der_to_jose
 from keysvc.backends.base import KeyRecord
-from keysvc.errors import BackendError, BackendUnavailable, ConfigError, StoreCorrupt
+from keysvc.errors import BackendError, BackendUnavailable, ConfigError, InvalidKeyMaterial, StoreCorrupt
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
@@ -280,7 +280,7 @@ class KmsBackend:
         `repair()` removes after the grace period.
         """
         if pem is not None:
-            raise ConfigError("backend.type", "importing an existing key needs the file backend")
+            raise InvalidKeyMaterial("keysvc imports keys with the file backend only, not into AWS KMS")
         _check_keyset(keyset)
         algorithm = kms_algorithm(alg, f"keysets.{keyset}.alg")
         alias = self._alias(keyset, seq)

@@ -96,11 +96,11 @@ class ClientSettings:
     keysets: tuple[str, ...]
     audiences: tuple[str, ...]
     max_ttl: float
-    admin: bool = False
+    admin_keysets: tuple[str, ...] = ()  # the keysets whose keys it may list, rotate and revoke
     token_exchange: bool = False
     exchange_scopes: tuple[str, ...] | None = None
     rate_limit: RateLimit | None = None
-    cert_subjects: tuple[str, ...] = ()  # client-certificate CN or SAN values that identify this client
+    cert_subjects: tuple[str, ...] = ()  # typed certificate identities (keysvc.tls): "uri:...", "dns:...", ...
     zapier: bool = False  # may call /v1/zapier/*
 
 

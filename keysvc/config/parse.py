@@ -102,6 +102,51 @@ def _digests(sec: Section) -> tuple[str, ...]:
     return digests
 
 
+def _admin_keysets(sec: Section, keysets: tuple[str, ...]) -> tuple[str, ...]:
+    """`admin`: false (none), true (every keyset in the client's `keysets`), or a list of some of them."""
+    value = sec.get("admin", False)
+    if isinstance(value, bool):
+        return keysets if value else ()
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(sec.name("admin"), "expected true, false or a non-empty list of keysets")
+    for keyset in value:
+        if keyset not in keysets:
+            raise ConfigError(sec.name("admin"), f"{keyset!r} is not in this client's keysets")
+    return tuple(dict.fromkeys(value))
+
+
+def _typed(entry: str, types: tuple[str, ...]) -> str:
+    """What an untyped `cert_subjects` entry should have been written as."""
+    kind, sep, value = entry.partition(":")
+    if sep and kind.lower() in types:
+        return f"{kind.lower()}:{value}"
+    if "://" in entry:
+        return f"uri:{entry}"
+    if "@" in entry:
+        return f"email:{entry}"
+    return f"dns:{entry}" if "." in entry else f"cn:{entry}"
+
+
+def _cert_subjects(sec: Section) -> tuple[str, ...]:
+    """`cert_subjects`: typed identities, `uri:`, `dns:`, `email:` (subjectAltNames) or `cn:` (the subject
+    CN, which counts only for a certificate without SANs)."""
+    from keysvc.tls import SUBJECT_TYPES, typed_subject  # keysvc.tls builds on keysvc.config
+
+    subjects = []
+    for entry in sec.str_list("cert_subjects"):
+        kind, sep, value = entry.partition(":")
+        if sep and kind in SUBJECT_TYPES and not value:
+            raise ConfigError(sec.name("cert_subjects"), f"{entry!r} names nothing after {kind}:")
+        if not sep or kind not in SUBJECT_TYPES:
+            raise ConfigError(
+                sec.name("cert_subjects"),
+                f"{entry!r} has no type: write {_typed(entry, SUBJECT_TYPES)} (the prefix is one of "
+                f"{', '.join(t + ':' for t in SUBJECT_TYPES)}; cn: counts only for a certificate without SANs)",
+            )
+        subjects.append(typed_subject(kind, value))
+    return tuple(dict.fromkeys(subjects))
+
+
 def _client(name: str, sec: Section, keysets: Mapping[str, KeysetSettings]) -> ClientSettings:
     digests = _digests(sec)
     allowed = sec.str_list("keysets", required=True)
@@ -122,11 +167,11 @@ def _client(name: str, sec: Section, keysets: Mapping[str, KeysetSettings]) -> C
         keysets=allowed,
         audiences=audiences,
         max_ttl=max_ttl,
-        admin=sec.flag("admin"),
+        admin_keysets=_admin_keysets(sec, allowed),
         token_exchange=sec.flag("token_exchange"),
         exchange_scopes=sec.str_list("exchange_scopes") if sec.present("exchange_scopes") else None,
         rate_limit=_rate_limit(sec.section("rate_limit")),
-        cert_subjects=sec.str_list("cert_subjects"),
+        cert_subjects=_cert_subjects(sec),
         zapier=sec.flag("zapier"),
     )
     sec.done()

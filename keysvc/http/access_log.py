@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keysvc.http.common import Headers, first_headers, request_id
-from keysvc.logs import LOG, event
+from keysvc.logs import LOG, REQUEST_ID, event
 from keysvc.metrics import Metrics
 
 
@@ -31,7 +31,8 @@ class RawEndpoint(Protocol):
 
 class AccessLog:
     """The request id (the caller's X-Request-ID when sane, else a fresh one) goes to
-    `scope["state"]["request_id"]` and back as X-Request-ID; each request is counted in
+    `scope["state"]["request_id"]`, to keysvc.logs.REQUEST_ID for the time of the request (so every line
+    logged while answering it carries it) and back as X-Request-ID; each request is counted in
     keysvc_http_requests_total{listener="internal", route, status} and, when `enabled`, logged."""
 
     def __init__(self, metrics: Metrics, *, enabled: bool) -> None:
@@ -57,9 +58,11 @@ class AccessLog:
                     message["headers"] = [*message.get("headers", ()), rid_header]
                 await send(message)
 
+            token = REQUEST_ID.set(rid)
             try:
                 await app(scope, receive, send_with_id)
             finally:
+                REQUEST_ID.reset(token)
                 self._done(scope, route_label(scope), status, rid, started)
 
         return logged
@@ -71,7 +74,11 @@ class AccessLog:
             started = time.perf_counter()
             headers = first_headers(scope)
             rid = self._begin(scope, headers)
-            status = await endpoint(scope, receive, send, headers, [(b"x-request-id", rid.encode())])
+            token = REQUEST_ID.set(rid)
+            try:
+                status = await endpoint(scope, receive, send, headers, [(b"x-request-id", rid.encode())])
+            finally:
+                REQUEST_ID.reset(token)
             self._done(scope, route, status, rid, started)
 
         return logged

@@ -1,4 +1,10 @@
-"""The admin routes of the internal listener (admin clients only): list keys, rotate a keyset, revoke a key."""
+"""The admin routes of the internal listener (admin clients only): list keys, rotate a keyset, revoke a key.
+
+An admin client administers the keysets of its `admin_keysets` only (config `admin: true`: every keyset in
+its `keysets`; `admin: [a, b]`: those): GET /v1/keys lists their keys, a rotation of another keyset is
+403, and a revocation of a kid outside them is 404 "no such key", the answer to a kid that exists nowhere,
+so an admin learns nothing about the keys of keysets it does not hold.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from keysvc import operations
 from keysvc.config import Settings
-from keysvc.errors import InvalidRequest, NotFound
+from keysvc.errors import Forbidden, InvalidRequest, NotFound
 from keysvc.http.context import InternalApi
 from keysvc.keyring import Keyring
 
@@ -31,10 +37,12 @@ class AdminRoutes:
 
     async def list_keys(self, request: Request) -> Response:
         """GET /v1/keys (admin)"""
-        self.api.admin(request)
+        client = self.api.admin(request)
         now = self.keyring.clock.now()
         rows: list[dict[str, object]] = []
         for name, ks in self.settings.keysets.items():
+            if name not in client.admin_keysets:
+                continue
             view = self.keyring.view(name)
             if view is not None:
                 rows.extend(operations.describe(list(view.records), ks, now))
@@ -50,6 +58,8 @@ class AdminRoutes:
         ks = self.settings.keysets.get(name)
         if ks is None:
             raise NotFound("no such keyset")
+        if name not in client.admin_keysets:
+            raise Forbidden("this client is not an admin of this keyset")
         record = await self.keyring.run_blocking(
             lambda: operations.rotate(self.keyring.backend, ks, self.keyring.clock.now, f"client:{client.name}",
                                       force=body.get("force", False))
@@ -62,7 +72,7 @@ class AdminRoutes:
         client = self.api.admin(request)
         await self.api.body(request, optional=True)
         kid = request.path_params["kid"]
-        keysets = dict(self.settings.keysets)
+        keysets = {name: ks for name, ks in self.settings.keysets.items() if name in client.admin_keysets}
         record = await self.keyring.run_blocking(
             lambda: operations.revoke(
                 self.keyring.backend, keysets, kid, self.keyring.clock.now, f"client:{client.name}"

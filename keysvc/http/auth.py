@@ -16,7 +16,8 @@ class Authenticator:
     The key is hashed (SHA-256) and looked up by digest; the stored digest is then compared in constant
     time. Looking up by digest leaks nothing useful about the key: an attacker cannot steer SHA-256.
     A client certificate (mTLS, keysvc.tls) counts only when the request has no Authorization header;
-    when both are sent they must name the same client.
+    when both are sent they must name the same client. A certificate whose typed identities name two
+    different clients names none of them (401): which one wins must never depend on SAN order.
     """
 
     def __init__(self, clients: Mapping[str, ClientSettings]) -> None:
@@ -27,7 +28,7 @@ class Authenticator:
         """The client, or InvalidClient."""
         if not cert_identities:  # no client certificate: the API key alone
             return self._by_key(authorization)
-        by_cert = next((self._by_subject[i] for i in cert_identities if i in self._by_subject), None)
+        by_cert = self._by_certificate(cert_identities)
         if authorization is None:
             if by_cert is None:
                 raise InvalidClient("the client certificate names no configured client")
@@ -36,6 +37,12 @@ class Authenticator:
         if by_cert is not None and by_cert is not client:
             raise InvalidClient("the client certificate and the API key name different clients")
         return client
+
+    def _by_certificate(self, cert_identities: tuple[str, ...]) -> ClientSettings | None:
+        named = {id(c): c for i in cert_identities if (c := self._by_subject.get(i)) is not None}
+        if len(named) > 1:
+            raise InvalidClient("the client certificate names more than one client")
+        return next(iter(named.values()), None)
 
     def _by_key(self, authorization: str | None) -> ClientSettings:
         scheme, _, key = (authorization or "").partition(" ")

@@ -14,16 +14,16 @@ import os
 import re
 from typing import Any
 
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from keysvc.errors import InvalidRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+from keysvc.errors import ClientClosedRequest, InvalidRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
 
 Headers = list[tuple[bytes, bytes]]
 
 MAX_BODY = 64 * 1024
-# no dots: a JWT (three dot-separated parts) pasted as a request id must never reach the logs
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
+# no dots: a JWT (three dot-separated parts) pasted as a request id must never reach the logs. Matched with
+# fullmatch: `$` also matches before a trailing newline, which would let "abc\n" into a log line
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_:-]{1,64}")
 
 
 def error_body(exc: RequestError) -> bytes:
@@ -57,7 +57,7 @@ def first_headers(scope: Scope) -> dict[bytes, bytes]:
 
 def request_id(given: str | None) -> str:
     """The caller's X-Request-ID when it is sane, else a fresh one."""
-    if given and _REQUEST_ID.match(given):
+    if given and _REQUEST_ID.fullmatch(given):
         return given
     return _fresh_id()
 
@@ -142,7 +142,7 @@ async def read_json(receive: Receive, content_type: str | None, content_length: 
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            raise ClientClosedRequest("the client disconnected before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:

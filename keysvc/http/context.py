@@ -74,9 +74,9 @@ class InternalApi:
         return self.authorize(request.scope, request.headers.get("authorization"))
 
     def admin(self, request: Request) -> ClientSettings:
-        """Authenticate a caller who must be an admin client."""
+        """Authenticate a caller who must be an admin client (of at least one keyset)."""
         client = self.client(request)
-        if not client.admin:
+        if not client.admin_keysets:
             raise Forbidden("this operation needs an admin client")
         return client
 
