@@ -171,13 +171,13 @@ def build_openapi(settings: Settings) -> JsonObject:
             (*body_errors, 503), body=_body({"$ref": "#/components/schemas/SignRequest"}),
         )},
         "/v1/keys": {"get": _operation(
-            "list_keys", "List keys: every key of every keyset (admin)",
+            "list_keys", "List keys: every key of the keysets this client administers (admin)",
             _json("Keys", {"type": "object", "required": ["keys"], "additionalProperties": False,
                            "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}}}),
             (401, 403, 429),
         )},
         "/v1/keysets/{name}/rotate": {"post": _operation(
-            "rotate", "Rotate: promote the pending key now (admin)",
+            "rotate", "Rotate: promote the pending key now (admin of the keyset)",
             _json("The newly active key", {
                 "type": "object", "required": ["keyset", "active_kid", "activated_at"], "additionalProperties": False,
                 "properties": {"keyset": {"type": "string"}, "active_kid": {"type": "string"},
@@ -189,7 +189,7 @@ def build_openapi(settings: Settings) -> JsonObject:
             parameters=[_path_param("name", "keyset name")],
         )},
         "/v1/keys/{kid}/revoke": {"post": _operation(
-            "revoke", "Revoke: a key at once (admin)",
+            "revoke", "Revoke: a key at once (admin of its keyset; any other kid is not_found)",
             _json("The revoked key", {
                 "type": "object", "required": ["keyset", "kid", "revoked_at"], "additionalProperties": False,
                 "properties": {"keyset": {"type": "string"}, "kid": {"type": "string"},
