@@ -1,7 +1,7 @@
 """What the token-exchange tests share: run an ASGI app on 127.0.0.1 in a thread, and a stand-in for keysvc
 (a signer and the JWKS that publishes its keys) for the tests that do not start `keysvc serve`.
 
-The stand-in signs exactly as design §4 says `/v1/sign` does: it sets iss, iat, nbf = iat, exp, jti and
+The stand-in signs exactly as the README says `/v1/sign` does: it sets iss, iat, nbf = iat, exp, jti and
 the kid header; the caller's claims are used as given.
 """
 

@@ -21,7 +21,7 @@ def parse(raw: dict[str, Any]) -> TokenExchangeSettings:
 
 
 def test_defaults_are_design_section_6() -> None:
-    """With only a client id and a secret, every other value is design §6's default."""
+    """With only a client id and a secret, every other value is the documented default (docs/zapier.md)."""
     settings = parse({"client_id": "cid", "client_secret_env": "ZAPIER_SECRET"})
 
     assert settings == TokenExchangeSettings(client_id="cid", client_secret=settings.client_secret)

@@ -40,7 +40,7 @@ def sign_with(answer: httpx.Response | Exception) -> tuple[SignedToken | Request
 
 
 def test_request_shape() -> None:
-    """POST {base}/v1/sign with the Bearer API key and design §4's JSON body; the answer is read."""
+    """POST {base}/v1/sign with the Bearer API key and the documented JSON body; the answer is read."""
     body = {"token": "a.b.c", "kid": "k1", "alg": "ES256", "expires_at": 1764300000}
 
     result, [request] = sign_with(httpx.Response(200, json=body))

@@ -1,4 +1,4 @@
-"""Key rotation across several `keysvc serve` processes sharing one key directory (design §1)."""
+"""Key rotation across several `keysvc serve` processes sharing one key directory (README, "Key lifecycle")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The body contract of `POST /v1/token-exchange` (design §6). The HTTP layer authenticates the client
+"""The body contract of `POST /v1/token-exchange` (docs/zapier.md). The HTTP layer authenticates the client
 and checks its `token_exchange` flag; this module validates the body, applies the client's scopes and
 answers the JSON dict.
 
