@@ -20,7 +20,7 @@ def parse(raw: dict[str, Any]) -> TokenExchangeSettings:
     return parse_token_exchange(raw, KEYSETS, environ=ENV)
 
 
-def test_defaults_are_design_section_6() -> None:
+def test_defaults_are_the_documented_ones() -> None:
     """With only a client id and a secret, every other value is the documented default (docs/zapier.md)."""
     settings = parse({"client_id": "cid", "client_secret_env": "ZAPIER_SECRET"})
 

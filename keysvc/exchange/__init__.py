@@ -1,4 +1,4 @@
-"""RFC 8693 token exchange with a partner such as Zapier (design §6).
+"""RFC 8693 token exchange with a partner such as Zapier (docs/zapier.md).
 
 (configuration: keysvc.config.exchange, the `token_exchange` section -> TokenExchangeSettings)
 signer.py     TokenSigner protocol, SignedToken, RemoteSigner (keysvc's POST /v1/sign)
