@@ -128,6 +128,33 @@ def test_the_promtool_cases_catch_merged_namespaces(promtool: str, tmp_path: Pat
     assert result.returncode != 0 and "KeysvcJwksDivergent" in result.stdout + result.stderr
 
 
+ZAPIER_FAILING = 'outcome=~"timeout|unreachable|upstream_error|malformed|unavailable|unauthorized"'
+
+
+@pytest.mark.system
+@pytest.mark.parametrize(("broken", "mutant", "alert"), [
+    # every outcome but ok counted as Zapier's failure: staging's callers' mistakes and 429s would page
+    (ZAPIER_FAILING, 'outcome!="ok"', "KeysvcZapierApiFailing"),
+    # pending answers (polls) counted as finished runs: prod's 40% error ratio would drop to 13%
+    ('status=~"success|error"', 'status=~".+"', "KeysvcZapierRunsFailing"),
+])
+def test_the_promtool_cases_catch_a_miscounted_zapier_rule(promtool: str, tmp_path: Path, broken: str,
+                                                            mutant: str, alert: str) -> None:
+    """Mutation check: with the gateway alerts counting what they must not (callers' mistakes and 429s as
+    Zapier failures, pending polls as finished runs), the two-namespace cases fail."""
+    text = PLAIN_RULES.read_text()
+    assert text.count(broken) == 1
+    rules = tmp_path / "helm" / "prometheus-rules.yaml"
+    rules.parent.mkdir()
+    rules.write_text(text.replace(broken, mutant))
+    cases = tmp_path / "tests" / "promtool" / "keysvc_test.yaml"
+    cases.parent.mkdir(parents=True)
+    cases.write_text(PROMTOOL_TESTS.read_text())
+    result = subprocess.run([promtool, "test", "rules", str(cases)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode != 0 and alert in result.stdout + result.stderr
+
+
 def _anchor(heading: str) -> str:
     """GitHub's anchor of a Markdown heading."""
     return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
@@ -183,7 +210,9 @@ def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> No
     text = "\n".join(queries)
     for metric in ("keysvc_active_key_age_seconds", "keysvc_next_activation_seconds", "keysvc_keys",
                    "keysvc_jwks_info", "keysvc_sign_requests_total", "keysvc_sign_duration_seconds_bucket",
-                   "keysvc_backend_operations_total", "keysvc_canary_success"):
+                   "keysvc_backend_operations_total", "keysvc_canary_success",
+                   "keysvc_zapier_api_requests_total", "keysvc_zapier_action_runs_total",
+                   "keysvc_zapier_api_budget_total"):
         assert metric in text, metric
 
 

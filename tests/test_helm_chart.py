@@ -43,7 +43,7 @@ CHECKOV_MODE_SKIPS = {
     },
 }
 
-MODES = ["default", "file-rwx", "kms-irsa", "ingress", "hpa-monitoring", "mtls", "operated"]
+MODES = ["default", "file-rwx", "kms-irsa", "ingress", "hpa-monitoring", "mtls", "operated", "zapier-gateway"]
 
 RENDER_SCRIPT = """
 import json, sys
@@ -333,6 +333,75 @@ BAD_VALUES = {
     "extra mount over /tmp": ({"extraVolumeMounts": [{"name": "x", "mountPath": "/tmp"}]}, "extraVolumeMounts"),
     "unknown log level": ({"logLevel": "verbose"}, "logLevel"),
     "bad traffic policy": ({"service": {"public": {"externalTrafficPolicy": "Nearest"}}}, "externalTrafficPolicy"),
+    # Keys keysvc gained with the embed gateway, key rotation per client and the listener timeouts.
+    "a bad digest among a client's digests": (
+        {"config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "api_key_sha256": ["a" * 64, "x"]}}}},
+        "api_key_sha256",
+    ),
+    "an empty digest list": (
+        {"config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "api_key_sha256": []}}}},
+        "api_key_sha256",
+    ),
+    "one digest listed twice": (
+        {"config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "api_key_sha256": ["a" * 64] * 2}}}},
+        "api_key_sha256",
+    ),
+    "admin as a bare keyset name": (
+        {"config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "admin": "k"}}}},
+        "admin",
+    ),
+    "admin of an unknown keyset": (
+        {"config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "admin": ["k", "other"]}}}},
+        "config.clients.c.admin",
+    ),
+    "zapier flag as a string": (
+        {"config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "zapier": "yes"}}}},
+        "zapier",
+    ),
+    "zapier gateway client without token exchange": (
+        {"config": {"keysets": {"k": GOOD_KEYSET}, "clients": {"c": {**CLIENT, "zapier": True}}}},
+        "config.clients.c.zapier",
+    ),
+    "unknown public log mode": ({"config": {"log": {"public": "none"}}}, "public"),
+    "typo in a token exchange key": (
+        {"config": {"token_exchange": {"client_id": "x", "redirect_uri": ["https://a.example.com/cb"]}}},
+        "redirect_uri",
+    ),
+    "token exchange without a client id": ({"config": {"token_exchange": {"keyset": "zapier"}}}, "client_id"),
+    "Partner API over plain http": (
+        {"config": {"token_exchange": {"client_id": "x", "api_url": "http://api.zapier.com"}}},
+        "api_url",
+    ),
+    "redirect URI with a fragment": (
+        {"config": {"token_exchange": {"client_id": "x", "redirect_uris": ["https://a.example.com/cb#x"]}}},
+        "redirect_uris",
+    ),
+    "Partner API budget of zero": (
+        {"config": {"token_exchange": {"client_id": "x", "api_rate_limit": {"per_minute": 0}}}},
+        "per_minute",
+    ),
+    "Partner API burst of zero": (
+        {"config": {"token_exchange": {"client_id": "x", "api_rate_limit": {"burst": 0}}}},
+        "burst",
+    ),
+    "Partner API budget with an unknown key": (
+        {"config": {"token_exchange": {"client_id": "x", "api_rate_limit": {"per_second": 1}}}},
+        "per_second",
+    ),
+    "run wait beyond ten minutes": (
+        {"config": {"token_exchange": {"client_id": "x", "run_wait_max": "10m1s"}},
+         "secrets": {"tokenExchangeClientSecret": "s"}},
+        "run_wait_max",
+    ),
+    "run wait of zero": (
+        {"config": {"token_exchange": {"client_id": "x", "run_wait_max": 0}},
+         "secrets": {"tokenExchangeClientSecret": "s"}},
+        "run_wait_max",
+    ),
+    "zero keep-alive": ({"listenTimeouts": {"keepalive": "0s"}}, "listenTimeouts.keepalive"),
+    "bad head timeout": ({"listenTimeouts": {"head": "ten seconds"}}, "head"),
+    "unknown listener timeout": ({"listenTimeouts": {"idle": "5s"}}, "idle"),
+    "listener timeouts set by hand": ({"config": {"listen": {"keepalive_timeout": "65s"}}}, "listen"),
 }
 
 
@@ -432,6 +501,9 @@ def test_two_services_and_internal_port_only_for_labelled_clients() -> None:
     assert chart.config["listen"] == {
         "public": f"0.0.0.0:{ports['http-public']}",
         "internal": f"0.0.0.0:{ports['http-internal']}",
+        "head_timeout": "10s",
+        "body_timeout": "30s",
+        "keepalive_timeout": "5s",
     }
 
     policy = chart.one("NetworkPolicy", RELEASE)["spec"]
@@ -768,6 +840,52 @@ def test_mtls_mode_maps_tls_to_keysvc_config_and_keeps_probes_plain() -> None:
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert chart.container[probe]["httpGet"]["port"] == "http-public"
         assert chart.container[probe]["httpGet"].get("scheme", "HTTP") == "HTTP"
+
+
+@pytest.mark.system
+def test_zapier_gateway_mode_passes_the_new_keys_through() -> None:
+    """The gateway mode renders what keysvc gained: two digests for a client rotating its key, the zapier
+    flag, the gateway's token_exchange keys, log.public, and listenTimeouts as listen's three timeouts (the
+    keep-alive above the ALB's 60 s idle timeout); the mode's alert overrides reach the Zapier rules."""
+    chart = rendered("zapier-gateway")
+    config = chart.config
+    web = config["clients"]["web-backend"]
+    assert len(web["api_key_sha256"]) == 2 and web["zapier"] is True
+    assert config["clients"]["ops-console"]["admin"] is True
+    exchange = config["token_exchange"]
+    assert exchange["api_url"] == "https://api.zapier.com"
+    assert exchange["redirect_uris"] == mode_values("zapier-gateway")["config"]["token_exchange"]["redirect_uris"]
+    assert exchange["api_rate_limit"] == {"per_minute": 20, "burst": 5} and exchange["run_wait_max"] == "2m"
+    assert config["log"] == {"access": True, "public": "all"}
+    listen = config["listen"]
+    assert (listen["head_timeout"], listen["body_timeout"], listen["keepalive_timeout"]) == ("10s", "20s", "65s")
+    rules = {r["alert"]: r for o in chart.of_kind("PrometheusRule") for g in o["spec"]["groups"] for r in g["rules"]}
+    assert rules["KeysvcZapierApiFailing"]["expr"].rstrip().endswith("> 0.2")
+    assert rules["KeysvcZapierRunsFailing"]["for"] == "1h"
+    assert rules["KeysvcZapierThrottled"]["expr"].rstrip().endswith("> 0")
+
+
+@pytest.mark.unit
+def test_admin_may_name_the_keysets_a_client_administers() -> None:
+    """`admin` is a boolean or a list of configured keysets (the form keysvc is gaining); the list is passed
+    through as written."""
+    keysets = {"zapier": GOOD_KEYSET, "internal": GOOD_KEYSET}
+    client = {**CLIENT, "keysets": ["zapier", "internal"], "admin": ["internal"]}
+    answer = render_raw({"config": {"keysets": keysets, "clients": {"ops": client}}})
+    assert answer["ok"], answer.get("error")
+    assert Rendered(answer["manifests"]).config["clients"]["ops"]["admin"] == ["internal"]
+
+
+@pytest.mark.unit
+def test_chart_version_and_app_version() -> None:
+    """Chart 0.2.0 (new values, new alerts); appVersion is keysvc's own version, so the default image tag
+    is the release the chart was made for."""
+    import tomllib
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["version"] == "0.2.0"
+    assert chart["appVersion"] == project["version"]
 
 
 # --- documentation -------------------------------------------------------------------------------------

@@ -107,6 +107,9 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- end }}
 {{- $_ := set $listen "tls" $tls }}
 {{- end }}
+{{- $_ := set $listen "head_timeout" $v.listenTimeouts.head }}
+{{- $_ := set $listen "body_timeout" $v.listenTimeouts.body }}
+{{- $_ := set $listen "keepalive_timeout" $v.listenTimeouts.keepalive }}
 {{- $_ := set $cfg "listen" $listen }}
 {{- $backend := deepCopy (default (dict) $v.config.backend) }}
 {{- $_ := set $backend "type" $v.backend.type }}
@@ -170,6 +173,29 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- range $name, $client := $v.config.clients }}
 {{- if and $client.cert_subjects (not $tls.clientAuth.enabled) }}
 {{- fail (printf "config.clients.%s.cert_subjects needs internalTls.clientAuth.enabled (keysvc verifies client certificates against its CA)" $name) }}
+{{- end }}
+{{- if and $client.zapier (not $v.config.token_exchange) }}
+{{- fail (printf "config.clients.%s.zapier needs config.token_exchange (the gateway uses its access tokens)" $name) }}
+{{- end }}
+{{- if kindIs "slice" $client.admin }}
+{{- range $keyset := $client.admin }}
+{{- if not (hasKey $v.config.keysets $keyset) }}
+{{- fail (printf "config.clients.%s.admin: no keyset named %s in config.keysets" $name $keyset) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $key := list "head" "body" "keepalive" }}
+{{- if le (float64 (include "keysvc.seconds" (get $v.listenTimeouts $key))) 0.0 }}
+{{- fail (printf "listenTimeouts.%s must be greater than 0" $key) }}
+{{- end }}
+{{- end }}
+{{- with $v.config.token_exchange }}
+{{- if hasKey . "run_wait_max" }}
+{{- $wait := float64 (include "keysvc.seconds" .run_wait_max) }}
+{{- if or (le $wait 0.0) (gt $wait 600.0) }}
+{{- fail (printf "config.token_exchange.run_wait_max (%v) must be more than 0 and at most 10m: a caller's request stays open that long" .run_wait_max) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if and $v.ingress.enabled (eq $v.service.public.type "LoadBalancer") }}
