@@ -104,6 +104,8 @@ def check_sign_request(
     if not RESERVED_CLAIMS.isdisjoint(claims):
         reserved = sorted(RESERVED_CLAIMS & set(claims))
         raise InvalidRequest(f"claim {reserved[0]!r} is set by keysvc and may not be supplied")
+    if not isinstance(claims.get("sub", ""), str):  # RFC 7519 §4.1.2; verifiers (PyJWT) refuse others
+        raise InvalidRequest("claim 'sub' must be a string")
     _check_audience(claims.get("aud"), client)
     ttl = body.get("ttl")
     cap = int(min(client.max_ttl, keysets[keyset].max_token_ttl))

@@ -392,3 +392,13 @@ def test_jtis_stay_unique_across_threads_batches_and_a_fork(private_keys: dict[s
     parent = {minter.signing_input({"aud": "a"}, NOW, 60).jti for _ in range(10)}
     assert len(child) == 10
     assert not child & parent
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sub", [1, None, ["u-1"], {"id": "u-1"}, True])
+def test_a_sub_that_is_not_a_string_is_refused(sub: object) -> None:
+    """`sub` is a StringOrURI (RFC 7519 §4.1.2): any other JSON value is a 400, never a token that verifiers
+    such as PyJWT refuse to decode (found by the property test)."""
+    body = {"claims": {"sub": sub, "aud": "connect.zapier.com"}}
+    with pytest.raises(InvalidRequest, match="'sub' must be a string"):
+        check_sign_request(body, ONE, KEYSETS)
