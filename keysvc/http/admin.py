@@ -50,11 +50,7 @@ class AdminRoutes:
         ks = self.settings.keysets.get(name)
         if ks is None:
             raise NotFound("no such keyset")
-        record = await self.keyring.run_blocking(
-            lambda: operations.rotate(self.keyring.backend, ks, self.keyring.clock.now, f"client:{client.name}",
-                                      force=body.get("force", False))
-        )
-        await self.keyring.refresh(name)
+        record = await self.keyring.rotate(ks.name, f"client:{client.name}", force=body.get("force", False))
         return JSONResponse({"keyset": name, "active_kid": record.kid, "activated_at": record.activates_at})
 
     async def revoke(self, request: Request) -> Response:
@@ -62,11 +58,5 @@ class AdminRoutes:
         client = self.api.admin(request)
         await self.api.body(request, optional=True)
         kid = request.path_params["kid"]
-        keysets = dict(self.settings.keysets)
-        record = await self.keyring.run_blocking(
-            lambda: operations.revoke(
-                self.keyring.backend, keysets, kid, self.keyring.clock.now, f"client:{client.name}"
-            )
-        )
-        await self.keyring.refresh(record.keyset)
+        record = await self.keyring.revoke(kid, f"client:{client.name}")
         return JSONResponse({"keyset": record.keyset, "kid": record.kid, "revoked_at": record.revoked_at})
