@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from keysvc import jwks, lifecycle, operations
 from keysvc.audit import AuditLog
-from keysvc.backends.base import Backend, SigningKey
+from keysvc.backends.base import Backend
 from keysvc.batching import Audit, SignBatch, audit_signed
 from keysvc.clock import Clock
 from keysvc.config import KeysetSettings, Settings
@@ -29,7 +29,7 @@ from keysvc.errors import BackendError, BackendUnavailable, KeysvcError, NotFoun
 from keysvc.events import BackendOperation, ExpBeyondRetention, JwksChanged, Observer, Reconciled
 from keysvc.lifecycle import KeysetStatus, State
 from keysvc.logs import LOG
-from keysvc.records import KeyRecord, SignedToken
+from keysvc.records import KeyRecord, SignedToken, SigningKey
 from keysvc.tokens import Minter
 
 SIGNABLE = frozenset({State.PENDING, State.ACTIVE})

@@ -1,5 +1,7 @@
-"""The domain's records: a key as stored, and a signed token. Stdlib only, imported by every layer (the
-pure lifecycle and JWKS modules, the backends, the keyring, and the Python clients of keysvc.exchange).
+"""The domain's records: a key as stored, a signed token, and `SigningKey`, the private-key operation a key
+store hands out. Stdlib only, imported by every layer (the pure lifecycle, JWKS and token modules, the
+backends, the keyring, and the Python clients of keysvc.exchange): backends depend on these types, never
+the other way round.
 
 Times are float seconds since the epoch (UTC).
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,23 @@ class SignedToken(NamedTuple):
 
     def __repr__(self) -> str:  # the token is a bearer credential: never in a repr (logs, tracebacks)
         return f"SignedToken(kid={self.kid!r}, alg={self.alg!r}, expires_at={self.expires_at!r}, jti={self.jti!r})"
+
+
+class SigningKey(Protocol):
+    """The private-key operation of one kid.
+
+    `sign` returns the JOSE signature bytes (for ECDSA the fixed-width R||S, not DER). `in_process` is
+    True when signing is CPU-only (file backend) and may run on the event loop; False when it does I/O
+    (KMS) and must run in the backend's thread pool.
+    """
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def alg(self) -> str: ...
+
+    @property
+    def in_process(self) -> bool: ...
+
+    def sign(self, signing_input: bytes) -> bytes: ...

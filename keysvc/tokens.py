@@ -16,11 +16,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from keysvc.backends.base import SigningKey
 from keysvc.config import ClientSettings, KeysetSettings
 from keysvc.errors import Forbidden, InvalidRequest
 from keysvc.jwks import b64url
-from keysvc.records import SignedToken
+from keysvc.records import SignedToken, SigningKey
 
 RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp", "jti"})
 _REQUEST_FIELDS = frozenset({"keyset", "claims", "ttl"})

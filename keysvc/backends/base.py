@@ -13,27 +13,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from keysvc.records import KeyRecord
-
-
-class SigningKey(Protocol):
-    """The private-key operation of one kid.
-
-    `sign` returns the JOSE signature bytes (for ECDSA the fixed-width R||S, not DER). `in_process` is
-    True when signing is CPU-only (file backend) and may run on the event loop; False when it does I/O
-    (KMS) and must run in the backend's thread pool.
-    """
-
-    @property
-    def kid(self) -> str: ...
-
-    @property
-    def alg(self) -> str: ...
-
-    @property
-    def in_process(self) -> bool: ...
-
-    def sign(self, signing_input: bytes) -> bytes: ...
+from keysvc.records import KeyRecord, SigningKey
 
 
 class Backend(Protocol):

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from keysvc.backends import keys
-from keysvc.backends.base import SigningKey
 from keysvc.errors import BackendUnavailable, ConfigError, StoreCorrupt
 from keysvc.faults import checkpoint
-from keysvc.records import KeyRecord
+from keysvc.records import KeyRecord, SigningKey
 
 _RECORD = re.compile(r"^key-(\d{6,})\.json$")
 _PEM = re.compile(r"^key-(\d{6,})\.pem$")
