@@ -17,13 +17,12 @@ import pytest
 
 from keysvc import operations
 from keysvc.backends import keys
-from keysvc.backends.base import SigningKey
 from keysvc.clock import FixedClock
 from keysvc.config import parse_settings
 from keysvc.errors import BackendUnavailable, Conflict, Unavailable
 from keysvc.events import Event, ExpBeyondRetention, JwksChanged, KeyEvent, Reconciled
 from keysvc.keyring import Keyring
-from keysvc.records import KeyRecord
+from keysvc.records import KeyRecord, SigningKey
 from tests.helpers import base_config
 
 pytestmark = pytest.mark.unit

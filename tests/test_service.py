@@ -49,3 +49,23 @@ def test_close_releases_the_schedule_the_pools_and_the_mirror(
     assert service.scheduler is None
     wait_for(lambda: not ({"keysvc-io", "keysvc-mirror"} & (keysvc_threads() - before)), 10,
              "keysvc's threads to end")
+
+
+def test_close_releases_the_partner_sides_http_client(tmp_path: Path) -> None:
+    """With token_exchange configured, the service builds one partner side (exchanger, gateway, their HTTP
+    client) and its aclose() closes that client: no connection pool outlives the service."""
+    secret = tmp_path / "client-secret"
+    secret.write_text("s3cr3t\n")
+    config = base_config(tmp_path / "keys")
+    config["token_exchange"] = {"keyset": "zapier", "token_url": "http://127.0.0.1:9/oauth/token",
+                                "api_url": "http://127.0.0.1:9", "client_id": "keysvc",
+                                "client_secret_file": str(secret)}
+    service = build_service(parse_settings(config))
+    assert service.partner is not None and not service.partner.http.is_closed
+
+    async def run() -> None:
+        await service.start()
+        await service.aclose()
+
+    asyncio.run(run())
+    assert service.partner.http.is_closed and service.scheduler is None
