@@ -13,7 +13,7 @@ from keysvc.errors import Forbidden, InvalidRequest, RequestError
 from keysvc.exchange import TokenExchanger, TokenExchangeSettings
 from keysvc.exchange.requests import allowed_scope, parse_body
 from keysvc.exchange.routes import exchange_request
-from keysvc.exchange.signer import SignedToken
+from keysvc.records import SignedToken
 
 pytestmark = pytest.mark.unit
 
