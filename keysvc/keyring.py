@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -239,12 +239,14 @@ class Keyring:
         await self.refresh(keyset)
         return record
 
-    async def revoke(self, kid: str, actor: str) -> KeyRecord:
-        """Revoke a key of any keyset at once (promoting the pending key if it was the active one)."""
-        for name in self.settings.keysets:
+    async def revoke(self, kid: str, actor: str, *, keysets: Iterable[str] | None = None) -> KeyRecord:
+        """Revoke a key at once (promoting the pending key if it was the active one). The key is looked for
+        in `keysets` (default: every keyset); a kid outside them is NotFound, as an unknown one is."""
+        names = list(self.settings.keysets) if keysets is None else [n for n in keysets if n in self.settings.keysets]
+        for name in names:
             await self._loaded(name)
-        keysets = dict(self.settings.keysets)
-        record = await self._write(lambda: operations.revoke(self.backend, keysets, kid, self.clock.now, actor,
+        searched = {name: self.settings.keysets[name] for name in names}
+        record = await self._write(lambda: operations.revoke(self.backend, searched, kid, self.clock.now, actor,
                                                              observer=self.observer))
         await self.refresh(record.keyset)
         return record

@@ -19,7 +19,7 @@ from keysvc import operations
 from keysvc.backends import keys
 from keysvc.clock import FixedClock
 from keysvc.config import parse_settings
-from keysvc.errors import BackendUnavailable, Conflict, Unavailable
+from keysvc.errors import BackendUnavailable, Conflict, NotFound, Unavailable
 from keysvc.events import Event, ExpBeyondRetention, JwksChanged, KeyEvent, Reconciled
 from keysvc.keyring import Keyring
 from keysvc.records import KeyRecord, SigningKey
@@ -300,3 +300,15 @@ def test_revoke_through_the_keyring_drops_the_key_from_the_served_jwks(replica: 
     written = replica.seen.of(KeyEvent)[told:]
     assert [e.kind for e in written][:2] == ["revoke", "activate"]  # then the next pending key, the destruction
     assert {e.actor for e in written} == {"client:ops"}
+
+
+def test_revoke_limited_to_some_keysets_does_not_find_a_key_outside_them(replica: Replica) -> None:
+    """Keyring.revoke(kid, actor, keysets=[...]) (an admin scoped to its keysets): a kid of another keyset
+    is NotFound, like an unknown kid, and stays published and signing; nothing is audited."""
+    replica.run(replica.keyring.refresh(KS))
+    active = replica.active_kid()
+    assert active is not None
+    told = len(replica.seen.of(KeyEvent))
+    with pytest.raises(NotFound):
+        replica.run(replica.keyring.revoke(active, "client:other", keysets=["another-keyset"]))
+    assert replica.active_kid() == active and len(replica.seen.of(KeyEvent)) == told
