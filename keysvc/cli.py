@@ -24,6 +24,7 @@ from keysvc.errors import ConfigError, KeysvcError, RequestError
 from keysvc.jwks import build
 from keysvc.keyring import Keyring
 from keysvc.logs import setup
+from keysvc.records import KeyRecord
 from keysvc.zapier.cli import add_zapier_parser
 
 DEV_DIR = Path(".keysvc-dev")
@@ -138,9 +139,9 @@ def _now() -> float:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    backend = open_backend(settings.backend, "cli")
+    records = _read(settings, list(settings.keysets.values()))
     now = _now()
-    rows = [row for ks in settings.keysets.values() for row in operations.describe(backend.load(ks.name), ks, now)]
+    rows = [row for ks in settings.keysets.values() for row in operations.describe(records[ks.name], ks, now)]
     if args.json:
         print(json.dumps({"keys": rows}, indent=2))
         return 0
@@ -157,6 +158,15 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
     return "-" if value is None else str(value)
+
+
+def _read(settings: Settings, keysets: Sequence[KeysetSettings]) -> dict[str, list[KeyRecord]]:
+    """Read-only commands: the records of some keysets straight from the backend (no reconcile, no write)."""
+    backend = open_backend(settings.backend, "cli")
+    try:
+        return {ks.name: backend.load(ks.name) for ks in keysets}
+    finally:
+        backend.close()
 
 
 def _with_keyring(settings: Settings, work: Callable[[Keyring], Awaitable[T]]) -> T:
@@ -204,8 +214,7 @@ def cmd_jwks(args: argparse.Namespace) -> int:
     settings = _settings(args)
     name = args.keyset or settings.default_keyset or next(iter(settings.keysets))
     ks = _keyset(settings, name)
-    backend = open_backend(settings.backend, "cli")
-    status = lifecycle.evaluate(backend.load(ks.name), _now(), operations.policy_of(ks))
+    status = lifecycle.evaluate(_read(settings, [ks])[ks.name], _now(), operations.policy_of(ks))
     print(json.dumps(json.loads(build(status.published).body), indent=2))
     return 0
 
