@@ -74,7 +74,7 @@ def refresh_cost(keysets: int, runs: int, work: Path) -> tuple[int, float]:
         times = asyncio.run(measure())
         keys = sum(len(v.records) for name in config["keysets"] if (v := service.keyring.view(name)) is not None)
     finally:
-        service.close()
+        asyncio.run(service.aclose())
     return keys, statistics.median(times)
 
 

@@ -61,7 +61,7 @@ def inprocess_rs256_rate(config: dict[str, object], runs: int, seconds: float) -
         return [rate(mint, seconds) for _ in range(runs)]
     finally:
         os.sched_setaffinity(0, previous)
-        service.close()
+        asyncio.run(service.aclose())
 
 
 def main() -> None:

@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from keysvc.logs import audit_requests
-from keysvc.tokens import Minter, Token, Unsigned
+from keysvc.records import SignedToken
+from keysvc.tokens import Minter, Unsigned
 
 Audit = Mapping[str, Any] | None  # who asked for a token (client, keyset, claims summary), or None: no line
-_Entry = tuple[Minter, Unsigned, Audit, "asyncio.Future[Token]"]
+_Entry = tuple[Minter, Unsigned, Audit, "asyncio.Future[SignedToken]"]
 
 
-def audit_signed(signed: Sequence[tuple[Mapping[str, Any], Token]]) -> None:
+def audit_signed(signed: Sequence[tuple[Mapping[str, Any], SignedToken]]) -> None:
     """The `token.sign` audit lines of tokens signed (the caller's fields, then kid, jti, exp), in one write."""
     audit_requests("token.sign", [{**fields, "kid": t.kid, "jti": t.jti, "exp": t.expires_at} for fields, t in signed])
 
@@ -40,7 +41,7 @@ class SignBatch:
         self._queue: list[_Entry] = []
         self._turn_started = False  # a signature ran in this turn: later ones queue until it ends
 
-    async def sign(self, minter: Minter, unsigned: Unsigned, audit: Audit = None) -> Token:
+    async def sign(self, minter: Minter, unsigned: Unsigned, audit: Audit = None) -> SignedToken:
         """The signed token (audited, when `audit` is given): at once for the first request of this turn,
         else once the turn's queue has been signed."""
         loop = asyncio.get_running_loop()
@@ -53,15 +54,15 @@ class SignBatch:
             if audit is not None:
                 audit_signed([(audit, token)])  # raises, failing closed, when the line cannot be written
             return token
-        future: asyncio.Future[Token] = loop.create_future()
+        future: asyncio.Future[SignedToken] = loop.create_future()
         self._queue.append((minter, unsigned, audit, future))
         return await future
 
     def _run(self) -> None:
         self._turn_started = False
         queue, self._queue = self._queue, []
-        results: list[tuple[asyncio.Future[Token], Token | Exception]] = []
-        audited: list[tuple[Mapping[str, Any], Token]] = []
+        results: list[tuple[asyncio.Future[SignedToken], SignedToken | Exception]] = []
+        audited: list[tuple[Mapping[str, Any], SignedToken]] = []
         for minter, unsigned, audit, future in queue:
             if future.cancelled():  # the request is gone: no token is made for it
                 continue

@@ -10,17 +10,21 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from keysvc import __version__, lifecycle, operations
 from keysvc.backends.registry import open_backend
+from keysvc.clock import SystemClock
 from keysvc.config import KeysetSettings, ReadOptions, Settings, load_settings, parse_settings
 from keysvc.errors import ConfigError, InvalidKeyMaterial, KeysvcError, RequestError
 from keysvc.jwks import build
+from keysvc.keyring import Keyring
 from keysvc.logs import setup
+from keysvc.records import KeyRecord
 from keysvc.zapier.cli import add_zapier_parser
 
 DEV_DIR = Path(".keysvc-dev")
@@ -28,6 +32,7 @@ EXIT_FAILED = 1  # the operation failed or was refused
 EXIT_USAGE = 2  # bad command line (argparse)
 EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): the configuration is invalid
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+T = TypeVar("T")
 EPILOG = """configuration: --config FILE or $KEYSVC_CONFIG (YAML), or --dev for the embedded development default;
   --config and --dev go before or after the command.
 logging: --log-level or $KEYSVC_LOG_LEVEL: debug, info (default), warning, error, critical (any case).
@@ -134,9 +139,9 @@ def _now() -> float:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    backend = open_backend(settings.backend, "cli")
+    records = _read(settings, list(settings.keysets.values()))
     now = _now()
-    rows = [row for ks in settings.keysets.values() for row in operations.describe(backend.load(ks.name), ks, now)]
+    rows = [row for ks in settings.keysets.values() for row in operations.describe(records[ks.name], ks, now)]
     if args.json:
         print(json.dumps({"keys": rows}, indent=2))
         return 0
@@ -155,20 +160,40 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _read(settings: Settings, keysets: Sequence[KeysetSettings]) -> dict[str, list[KeyRecord]]:
+    """Read-only commands: the records of some keysets straight from the backend (no reconcile, no write)."""
+    backend = open_backend(settings.backend, "cli")
+    try:
+        return {ks.name: backend.load(ks.name) for ks in keysets}
+    finally:
+        backend.close()
+
+
+def _with_keyring(settings: Settings, work: Callable[[Keyring], Awaitable[T]]) -> T:
+    """Run `work` on a keyring over the configured backend: the write API the HTTP admin routes use, so
+    the CLI's writes run the same sequence and are audited the same way (actor `cli:<user>`)."""
+
+    async def run() -> T:
+        keyring = Keyring(settings, open_backend(settings.backend, "cli"), SystemClock(), "cli")
+        try:
+            return await work(keyring)
+        finally:
+            keyring.close()
+
+    return asyncio.run(run())
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ks = _keyset(settings, args.keyset)
-    backend = open_backend(settings.backend, "cli")
-    operations.reconcile(backend, ks, _now, "cli")
-    record = operations.rotate(backend, ks, _now, f"cli:{_user()}", force=args.force)
+    record = _with_keyring(settings, lambda keyring: keyring.rotate(ks.name, f"cli:{_user()}", force=args.force))
     print(json.dumps({"keyset": ks.name, "active_kid": record.kid, "activated_at": record.activates_at}))
     return 0
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    backend = open_backend(settings.backend, "cli")
-    record = operations.revoke(backend, dict(settings.keysets), args.kid, _now, f"cli:{_user()}")
+    record = _with_keyring(settings, lambda keyring: keyring.revoke(args.kid, f"cli:{_user()}"))
     print(json.dumps({"keyset": record.keyset, "kid": record.kid, "revoked_at": record.revoked_at}))
     return 0
 
@@ -180,8 +205,7 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
         pem = Path(args.pem).read_bytes()
     except OSError as exc:
         raise InvalidKeyMaterial(f"cannot read {args.pem}: {exc.strerror}") from None
-    backend = open_backend(settings.backend, "cli")
-    record = operations.import_key(backend, ks, pem, _now, f"cli:{_user()}")
+    record = _with_keyring(settings, lambda keyring: keyring.import_key(ks.name, pem, f"cli:{_user()}"))
     print(json.dumps({"keyset": ks.name, "kid": record.kid, "activates_at": record.activates_at}))
     return 0
 
@@ -190,8 +214,7 @@ def cmd_jwks(args: argparse.Namespace) -> int:
     settings = _settings(args)
     name = args.keyset or settings.default_keyset or next(iter(settings.keysets))
     ks = _keyset(settings, name)
-    backend = open_backend(settings.backend, "cli")
-    status = lifecycle.evaluate(backend.load(ks.name), _now(), operations.policy_of(ks))
+    status = lifecycle.evaluate(_read(settings, [ks])[ks.name], _now(), operations.policy_of(ks))
     print(json.dumps(json.loads(build(status.published).body), indent=2))
     return 0
 
@@ -293,9 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_exchange(args: argparse.Namespace) -> int:
-    from keysvc.exchange.wiring import exchange_command
+    """`keysvc exchange`: sign in this process with the configured backend's active key, exchange once."""
+    from keysvc.exchange.cli import run_exchange_async
+    from keysvc.exchange.keyring_signer import KeyringSigner
 
-    return exchange_command(args, _settings(args))
+    settings = _settings(args)
+    exchange = settings.token_exchange
+    if exchange is None:
+        raise ConfigError("token_exchange", "not configured: `keysvc exchange` needs a token_exchange section")
+
+    async def run(keyring: Keyring) -> int:
+        await keyring.refresh(exchange.keyset)
+        return await run_exchange_async(args, exchange, KeyringSigner(keyring, settings.keysets, exchange.keyset))
+
+    return _with_keyring(settings, run)
 
 
 def add_config_options(parser: argparse.ArgumentParser, default: object) -> None:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from keysvc.backends.base import KeyRecord
+from keysvc.records import KeyRecord
 
 # Public JWK members by key type (RFC 7518 §6); anything else (d, p, q, dp, dq, qi, k, oth) never leaves.
 PUBLIC_MEMBERS: dict[str, tuple[str, ...]] = {

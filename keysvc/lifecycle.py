@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from keysvc.backends.base import KeyRecord
+from keysvc.records import KeyRecord
 
 
 class State(StrEnum):

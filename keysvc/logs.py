@@ -3,7 +3,7 @@
 Three ways to write a line, all in the same JSON layout and to the same stream, in order:
 - `LOG.info(...)` with `extra=` (keysvc's and uvicorn's ordinary lines): through `logging`.
 - `audit(name, ...)`: key operations, through `logging` too, so the handlers on `keysvc.audit` see them
-  (the server counts key events there: `metrics.KeyEventCounter`).
+  (written by keysvc.audit.AuditLog, an observer of the keyring's KeyEvents).
 - The lines written per request, `event()` (access lines) and `audit_request()` / `audit_requests()` (one
   per token signed or exchanged): formatted by keysvc's handler directly, without a `LogRecord` (about
   6 us less per line). Access lines are written in one write per event-loop turn; audit lines are written

@@ -10,7 +10,6 @@ prometheus-client's multiprocess mode is deliberately not used (docs/runbook.md,
 
 from __future__ import annotations
 
-import logging
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,14 +37,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from keysvc.errors import BackendError, BackendUnavailable, KeysvcError, StoreCorrupt
+from keysvc.events import KEY_EVENT_KINDS, BackendOperation, Event, ExpBeyondRetention, KeyEvent, Reconciled
 from keysvc.lifecycle import State
-from keysvc.logs import fields
 
 if TYPE_CHECKING:
     from keysvc.keyring import Keyring
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-KEY_EVENTS = ("create", "activate", "destroy", "rotate", "revoke", "import")
 BACKEND_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # AWS error codes meaning "slow down" (KMS throttles per account and region). Matched on the botocore error
@@ -171,8 +169,7 @@ class Metrics:
         self.canary_etag = Info(
             "keysvc_canary_observed", "ETag the canary saw at the public URL", ["keyset"], registry=r
         )
-
-        self.key_event_counter = KeyEventCounter(self.key_events)
+        self._keysets: frozenset[str] = frozenset()  # the configured keysets: key event labels stay bounded
 
     def watch(self, keyring: Keyring) -> None:
         """Export the keyring's per-keyset state at scrape time."""
@@ -180,22 +177,67 @@ class Metrics:
 
     def prime(self, keysets: Iterable[str]) -> None:
         """Create the series alerts compare against at 0, so the first increment is a visible change."""
-        self.key_event_counter.keysets = frozenset(keysets)
-        for keyset in self.key_event_counter.keysets:
+        self._keysets = frozenset(keysets)
+        for keyset in self._keysets:
             self.token_exp_beyond_retention.labels(keyset)
             self.reconcile_errors.labels(keyset)
             self.creation_races_lost.labels(keyset)
-            for event in KEY_EVENTS:
+            for event in KEY_EVENT_KINDS:
                 self.key_events.labels(keyset, event)
         for operation in ("sync", "sign", "write"):
             self.backend_ops.labels(operation, "ok")
             self.backend_ops.labels(operation, "unavailable")
             self.backend_ops.labels(operation, "throttled")
 
-    def backend_op(self, operation: str, error: BaseException | None, seconds: float) -> None:
-        """Count one backend operation and its latency (a keyring `on_backend_op` hook)."""
-        self.backend_ops.labels(operation, backend_outcome(error)).inc()
-        self.backend_latency.labels(operation).observe(seconds)
+    def notify(self, event: Event) -> None:
+        """Count a keyring event (an observer: keysvc.events). Key events are counted from the same event the
+        audit line is written from, whichever path ran the operation, so the metric and the audit trail are
+        equal by construction."""
+        if isinstance(event, KeyEvent):
+            if event.kind in KEY_EVENT_KINDS and event.keyset in self._keysets:
+                self.key_events.labels(event.keyset, event.kind).inc()
+        elif isinstance(event, BackendOperation):
+            self.backend_ops.labels(event.operation, backend_outcome(event.error)).inc()
+            self.backend_latency.labels(event.operation).observe(event.seconds)
+        elif isinstance(event, Reconciled):
+            if event.error is not None:
+                self.reconcile_errors.labels(event.keyset).inc()
+            elif event.report is not None and event.report.lost_races:
+                self.creation_races_lost.labels(event.keyset).inc(event.report.lost_races)
+        elif isinstance(event, ExpBeyondRetention):
+            self.token_exp_beyond_retention.labels(event.keyset).inc()
+
+
+class ExchangeMetrics:
+    """The token exchange's observer (keysvc.exchange.partner.ExchangeObserver): upstream calls, cache."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """One request to the partner."""
+        self._metrics.exchange_calls.labels(outcome).inc()
+        self._metrics.exchange_latency.observe(seconds)
+
+    def cache(self, result: str) -> None:
+        """One access-token cache lookup."""
+        self._metrics.exchange_cache.labels(result).inc()
+
+
+class PartnerApiMetrics:
+    """The embed gateway's observer (keysvc.zapier.partner_api.ApiObserver): Partner API calls, budget."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def call(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """One Partner API request."""
+        self._metrics.zapier_calls.labels(endpoint, outcome).inc()
+        self._metrics.zapier_latency.labels(endpoint).observe(seconds)
+
+    def budget(self, result: str) -> None:
+        """A request delayed or refused by the replica's budget."""
+        self._metrics.zapier_budget.labels(result).inc()
 
 
 class LoopCounter(Collector):
@@ -252,28 +294,6 @@ class LoopHistogram(Collector):
         for labels, series in list(self.series.items()):
             family.add_metric(labels, list(zip(self._les, accumulate(series[:-1]), strict=True)), sum_value=series[-1])
         yield family
-
-
-class KeyEventCounter(logging.Handler):
-    """Counts each `key.*` audit event as keysvc_key_events_total{keyset, event}.
-
-    Every key operation is audited (keysvc.operations), whichever path ran it: a scheduled reconcile, an
-    admin rotate (which reconciles inside the same backend call) or a revocation's promotion. Counting the
-    audit records keeps the metric and the audit trail equal by construction. Attached to the
-    `keysvc.audit` logger by the server; the CLI's writes are in its own audit output only.
-    """
-
-    def __init__(self, counter: Counter) -> None:
-        super().__init__(logging.INFO)
-        self.counter = counter
-        self.keysets: frozenset[str] = frozenset()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Count the record when it is a known key event of a configured keyset (labels stay bounded)."""
-        event = record.msg[4:] if isinstance(record.msg, str) and record.msg.startswith("key.") else None
-        keyset = fields(record).get("keyset")
-        if event in KEY_EVENTS and keyset in self.keysets:
-            self.counter.labels(keyset, event).inc()
 
 
 class _KeyringCollector(Collector):

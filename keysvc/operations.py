@@ -1,24 +1,30 @@
 """Lifecycle decisions applied to a backend: the only place where `lifecycle` meets backend I/O.
 
-Blocking functions, shared by the server's keyring (run in worker threads) and the CLI (which works on
-the backend directly, with no server running). Every write happens under `backend.exclusive(keyset)`
-after a fresh read, so replicas and operators converge instead of racing.
+Blocking functions, run by the keyring in its I/O pool (keysvc.keyring.Keyring's write API, which the
+HTTP admin routes and the CLI both use). Every write happens under `backend.exclusive(keyset)` after a
+fresh read, so replicas and operators converge instead of racing. Each key operation is told to the
+`observer` as a KeyEvent (by default the audit log alone) before the function returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from keysvc import lifecycle
-from keysvc.backends.base import Backend, KeyRecord
+from keysvc.audit import AuditLog
+from keysvc.backends.base import Backend
 from keysvc.config import KeysetSettings
 from keysvc.errors import Conflict, NotFound
+from keysvc.events import KeyEvent, Observer
 from keysvc.faults import checkpoint
 from keysvc.lifecycle import Activate, Create, Destroy, Policy, State
-from keysvc.logs import LOG, audit
+from keysvc.logs import LOG
+from keysvc.records import KeyRecord
 
 MAX_STEPS = 8
+MAY_REJECT = "verifiers may reject tokens until they refetch the JWKS"
 Now = Callable[[], float]
 
 
@@ -47,6 +53,7 @@ def _apply(
     now: float,
     actor: str,
     report: ReconcileReport,
+    observer: Observer,
 ) -> None:
     by_kid = {r.kid: r for r in records}
     if isinstance(action, Create):
@@ -56,40 +63,30 @@ def _apply(
             LOG.info("creation race lost", extra={"keyset": ks.name, "seq": action.seq})
             return
         report.created += 1
-        audit(
-            "key.create",
-            actor=actor,
-            keyset=ks.name,
-            kid=record.kid,
-            alg=record.alg,
-            seq=record.seq,
-            activates_at=record.activates_at,
-        )
+        details: dict[str, Any] = {"alg": record.alg, "seq": record.seq, "activates_at": record.activates_at}
+        observer.notify(KeyEvent("create", ks.name, record.kid, actor, details))
     elif isinstance(action, Activate):
         backend.update(by_kid[action.kid].replace(activates_at=action.at))
         report.activated += 1
-        audit("key.activate", actor=actor, keyset=ks.name, kid=action.kid, activates_at=action.at)
+        observer.notify(KeyEvent("activate", ks.name, action.kid, actor, {"activates_at": action.at}))
     elif isinstance(action, Destroy):
         record = by_kid[action.kid]
         backend.destroy(record, now)
         report.destroyed += 1
-        audit(
-            "key.destroy",
-            actor=actor,
-            keyset=ks.name,
-            kid=record.kid,
-            reason="revoked" if record.revoked_at is not None else "retired",
-        )
+        reason = "revoked" if record.revoked_at is not None else "retired"
+        observer.notify(KeyEvent("destroy", ks.name, record.kid, actor, {"reason": reason}))
 
 
 def reconcile(
-    backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, repair: bool = False
+    backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, repair: bool = False,
+    observer: Observer | None = None,
 ) -> ReconcileReport:
     """Bring a keyset to its steady state (one pending key, retired keys destroyed). Idempotent.
 
     Leftovers of a crash are repaired before any write; `repair=True` (at start-up, i.e. after a possible
     crash) repairs even when there is nothing to write, so an orphan private key does not linger on disk
     until the next lifecycle instant, weeks later."""
+    observer = observer or AuditLog()
     policy = policy_of(ks)
     records = backend.load(ks.name)
     report = ReconcileReport(records)
@@ -104,14 +101,18 @@ def reconcile(
             if action is None:
                 break
             checkpoint(f"ops.reconcile.{type(action).__name__.lower()}")
-            _apply(backend, ks, records, action, t, actor, report)
+            _apply(backend, ks, records, action, t, actor, report, observer)
         report.records = backend.load(ks.name)
     return report
 
 
-def rotate(backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, force: bool = False) -> KeyRecord:
+def rotate(
+    backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, force: bool = False,
+    observer: Observer | None = None,
+) -> KeyRecord:
     """Emergency rotation: promote the pending key now (refused when not yet safe, unless forced), then
     create the next pending key. Returns the newly active record."""
+    observer = observer or AuditLog()
     policy = policy_of(ks)
     with backend.exclusive(ks.name):
         records = backend.load(ks.name)
@@ -126,20 +127,18 @@ def rotate(backend: Backend, ks: KeysetSettings, now: Now, actor: str, *, force:
         early = t < record.created_at + policy.publish_ahead
         backend.update(record.replace(activates_at=t))
         checkpoint("ops.rotate.promoted")
-        audit(
-            "key.rotate",
-            actor=actor,
-            keyset=ks.name,
-            kid=record.kid,
-            forced=force,
-            warning="verifiers may reject tokens until they refetch the JWKS" if early else None,
-        )
-    reconcile(backend, ks, now, actor)
+        warning = MAY_REJECT if early else None
+        observer.notify(KeyEvent("rotate", ks.name, record.kid, actor, {"forced": force, "warning": warning}))
+    reconcile(backend, ks, now, actor, observer=observer)
     return record.replace(activates_at=t)
 
 
-def revoke(backend: Backend, keysets: dict[str, KeysetSettings], kid: str, now: Now, actor: str) -> KeyRecord:
+def revoke(
+    backend: Backend, keysets: Mapping[str, KeysetSettings], kid: str, now: Now, actor: str, *,
+    observer: Observer | None = None,
+) -> KeyRecord:
     """Revoke a key at once (out of the JWKS, never signs again); promote the pending key if it was active."""
+    observer = observer or AuditLog()
     for ks in keysets.values():
         with backend.exclusive(ks.name):
             records = backend.load(ks.name)
@@ -150,35 +149,26 @@ def revoke(backend: Backend, keysets: dict[str, KeysetSettings], kid: str, now: 
             revoked, promotion = lifecycle.revoke(records, kid, t, policy_of(ks))
             backend.update(revoked)
             checkpoint("ops.revoke.revoked")
-            audit(
-                "key.revoke",
-                actor=actor,
-                keyset=ks.name,
-                kid=kid,
-                was_active=was_active,
-                warning="verifiers may reject tokens until they refetch the JWKS" if was_active else None,
-            )
+            details: dict[str, Any] = {"was_active": was_active, "warning": MAY_REJECT if was_active else None}
+            observer.notify(KeyEvent("revoke", ks.name, kid, actor, details))
             if promotion is not None:
                 backend.update(next(r for r in records if r.kid == promotion.kid).replace(activates_at=promotion.at))
                 checkpoint("ops.revoke.promoted")
-                audit(
-                    "key.activate",
-                    actor=actor,
-                    keyset=ks.name,
-                    kid=promotion.kid,
-                    activates_at=promotion.at,
-                    reason="active key revoked",
-                )
-        reconcile(backend, ks, now, actor)
+                promoted = {"activates_at": promotion.at, "reason": "active key revoked"}
+                observer.notify(KeyEvent("activate", ks.name, promotion.kid, actor, promoted))
+        reconcile(backend, ks, now, actor, observer=observer)
         return revoked
     raise NotFound("no such key")
 
 
-def import_key(backend: Backend, ks: KeysetSettings, pem: bytes, now: Now, actor: str) -> KeyRecord:
+def import_key(
+    backend: Backend, ks: KeysetSettings, pem: bytes, now: Now, actor: str, *, observer: Observer | None = None
+) -> KeyRecord:
     """Adopt an existing private key as the keyset's next key: it takes the pending slot (the pending key
     it replaces never signed, so it is revoked) and activates no sooner than `publish_ahead` from now."""
+    observer = observer or AuditLog()
     policy = policy_of(ks)
-    reconcile(backend, ks, now, actor)
+    reconcile(backend, ks, now, actor, observer=observer)
     with backend.exclusive(ks.name):
         records = backend.load(ks.name)
         t = now()
@@ -194,9 +184,9 @@ def import_key(backend: Backend, ks: KeysetSettings, pem: bytes, now: Now, actor
         checkpoint("ops.import.created")
         for old in pending:
             backend.update(old.replace(revoked_at=t))
-            audit("key.revoke", actor=actor, keyset=ks.name, kid=old.kid, reason="replaced by imported key")
-        audit("key.import", actor=actor, keyset=ks.name, kid=record.kid, activates_at=activates_at)
-    reconcile(backend, ks, now, actor)
+            observer.notify(KeyEvent("revoke", ks.name, old.kid, actor, {"reason": "replaced by imported key"}))
+        observer.notify(KeyEvent("import", ks.name, record.kid, actor, {"activates_at": activates_at}))
+    reconcile(backend, ks, now, actor, observer=observer)
     return record
 
 

@@ -60,7 +60,7 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
     try:
         await _run(settings, service, open_files, on_ready)
     finally:
-        service.close()
+        await service.aclose()
 
 
 async def _run(settings: Settings, service: Service, open_files: int, on_ready: Any) -> None:

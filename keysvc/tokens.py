@@ -16,10 +16,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from keysvc.backends.base import Signer
 from keysvc.config import ClientSettings, KeysetSettings
 from keysvc.errors import Forbidden, InvalidRequest
 from keysvc.jwks import b64url
+from keysvc.records import SignedToken, SigningKey
 
 RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp", "jti"})
 _REQUEST_FIELDS = frozenset({"keyset", "claims", "ttl"})
@@ -68,7 +68,7 @@ _jti = _JwtIds()
 
 
 class SignRequest(NamedTuple):
-    """A checked request: which keyset, what claims, for how long (seconds). (A NamedTuple, like Token:
+    """A checked request: which keyset, what claims, for how long (seconds). (A NamedTuple, like SignedToken:
     built per request, and a frozen dataclass's __init__ costs about 1 us more.)"""
 
     keyset: str
@@ -130,18 +130,8 @@ def _check_audience(aud: object, client: ClientSettings) -> None:
             raise Forbidden("this client may not sign for that audience")
 
 
-class Token(NamedTuple):
-    """A signed JWT and what a caller needs to know about it."""
-
-    token: str
-    kid: str
-    alg: str
-    expires_at: int
-    jti: str
-
-
 class Unsigned(NamedTuple):
-    """A token's signing input (`header.payload`), and what its Token will report."""
+    """A token's signing input (`header.payload`), and what its SignedToken will report."""
 
     signing_input: bytes
     expires_at: int
@@ -151,7 +141,7 @@ class Unsigned(NamedTuple):
 class Minter:
     """Signs claims with one kid. Immutable; one per active key."""
 
-    def __init__(self, signer: Signer, issuer: str) -> None:
+    def __init__(self, signer: SigningKey, issuer: str) -> None:
         self.signer = signer
         self.issuer = issuer
         header = {"alg": signer.alg, "kid": signer.kid, "typ": "JWT"}
@@ -165,15 +155,15 @@ class Minter:
         full = {**claims, "iss": self.issuer, "iat": now, "nbf": now, "exp": exp, "jti": jti}
         return Unsigned(self._prefix + _b64url(encode_claims(full)), exp, jti)
 
-    def mint(self, claims: Mapping[str, Any], now: int, ttl: int) -> Token:
+    def mint(self, claims: Mapping[str, Any], now: int, ttl: int) -> SignedToken:
         """Sign in the calling thread (in-process signers; a remote signer blocks)."""
         return self.sign(self.signing_input(claims, now, ttl))
 
-    def sign(self, unsigned: Unsigned) -> Token:
+    def sign(self, unsigned: Unsigned) -> SignedToken:
         """Sign a signing input in the calling thread and assemble its token."""
         return self.finish(unsigned, self.signer.sign(unsigned.signing_input))
 
-    def finish(self, unsigned: Unsigned, signature: bytes) -> Token:
+    def finish(self, unsigned: Unsigned, signature: bytes) -> SignedToken:
         """Assemble the compact JWS once the signature is known."""
         token = (unsigned.signing_input + b"." + _b64url(signature)).decode("ascii")
-        return Token(token, self.signer.kid, self.signer.alg, unsigned.expires_at, unsigned.jti)
+        return SignedToken(token, self.signer.kid, self.signer.alg, unsigned.expires_at, unsigned.jti)

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from keysvc.config import Secret, TokenExchangeSettings
-from keysvc.exchange.signer import SignedToken
+from keysvc.records import SignedToken
 from tests.helpers import wait_for
 from tests.partner_server import PartnerServer, PartnerState
 

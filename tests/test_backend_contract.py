@@ -21,13 +21,14 @@ import pytest
 
 from keysvc import lifecycle, operations
 from keysvc.backends import keys
-from keysvc.backends.base import Backend, KeyRecord
+from keysvc.backends.base import Backend
 from keysvc.backends.file import FileBackend
 from keysvc.clock import FixedClock
 from keysvc.config import KeysetSettings
 from keysvc.errors import BackendError, BackendUnavailable, Conflict, InvalidKeyMaterial, NotFound
 from keysvc.jwks import thumbprint
 from keysvc.lifecycle import State
+from keysvc.records import KeyRecord
 
 NOW = 1_764_300_000.0
 DAY = 86400.0

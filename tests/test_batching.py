@@ -88,7 +88,7 @@ def test_a_failed_signature_fails_its_request_only() -> None:
         return list(await asyncio.gather(*(batch.sign(minter, u) for u in unsigned), return_exceptions=True))
 
     results = asyncio.run(scenario())
-    assert [type(r).__name__ for r in results] == ["Token", "ValueError", "Token"]
+    assert [type(r).__name__ for r in results] == ["SignedToken", "ValueError", "SignedToken"]
 
 
 def test_a_cancelled_request_gets_no_signature() -> None:

@@ -37,10 +37,11 @@ import pytest
 
 from keysvc import faults, lifecycle, operations
 from keysvc.backends import keys
-from keysvc.backends.base import Backend, KeyRecord
+from keysvc.backends.base import Backend
 from keysvc.config import KeysetSettings
 from keysvc.errors import Conflict
 from keysvc.lifecycle import State
+from keysvc.records import KeyRecord
 from keysvc.tokens import Minter
 
 pytestmark = pytest.mark.system

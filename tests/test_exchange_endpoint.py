@@ -11,8 +11,9 @@ import pytest
 from keysvc.config import Secret
 from keysvc.errors import Forbidden, InvalidRequest, RequestError
 from keysvc.exchange import TokenExchanger, TokenExchangeSettings
-from keysvc.exchange.endpoint import allowed_scope, exchange_request, parse_body
-from keysvc.exchange.signer import SignedToken
+from keysvc.exchange.requests import allowed_scope, parse_body
+from keysvc.exchange.routes import exchange_request
+from keysvc.records import SignedToken
 
 pytestmark = pytest.mark.unit
 

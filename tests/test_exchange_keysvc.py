@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from keysvc.config import Secret, load_settings
+from keysvc.cli import cmd_exchange
+from keysvc.config import Secret
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import Forbidden, RequestError, UpstreamError
 from keysvc.exchange import RemoteSigner, SignedToken, TokenExchanger
-from keysvc.exchange.wiring import exchange_command
 from tests.exchange_support import serve
 from tests.helpers import (
     KeysvcProcess,
@@ -274,9 +274,10 @@ def test_remote_signer_refused_by_keysvc(stack: Stack, key: str, expected: type[
 def test_exchange_command_signs_with_the_backend_key(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     """`keysvc exchange` signs in its own process with the backend's active key (the one keysvc serves in
     its JWKS) and prints the partner's answer as JSON."""
-    args = argparse.Namespace(user="u-7", tenant="t-9", connect="SlackAPI", scope=None)
+    args = argparse.Namespace(user="u-7", tenant="t-9", connect="SlackAPI", scope=None,
+                              config=str(stack.keysvc.config_path), dev=False)
 
-    status = exchange_command(args, load_settings(str(stack.keysvc.config_path)))
+    status = cmd_exchange(args)
 
     body = json.loads(capsys.readouterr().out)
     assert (status, body["access_token"][:3]) == (0, "ct-")

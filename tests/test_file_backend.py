@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keysvc import lifecycle, operations
 from keysvc.backends import keys
-from keysvc.backends.base import KeyRecord
 from keysvc.backends.file import FileBackend
 from keysvc.clock import FixedClock
 from keysvc.config import KeysetSettings
 from keysvc.errors import InvalidKeyMaterial, StoreCorrupt
 from keysvc.lifecycle import State
+from keysvc.records import KeyRecord
 from tests.helpers import ROOT
 
 NOW = 1_764_300_000.0

@@ -18,10 +18,10 @@ from jwcrypto.jwk import JWK
 
 from keysvc.algorithms import ALGORITHMS, der_to_jose
 from keysvc.backends import keys
-from keysvc.backends.base import KeyRecord
 from keysvc.config import ClientSettings, KeysetSettings
 from keysvc.errors import Forbidden, InvalidRequest
 from keysvc.jwks import b64url, build, thumbprint
+from keysvc.records import KeyRecord
 from keysvc.tokens import RESERVED_CLAIMS, Minter, SignRequest, check_sign_request
 
 pytestmark = pytest.mark.unit

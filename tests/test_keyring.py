@@ -17,11 +17,12 @@ import pytest
 
 from keysvc import operations
 from keysvc.backends import keys
-from keysvc.backends.base import KeyRecord, Signer
 from keysvc.clock import FixedClock
 from keysvc.config import parse_settings
-from keysvc.errors import BackendUnavailable, Unavailable
+from keysvc.errors import BackendUnavailable, Conflict, NotFound, Unavailable
+from keysvc.events import Event, ExpBeyondRetention, JwksChanged, KeyEvent, Reconciled
 from keysvc.keyring import Keyring
+from keysvc.records import KeyRecord, SigningKey
 from tests.helpers import base_config
 
 pytestmark = pytest.mark.unit
@@ -31,6 +32,7 @@ DAY = 86400.0
 KS = "zapier"
 CLAIMS = {"aud": "connect.zapier.com"}
 T = TypeVar("T")
+E = TypeVar("E")
 
 
 @dataclass
@@ -43,7 +45,7 @@ class MemoryBackend:
     private: dict[str, keys.PrivateKey] = field(default_factory=dict)
     down: bool = False
     loads: int = 0
-    handed_out: dict[str, list[weakref.ref[Signer]]] = field(default_factory=dict)
+    handed_out: dict[str, list[weakref.ref[SigningKey]]] = field(default_factory=dict)
 
     def _reachable(self) -> None:
         if self.down:
@@ -77,7 +79,7 @@ class MemoryBackend:
             current = self.records[(record.keyset, record.seq)] = current.replace(destroyed_at=now)
         return current
 
-    def signer(self, record: KeyRecord) -> Signer:
+    def signer(self, record: KeyRecord) -> SigningKey:
         self._reachable()
         signer = keys.LocalSigner(record.kid, record.alg, self.private[record.kid])
         self.handed_out.setdefault(record.kid, []).append(weakref.ref(signer))
@@ -95,12 +97,27 @@ class MemoryBackend:
 
 
 @dataclass
+class Recorder:
+    """An observer that keeps every event it is told, in order."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def notify(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        """The events of one type, in order."""
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+@dataclass
 class Replica:
-    """A keyring on a MemoryBackend, with the clock and backend at hand."""
+    """A keyring on a MemoryBackend, with the clock, the backend and the keyring's observer at hand."""
 
     keyring: Keyring
     backend: MemoryBackend
     clock: FixedClock
+    seen: Recorder
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run one coroutine of the keyring to completion."""
@@ -115,9 +132,9 @@ class Replica:
 def replica(tmp_path: Path) -> Iterator[Replica]:
     """A keyring with the test config (keyset zapier: ES256, rotation 30d, publish_ahead 2d, retain 1d,
     max_token_ttl 5m) on an empty in-memory store, at T0."""
-    clock, backend = FixedClock(T0), MemoryBackend()
-    keyring = Keyring(parse_settings(base_config(tmp_path / "unused")), backend, clock)
-    yield Replica(keyring, backend, clock)
+    clock, backend, seen = FixedClock(T0), MemoryBackend(), Recorder()
+    keyring = Keyring(parse_settings(base_config(tmp_path / "unused")), backend, clock, observer=seen)
+    yield Replica(keyring, backend, clock, seen)
     keyring.close()
 
 
@@ -144,8 +161,6 @@ def test_the_view_changes_at_the_lifecycle_instant_without_a_refresh(replica: Re
 def test_a_failing_backend_leaves_the_last_known_view_serving_and_shows_in_health(replica: Replica) -> None:
     """When the backend fails, refresh returns the last-known view unchanged, signing goes on, and the
     health says not ok with the error's type and a count; the next good refresh records ok again."""
-    seen: list[BaseException | None] = []
-    replica.keyring.on_reconcile.append(lambda keyset, report, error: seen.append(error))
     before = replica.run(replica.keyring.refresh(KS))
     assert before is not None
     health = replica.keyring.health[KS]
@@ -161,7 +176,8 @@ def test_a_failing_backend_leaves_the_last_known_view_serving_and_shows_in_healt
     replica.clock.advance(60)
     replica.run(replica.keyring.refresh(KS))
     assert (health.ok, health.last_sync, health.errors, health.last_error) == (True, T0 + 120, 1, "")
-    assert seen[0] is None and isinstance(seen[1], BackendUnavailable) and seen[2] is None
+    errors = [event.error for event in replica.seen.of(Reconciled)]
+    assert errors[0] is None and isinstance(errors[1], BackendUnavailable) and errors[2] is None
 
 
 def test_before_any_successful_sync_nothing_is_served(replica: Replica) -> None:
@@ -190,6 +206,7 @@ def test_the_signer_of_a_revoked_key_is_dropped(replica: Replica) -> None:
     assert promoted != revoked
     view = replica.keyring.view(KS)
     assert view is not None and revoked not in view.document.kids
+    replica.seen.events.clear()  # the recorder's JwksChanged events hold the old views, and their signers
     gc.collect()
     assert replica.backend.handed_out[revoked]
     assert [ref() for ref in replica.backend.handed_out[revoked]] == [None] * len(replica.backend.handed_out[revoked])
@@ -198,13 +215,100 @@ def test_the_signer_of_a_revoked_key_is_dropped(replica: Replica) -> None:
 
 def test_a_ttl_beyond_max_token_ttl_is_refused_with_503(replica: Replica) -> None:
     """Whatever path asks (sign endpoint, token exchange), a token whose exp would outlive the keyset's
-    max_token_ttl is refused (503) before anything is signed, and the violation hook (metric + error log)
-    fires; a ttl at the maximum signs."""
-    seen: list[tuple[str, int]] = []
-    replica.keyring.on_exp_violation.append(lambda keyset, ttl: seen.append((keyset, ttl)))
+    max_token_ttl is refused (503) before anything is signed, and ExpBeyondRetention is told (the metric);
+    a ttl at the maximum signs."""
     replica.run(replica.keyring.refresh(KS))
     assert replica.run(replica.keyring.sign(KS, CLAIMS, 300)).expires_at == int(T0) + 300
     with pytest.raises(Unavailable) as info:
         replica.run(replica.keyring.sign(KS, CLAIMS, 301))
     assert info.value.status == 503
-    assert seen == [(KS, 301)]
+    assert replica.seen.of(ExpBeyondRetention) == [ExpBeyondRetention(KS, 301)]
+
+
+def test_reads_after_an_instant_are_pure_and_the_scheduled_advance_installs(replica: Replica) -> None:
+    """Past a lifecycle instant, reads (view, ready, sign) already serve the new state but tell nothing
+    and read no backend: a JWKS GET or a metrics scrape can never cause a mirror write. `advance()` (what
+    the service schedules just after each instant) installs the view reads served, and tells JwksChanged
+    once when the published keys changed (the retiring key leaving), not when they did not (activation)."""
+    replica.run(replica.keyring.refresh(KS))
+    before = replica.keyring.view(KS)
+    assert before is not None and before.status.active is not None
+    told, loads = len(replica.seen.events), replica.backend.loads
+    replica.clock.t = before.valid_until
+    projected = replica.keyring.view(KS)
+    assert projected is not None and projected.status.active is not None
+    assert projected.status.active.kid != before.status.active.kid
+    assert replica.keyring.view(KS) is projected  # memoised: evaluated once, not per read
+    assert replica.keyring.ready()
+    replica.run(replica.keyring.sign(KS, CLAIMS, 60))
+    assert (len(replica.seen.events), replica.backend.loads) == (told, loads)
+    replica.keyring.advance()
+    assert replica.keyring.view(KS) is projected and replica.keyring.next_change() > replica.clock.t
+    assert len(replica.seen.events) == told  # the same kids are published: nothing to tell
+    replica.clock.t = projected.valid_until  # the retiring key leaves the JWKS
+    smaller = replica.keyring.view(KS)
+    assert smaller is not None and len(smaller.document.kids) < len(projected.document.kids)
+    assert len(replica.seen.events) == told
+    replica.keyring.advance()
+    assert replica.seen.events[told:] == [JwksChanged(smaller)]
+
+
+def test_a_failed_refresh_past_an_instant_still_installs_the_new_view(replica: Replica) -> None:
+    """With the backend down at a lifecycle instant, the refresh fails but installs the view of the records
+    it last read, so JwksChanged (the S3 mirror) still follows the key that left or joined the JWKS."""
+    replica.run(replica.keyring.refresh(KS))
+    before = replica.keyring.view(KS)
+    assert before is not None
+    changes = len(replica.seen.of(JwksChanged))
+    replica.backend.down = True
+    replica.clock.t = before.valid_until
+    after = replica.run(replica.keyring.refresh(KS))
+    assert after is not None and after is not before and after.valid_until > before.valid_until
+    assert len(replica.seen.of(JwksChanged)) == changes  # same kids published: no JWKS change yet
+    replica.clock.t = after.valid_until + 1  # the retiring key leaves the JWKS
+    left = replica.run(replica.keyring.refresh(KS))
+    assert left is not None and len(left.document.kids) < len(after.document.kids)
+    assert replica.seen.of(JwksChanged)[-1].view is left
+
+
+def test_the_write_api_audits_with_the_actor_and_installs_the_result(replica: Replica) -> None:
+    """Keyring.rotate (what HTTP admin and the CLI both call) on a keyring that never loaded the keyset:
+    it loads it first, promotes with force, tells each key operation with the caller's actor, and serves
+    the promoted key at once; without force a second rotation is refused (409) and tells no key event."""
+    record = replica.run(replica.keyring.rotate(KS, "cli:alice", force=True))
+    assert replica.active_kid() == record.kid
+    rotations = [e for e in replica.seen.of(KeyEvent) if e.kind == "rotate"]
+    assert [(e.keyset, e.kid, e.actor, e.details["forced"]) for e in rotations] == [(KS, record.kid, "cli:alice", True)]
+    assert [e.actor for e in replica.seen.of(KeyEvent) if e.kind == "create"][-1] == "cli:alice"  # the next pending key
+    told = len(replica.seen.of(KeyEvent))
+    with pytest.raises(Conflict):
+        replica.run(replica.keyring.rotate(KS, "client:ops"))
+    assert len(replica.seen.of(KeyEvent)) == told
+
+
+def test_revoke_through_the_keyring_drops_the_key_from_the_served_jwks(replica: Replica) -> None:
+    """Keyring.revoke of the active key: the answer is the revoked record, the view served right after
+    has neither the key in its JWKS nor it as signer, and the audit events name the actor."""
+    replica.run(replica.keyring.refresh(KS))
+    active = replica.active_kid()
+    assert active is not None
+    told = len(replica.seen.of(KeyEvent))
+    record = replica.run(replica.keyring.revoke(active, "client:ops"))
+    view = replica.keyring.view(KS)
+    assert (record.kid, record.revoked_at) == (active, T0)
+    assert view is not None and active not in view.document.kids and replica.active_kid() not in (None, active)
+    written = replica.seen.of(KeyEvent)[told:]
+    assert [e.kind for e in written][:2] == ["revoke", "activate"]  # then the next pending key, the destruction
+    assert {e.actor for e in written} == {"client:ops"}
+
+
+def test_revoke_limited_to_some_keysets_does_not_find_a_key_outside_them(replica: Replica) -> None:
+    """Keyring.revoke(kid, actor, keysets=[...]) (an admin scoped to its keysets): a kid of another keyset
+    is NotFound, like an unknown kid, and stays published and signing; nothing is audited."""
+    replica.run(replica.keyring.refresh(KS))
+    active = replica.active_kid()
+    assert active is not None
+    told = len(replica.seen.of(KeyEvent))
+    with pytest.raises(NotFound):
+        replica.run(replica.keyring.revoke(active, "client:other", keysets=["another-keyset"]))
+    assert replica.active_kid() == active and len(replica.seen.of(KeyEvent)) == told

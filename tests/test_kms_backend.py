@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwcrypto.jwk import JWK
 
-from keysvc.backends.base import Backend, KeyRecord
+from keysvc.backends.base import Backend
 from keysvc.backends.kms import TAG, KmsBackend, kms_algorithm
 from keysvc.config import parse_settings
 from keysvc.errors import BackendUnavailable, ConfigError, InvalidKeyMaterial, StoreCorrupt
+from keysvc.records import KeyRecord
 from tests.helpers import base_config
 from tests.kms_server import REGION, MotoServer, aws_env
 

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keysvc import lifecycle
-from keysvc.backends.base import KeyRecord
 from keysvc.lifecycle import (
     PUBLISHED,
     Activate,
@@ -28,6 +27,7 @@ from keysvc.lifecycle import (
     next_action,
     promote,
 )
+from keysvc.records import KeyRecord
 
 pytestmark = pytest.mark.unit
 

@@ -232,9 +232,10 @@ def test_key_operations_audit_lines_precede_their_answers(tmp_path: Path) -> Non
 
 
 def test_emergency_rotate_and_revoke_through_cli(tmp_path: Path) -> None:
-    """The CLI operates the backend directly: with no server running, `keys rotate` refuses an unsafe
-    rotation (exit 1, says when it becomes safe), `--force` promotes; `keys revoke` removes a key; a
-    running replica picks both up within one refresh interval; `keys list --json` shows every state."""
+    """The CLI operates the backend through its own keyring (the write API the admin routes use): with no
+    server running, `keys rotate` refuses an unsafe rotation (exit 1, says when it becomes safe), `--force`
+    promotes and audits it as `cli:<user>`; `keys revoke` removes a key; a running replica picks both up
+    within one refresh interval; `keys list --json` shows every state."""
     keys = tmp_path / "keys"
     config_path = write_config(tmp_path / "cli.yaml", slow_config(keys))
     listing = run_cli("keys", "list", "--json", config=config_path)
@@ -247,6 +248,8 @@ def test_emergency_rotate_and_revoke_through_cli(tmp_path: Path) -> None:
         forced = run_cli("keys", "rotate", "zapier", "--force", config=config_path)
         assert forced.returncode == 0, forced.stderr
         assert json.loads(forced.stdout)["active_kid"] == pending
+        rotated = [json.loads(line) for line in forced.stderr.splitlines() if '"key.rotate"' in line]
+        assert [(r["actor"].startswith("cli:"), r["kid"], r["forced"]) for r in rotated] == [(True, pending, True)]
         next_sync(replica)
         assert replica.sign().json()["kid"] == pending
         revoked = run_cli("keys", "revoke", pending, config=config_path)

@@ -11,7 +11,6 @@ import boto3
 import pytest
 
 from keysvc.config import parse_settings
-from keysvc.logs import AUDIT
 from keysvc.service import build_service
 from tests.helpers import base_config, wait_for
 from tests.kms_server import AWS_ENV, REGION, MotoServer
@@ -28,7 +27,7 @@ def test_close_releases_the_schedule_the_pools_and_the_mirror(
     tmp_path: Path, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Started with an S3 mirror (moto's S3), a Service writes the JWKS there; closed, its scheduler,
-    its I/O pool and the mirror's writer thread are gone and its audit handler is removed."""
+    its I/O pool and the mirror's writer thread are gone."""
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
     bucket = f"jwks-{uuid.uuid4().hex[:12]}"
@@ -44,10 +43,29 @@ def test_close_releases_the_schedule_the_pools_and_the_mirror(
         await service.start()
         wait_for(lambda: "Contents" in s3.list_objects_v2(Bucket=bucket), 15, "the mirror's first write")
         assert {"keysvc-io", "keysvc-mirror"} <= keysvc_threads()
-        service.close()
+        await service.aclose()
 
     asyncio.run(run())
     assert service.scheduler is None
-    assert service.metrics.key_event_counter not in AUDIT.handlers
     wait_for(lambda: not ({"keysvc-io", "keysvc-mirror"} & (keysvc_threads() - before)), 10,
              "keysvc's threads to end")
+
+
+def test_close_releases_the_partner_sides_http_client(tmp_path: Path) -> None:
+    """With token_exchange configured, the service builds one partner side (exchanger, gateway, their HTTP
+    client) and its aclose() closes that client: no connection pool outlives the service."""
+    secret = tmp_path / "client-secret"
+    secret.write_text("s3cr3t\n")
+    config = base_config(tmp_path / "keys")
+    config["token_exchange"] = {"keyset": "zapier", "token_url": "http://127.0.0.1:9/oauth/token",
+                                "api_url": "http://127.0.0.1:9", "client_id": "keysvc",
+                                "client_secret_file": str(secret)}
+    service = build_service(parse_settings(config))
+    assert service.partner is not None and not service.partner.http.is_closed
+
+    async def run() -> None:
+        await service.start()
+        await service.aclose()
+
+    asyncio.run(run())
+    assert service.partner.http.is_closed and service.scheduler is None

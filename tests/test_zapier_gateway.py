@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from keysvc.config import Secret
+from keysvc.config.exchange import ApiRateLimit, TokenExchangeSettings
 from keysvc.errors import Forbidden, InvalidRequest, NotFound, RequestError, Unavailable
 from keysvc.exchange.client import TokenExchanger
 from keysvc.exchange.errors import PartnerError
-from keysvc.exchange.settings import ApiRateLimit, TokenExchangeSettings
 from keysvc.zapier import requests
 from keysvc.zapier.budget import ApiBudget
 from keysvc.zapier.gateway import ZapierGateway

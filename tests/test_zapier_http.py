@@ -55,7 +55,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
         config = base_config(tmp / "keys")
         config["clients"]["web"] = {
             "api_key_sha256": sha256_hex(api_key("web")), "keysets": ["zapier"],
-            "audiences": ["connect.zapier.com"], "max_ttl": "5m", "zapier": True,
+            "audiences": ["connect.zapier.com"], "max_ttl": "5m", "zapier": True, "token_exchange": True,
         }
         config["token_exchange"] = {
             "keyset": "zapier", "token_url": zapier.token_url, "api_url": zapier.api_url,
@@ -105,6 +105,22 @@ def test_the_four_steps_across_two_replicas(replicas: Replicas) -> None:
     again = replicas.call("GET", f"/v1/zapier/action-runs/{run.json()['id']}", params=USER)
     assert again.status_code == 200 and again.json()["status"] == "success"
     assert z.violations == []
+
+
+def test_the_exchange_route_and_the_gateway_share_one_access_token_cache(replicas: Replicas) -> None:
+    """One replica has one TokenExchanger: the access token POST /v1/token-exchange obtained for a user
+    serves the gateway's next call for that user, so the partner sees one exchange, not two."""
+    z = replicas.zapier
+    app = z.add_app("Shared cache")
+    user = {"user_id": "u-shared", "tenant_id": "t-9"}
+    before = z.partner.calls_for(ACCESS_TOKEN)
+    # not through replicas.call: this answer carries an access token, which the hygiene test looks for
+    exchanged = httpx.post(replicas.a.internal + "/v1/token-exchange", json={**user, "token": "access"},
+                           headers={"Authorization": f"Bearer {api_key('web')}"}, timeout=30)
+    assert exchanged.status_code == 200, exchanged.text
+    listed = replicas.call("GET", "/v1/zapier/connections", params={**user, "app": app.id})
+    assert listed.status_code == 200, listed.text
+    assert z.partner.calls_for(ACCESS_TOKEN) - before == 1
 
 
 def test_a_pending_run_answers_202_and_is_polled_later(replicas: Replicas) -> None:
@@ -178,7 +194,7 @@ def test_zz_no_token_secret_or_jwt_in_any_answer_or_log(replicas: Replicas) -> N
     z = replicas.zapier
     access = [t for t, g in z.partner.issued.items() if g.token_type == ACCESS_TOKEN]
     assert access, "the replicas exchanged no access token: the tests above did not run"
-    assert z.partner.calls_for(ACCESS_TOKEN) <= 2  # one per replica: cached afterwards
+    assert z.partner.calls_for(ACCESS_TOKEN) <= 3  # u-1 once per replica, u-shared once: cached afterwards
     for text in (*replicas.answers, replicas.a.log_text(), replicas.b.log_text()):
         assert not any(token in text for token in access)
         assert z.partner.client_secret not in text

@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from keysvc.config import Secret
+from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError, Unavailable, UpstreamError
-from keysvc.exchange.settings import TokenExchangeSettings
 from keysvc.zapier.budget import ApiBudget
 from keysvc.zapier.partner_api import PartnerApi, PartnerUnauthorized
 from tests.exchange_support import serve

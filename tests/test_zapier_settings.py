@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from keysvc.config import ReadOptions, parse_settings
+from keysvc.config.exchange import ApiRateLimit, TokenExchangeSettings, parse_token_exchange
 from keysvc.errors import ConfigError
-from keysvc.exchange.settings import ApiRateLimit, TokenExchangeSettings, parse_token_exchange
 from tests.helpers import base_config
 
 pytestmark = pytest.mark.unit

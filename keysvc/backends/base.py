@@ -4,60 +4,16 @@ A backend is a thin I/O layer. It never decides *when* a key is created, activat
 `keysvc.lifecycle` (pure). It only stores records, creates a key for a given slot (`seq`) exactly once
 across replicas, and signs.
 
-Times are float seconds since the epoch (UTC).
+Times are float seconds since the epoch (UTC). The records themselves are the domain's (keysvc.records):
+backends depend on the domain, never the other way round.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class KeyRecord:
-    """One key of one keyset, as stored. State is derived from these fields and the time.
-
-    `seq` is the key's slot in its keyset (1, 2, 3, ...): creating the key of a slot is the one write that
-    replicas race on, and the backend makes it happen at most once.
-    """
-
-    keyset: str
-    kid: str
-    seq: int
-    alg: str
-    created_at: float
-    activates_at: float
-    public_jwk: Mapping[str, str] = field(repr=False, compare=False)
-    revoked_at: float | None = None
-    destroyed_at: float | None = None  # private material destroyed / deletion scheduled
-    created_by: str = ""
-
-    def replace(self, **changes: object) -> KeyRecord:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-class Signer(Protocol):
-    """The private-key operation of one kid.
-
-    `sign` returns the JOSE signature bytes (for ECDSA the fixed-width R||S, not DER). `in_process` is
-    True when signing is CPU-only (file backend) and may run on the event loop; False when it does I/O
-    (KMS) and must run in the backend's thread pool.
-    """
-
-    @property
-    def kid(self) -> str: ...
-
-    @property
-    def alg(self) -> str: ...
-
-    @property
-    def in_process(self) -> bool: ...
-
-    def sign(self, signing_input: bytes) -> bytes: ...
+from keysvc.records import KeyRecord, SigningKey
 
 
 class Backend(Protocol):
@@ -86,7 +42,7 @@ class Backend(Protocol):
         deletion / disable). Idempotent. Returns the record with `destroyed_at` set."""
         ...
 
-    def signer(self, record: KeyRecord) -> Signer:
+    def signer(self, record: KeyRecord) -> SigningKey:
         """The signer of a record's key (loads the private key, or binds the KMS key id)."""
         ...
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from keysvc.backends import keys
-from keysvc.backends.base import KeyRecord, Signer
 from keysvc.errors import BackendUnavailable, InvalidKeyMaterial, StoreCorrupt
 from keysvc.faults import checkpoint
+from keysvc.records import KeyRecord, SigningKey
 
 _RECORD = re.compile(r"^key-(\d{6,})\.json$")
 _PEM = re.compile(r"^key-(\d{6,})\.pem$")
@@ -190,7 +190,7 @@ class FileBackend:
             raise self._vanished(keyset)
         return records
 
-    def signer(self, record: KeyRecord) -> Signer:
+    def signer(self, record: KeyRecord) -> SigningKey:
         """Load the private key of a record and check it matches the record's kid (a key this object has
         just created and written is handed over from memory)."""
         created = self._created.pop(record.kid, None)

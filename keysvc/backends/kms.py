@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from jwcrypto.jwk import JWK  # type: ignore[import-untyped,unused-ignore]
 
 from keysvc.algorithms import ALGORITHMS, RSA_KEY_BITS, Algorithm, der_to_jose
-from keysvc.backends.base import KeyRecord
 from keysvc.errors import BackendError, BackendUnavailable, ConfigError, InvalidKeyMaterial, StoreCorrupt
+from keysvc.records import KeyRecord
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient

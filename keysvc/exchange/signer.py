@@ -1,4 +1,5 @@
-"""Who signs the partner JWT: a `TokenSigner`. keysvc itself signs in-process (LocalSigner, in the core);
+"""Who signs the partner JWT: a `TokenSigner`. keysvc itself signs in-process over its keyring
+(keysvc.exchange.service.KeyringSigner);
 any other service calls keysvc's `POST /v1/sign` through `RemoteSigner` and never holds a private key.
 
 A signer sets `iss`, `iat`, `nbf` (= iat), `exp`, `jti` and the `kid` header; callers pass the rest.
@@ -7,7 +8,6 @@ A signer sets `iss`, `iat`, `nbf` (= iat), `exp`, `jti` and the `kid` header; ca
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -16,16 +16,7 @@ import httpx
 from keysvc.config import Secret
 from keysvc.errors import Forbidden, InvalidRequest, RateLimited, RequestError, Unavailable, UpstreamError
 from keysvc.exchange.errors import json_object, oauth_text, parse_retry_after
-
-
-@dataclass(frozen=True)
-class SignedToken:
-    """A signed JWT and what the signer says about it (`expires_at` in epoch seconds)."""
-
-    token: str = field(repr=False)
-    kid: str
-    alg: str
-    expires_at: int
+from keysvc.records import SignedToken
 
 
 class TokenSigner(Protocol):

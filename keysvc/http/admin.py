@@ -60,11 +60,7 @@ class AdminRoutes:
             raise NotFound("no such keyset")
         if name not in client.admin_keysets:
             raise Forbidden("this client is not an admin of this keyset")
-        record = await self.keyring.run_blocking(
-            lambda: operations.rotate(self.keyring.backend, ks, self.keyring.clock.now, f"client:{client.name}",
-                                      force=body.get("force", False))
-        )
-        await self.keyring.refresh(name)
+        record = await self.keyring.rotate(ks.name, f"client:{client.name}", force=body.get("force", False))
         return JSONResponse({"keyset": name, "active_kid": record.kid, "activated_at": record.activates_at})
 
     async def revoke(self, request: Request) -> Response:
@@ -72,11 +68,5 @@ class AdminRoutes:
         client = self.api.admin(request)
         await self.api.body(request, optional=True)
         kid = request.path_params["kid"]
-        keysets = {name: ks for name, ks in self.settings.keysets.items() if name in client.admin_keysets}
-        record = await self.keyring.run_blocking(
-            lambda: operations.revoke(
-                self.keyring.backend, keysets, kid, self.keyring.clock.now, f"client:{client.name}"
-            )
-        )
-        await self.keyring.refresh(record.keyset)
+        record = await self.keyring.revoke(kid, f"client:{client.name}", keysets=client.admin_keysets)
         return JSONResponse({"keyset": record.keyset, "kid": record.kid, "revoked_at": record.revoked_at})

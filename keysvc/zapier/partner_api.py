@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import (
     Conflict,
     Forbidden,
@@ -37,7 +38,6 @@ from keysvc.errors import (
     UpstreamError,
 )
 from keysvc.exchange.errors import oauth_text, parse_retry_after
-from keysvc.exchange.settings import TokenExchangeSettings
 from keysvc.zapier.budget import ApiBudget, Refused
 
 RETRYABLE = frozenset({500, 502, 503, 504})

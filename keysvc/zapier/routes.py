@@ -1,6 +1,6 @@
 """The `/v1/zapier/*` routes of the internal listener: thin handlers over ZapierGateway.
 
-    zapier_routes(settings, keyring, metrics, api) -> [Route, ...]
+    zapier_routes(gateway, exchange settings, api) -> [Route, ...]   (a RouteSource once bound)
         client API key (Bearer), client flag `zapier: true` (else 403); authentication, the client's rate
         limit and strict JSON body reading are the internal API's own (keysvc.http.context.RouteContext)
 """
@@ -10,66 +10,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from keysvc.config import ClientSettings, Settings
+from keysvc.config import ClientSettings, TokenExchangeSettings
 from keysvc.errors import Forbidden
-from keysvc.exchange.client import TokenExchanger
-from keysvc.exchange.wiring import LocalSigner, PrometheusObserver
 from keysvc.http.context import RouteContext
-from keysvc.keyring import Keyring
-from keysvc.metrics import Metrics
 from keysvc.zapier import requests
-from keysvc.zapier.budget import ApiBudget
 from keysvc.zapier.gateway import RunAnswer, ZapierGateway
-from keysvc.zapier.partner_api import PartnerApi
-from keysvc.zapier.state import StateCodec, state_key
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-ENDPOINTS = ("apps", "authentications", "actions", "inputs", "choices", "run_create", "run_get")
 
 
-class PrometheusApiObserver:
-    """Feeds Partner API calls and budget decisions to keysvc's metrics."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def call(self, endpoint: str, outcome: str, seconds: float) -> None:
-        """One Partner API request."""
-        self._metrics.zapier_calls.labels(endpoint, outcome).inc()
-        self._metrics.zapier_latency.labels(endpoint).observe(seconds)
-
-    def budget(self, result: str) -> None:
-        """A request delayed or refused by the replica's budget."""
-        self._metrics.zapier_budget.labels(result).inc()
-
-
-def build_gateway(settings: Settings, keyring: Keyring, metrics: Metrics) -> ZapierGateway:
-    """The gateway of this replica: its own exchanger (access-token cache), HTTP client and budget."""
-    exchange = settings.token_exchange
-    assert exchange is not None  # nosec B101 - only called when configured
-    signer = LocalSigner(keyring, settings.keysets, exchange.keyset)
-    exchanger = TokenExchanger(exchange, signer, observer=PrometheusObserver(metrics))
-    limit = exchange.api_rate_limit
-    api = PartnerApi(exchange, httpx.AsyncClient(follow_redirects=False), ApiBudget(limit.per_minute, limit.burst),
-                     observer=PrometheusApiObserver(metrics))
-    states = StateCodec(state_key(exchange.client_secret.reveal()))
-    for result in ("waited", "refused", "cooling"):
-        metrics.zapier_budget.labels(result)  # at 0 from the start, so alerts see the first increment
-    for status in ("success", "error", "pending"):
-        metrics.zapier_runs.labels(status)
-    return ZapierGateway(exchanger, api, states, on_run=lambda status: metrics.zapier_runs.labels(status).inc())
-
-
-def zapier_routes(settings: Settings, keyring: Keyring, metrics: Metrics, api: RouteContext) -> list[Route]:
-    """The gateway's routes, for `settings.token_exchange`."""
-    gateway = build_gateway(settings, keyring, metrics)
-    exchange = settings.token_exchange
-    assert exchange is not None  # nosec B101 - only called when configured
+def zapier_routes(gateway: ZapierGateway, exchange: TokenExchangeSettings, api: RouteContext) -> list[Route]:
+    """The gateway's routes (redirect allow-list and longest run wait from `exchange`)."""
     Handler = Callable[[Request, ClientSettings], Awaitable[Any]]
 
     def route(path: str, method: str, handle: Handler, name: str) -> Route:

@@ -1,4 +1,4 @@
-"""Optional S3 copy of each JWKS, so a CDN can serve it even when every replica is down.
+"""Writes a JWKS document to S3.
 
 Each change of a keyset's JWKS is written to `<key_prefix><keyset>/jwks.json` (and, for the default keyset,
 also to `<key_prefix>.well-known/jwks.json`) with the same Cache-Control as the service sends. The object's

@@ -1,4 +1,5 @@
-"""Keep the S3 JWKS mirror in step with a keyring: every JWKS change is written, in order, off the loop.
+"""Keep the S3 JWKS mirror in step with a keyring (an observer of its events): every JWKS change is
+written, in order, off the loop.
 
 Writes run on one dedicated thread, so two quick changes can never land in the wrong order. A failed
 write is retried after each backend refresh until it succeeds; the served JWKS never waits for S3.
@@ -8,14 +9,13 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from keysvc.config import Settings
 from keysvc.errors import BackendError
+from keysvc.events import Event, JwksChanged, Reconciled
 from keysvc.jwks import JwksDocument
-from keysvc.keyring import Keyring, KeysetView
 from keysvc.logs import LOG
-from keysvc.mirror import S3Mirror
+from keysvc.mirror.s3 import S3Mirror
 
 
 class MirrorSync:
@@ -29,18 +29,19 @@ class MirrorSync:
         self._written: dict[str, str] = {}  # keyset -> ETag in S3
         self._worker = ThreadPoolExecutor(1, "keysvc-mirror")
 
-    def on_change(self, view: KeysetView) -> None:
-        """Keyring callback (event loop): remember the new document and schedule a write."""
-        with self._lock:
-            self._wanted[view.settings.name] = (view.document, view.settings.default)
-        self._worker.submit(self.flush)
-
-    def on_reconcile(self, keyset: str, report: Any, error: BaseException | None) -> None:
-        """Keyring callback after each refresh: retry writes that failed."""
-        with self._lock:
-            behind = any(self._written.get(k) != doc.etag for k, (doc, _) in self._wanted.items())
-        if behind:
+    def notify(self, event: Event) -> None:
+        """On the event loop: a changed JWKS is remembered and a write scheduled; after each refresh,
+        writes that failed are retried."""
+        if isinstance(event, JwksChanged):
+            view = event.view
+            with self._lock:
+                self._wanted[view.settings.name] = (view.document, view.settings.default)
             self._worker.submit(self.flush)
+        elif isinstance(event, Reconciled):
+            with self._lock:
+                behind = any(self._written.get(k) != doc.etag for k, (doc, _) in self._wanted.items())
+            if behind:
+                self._worker.submit(self.flush)
 
     def flush(self) -> None:
         """Blocking: write every keyset whose latest document is not yet in S3."""
@@ -62,12 +63,9 @@ class MirrorSync:
         self.mirror.close()
 
 
-def attach_mirror(settings: Settings, keyring: Keyring) -> MirrorSync:
-    """Write each change of each keyset's JWKS to the configured S3 mirror."""
+def build_mirror(settings: Settings) -> MirrorSync:
+    """The mirror of the configured `mirror` section (the service adds it to the keyring's observers)."""
     assert settings.mirror is not None  # nosec B101 - only called when configured
     m = settings.mirror
     mirror = S3Mirror(m.bucket, m.key_prefix, m.region, m.endpoint_url)
-    sync = MirrorSync(mirror, settings.jwks.cache_control())
-    keyring.on_change.append(sync.on_change)
-    keyring.on_reconcile.append(sync.on_reconcile)
-    return sync
+    return MirrorSync(mirror, settings.jwks.cache_control())

@@ -1,6 +1,6 @@
-"""The body contract of `POST /v1/token-exchange` (docs/zapier.md). The HTTP layer authenticates the client
-and checks its `token_exchange` flag; this module validates the body, applies the client's scopes and
-answers the JSON dict.
+"""PURE: the body contract of `POST /v1/token-exchange`: strict parsing of the body into an `ExchangeBody`,
+and the scope a client may ask for. The route (keysvc.exchange.routes) authenticates the client, checks
+its `token_exchange` flag, runs the exchange and writes its audit line.
 
     {"user_id": "u-1", "tenant_id": "t-9", "token": "access"}
     {"user_id": "u-1", "tenant_id": "t-9", "token": "connect", "app": "SlackAPI", "scope": "..."}
@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from keysvc.errors import Forbidden, InvalidRequest, RequestError
+from keysvc.errors import Forbidden, InvalidRequest
 from keysvc.exchange.browser import APP_NAME
-from keysvc.exchange.client import TokenExchanger, normalise_scope
-from keysvc.logs import audit_request
+from keysvc.exchange.client import normalise_scope
 
 _FIELDS = frozenset({"user_id", "tenant_id", "token", "app", "scope"})
 _IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces: ends up in a JWT claim
@@ -77,25 +76,3 @@ def allowed_scope(requested: str | None, allowed: frozenset[str] | None, default
     if refused:
         raise Forbidden(f"client {client!r} may not request scope {' '.join(refused)}")
     return normalise_scope(requested)
-
-
-async def exchange_request(
-    exchanger: TokenExchanger, client_name: str, allowed_scopes: frozenset[str] | None, body: Any
-) -> dict[str, Any]:
-    """Validate, authorise and run one exchange; errors are keysvc RequestErrors (never a 500)."""
-    request = parse_body(body)
-    scope = allowed_scope(request.scope, allowed_scopes, exchanger.settings.scope, client_name)
-    fields = {
-        "client": client_name, "user": request.user_id, "tenant": request.tenant_id,
-        "kind": request.token, "app": request.app, "scope": scope,
-    }  # fmt: skip
-    try:
-        if request.app is not None:
-            result = await exchanger.connect_token(request.user_id, request.tenant_id, request.app, scope)
-        else:
-            result = await exchanger.access_token(request.user_id, request.tenant_id, scope)
-    except RequestError as exc:
-        audit_request("token.exchange", {**fields, "outcome": exc.code})
-        raise
-    audit_request("token.exchange", {**fields, "outcome": "ok"})
-    return result.to_json()

@@ -1,0 +1,193 @@
+"""The layering of docs/architecture.md, enforced: keysvc's import graph, read from the source with `ast`.
+
+An edge is an import that runs: module level (`mod -> target`), or inside a function (lazy, run when the
+function is). Imports under `if TYPE_CHECKING:` are annotations only and are not edges.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+PACKAGE = Path(__file__).resolve().parent.parent / "keysvc"
+
+# the domain at the bottom: pure decisions and records, no I/O (errors and config are below everything)
+DOMAIN = ("keysvc.records", "keysvc.lifecycle", "keysvc.jwks", "keysvc.tokens", "keysvc.events",
+          "keysvc.algorithms", "keysvc.clock")
+# what only the running service may import: the keyring and everything built over it
+SERVICE_STACK = ("keysvc.keyring", "keysvc.operations", "keysvc.batching", "keysvc.http", "keysvc.service",
+                 "keysvc.serve", "keysvc.cli", "keysvc.partner", "keysvc.metrics", "keysvc.mirror",
+                 "keysvc.canary", "keysvc.preflight", "keysvc.audit", "keysvc.logs")
+IO_LIBRARIES = ("boto3", "botocore", "httpx", "starlette", "uvicorn", "prometheus_client", "apscheduler")
+# the Python clients other services install (`keysvc[client]`): httpx, PyYAML, cryptography only
+CLIENT_MODULES = ("keysvc.exchange", "keysvc.exchange.browser", "keysvc.exchange.cache", "keysvc.exchange.cli",
+                  "keysvc.exchange.client", "keysvc.exchange.errors", "keysvc.exchange.partner",
+                  "keysvc.exchange.signer", "keysvc.zapier.client", "keysvc.zapier.cli")
+
+
+@dataclass(frozen=True)
+class Edge:
+    """`source` imports `target` (a keysvc module, or a top-level third-party name); `lazy` inside a function."""
+
+    source: str
+    target: str
+    lazy: bool
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def modules() -> dict[str, Path]:
+    """Every module of the package, by dotted name."""
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _targets(name: str, node: ast.Import | ast.ImportFrom, is_package: bool) -> Iterator[str]:
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            yield alias.name if alias.name.startswith("keysvc") else alias.name.split(".")[0]
+        return
+    base = node.module or ""
+    if node.level:
+        package = name.split(".") if is_package else name.split(".")[:-1]
+        package = package[: len(package) - node.level + 1]
+        base = ".".join([*package, base] if base else package)
+    if not base.startswith("keysvc"):
+        yield base.split(".")[0]
+        return
+    for alias in node.names:
+        submodule = f"{base}.{alias.name}"
+        yield submodule if submodule in modules() else base  # `from pkg import mod` imports the module
+
+
+def _walk(name: str, statements: Iterable[ast.stmt], lazy: bool, is_package: bool) -> Iterator[Edge]:
+    for node in statements:
+        if isinstance(node, ast.If) and _type_checking(node):
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield from (Edge(name, target, lazy) for target in _targets(name, node, is_package) if target != name)
+        inner = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                yield from _walk(name, [c for c in children if isinstance(c, ast.stmt | ast.ExceptHandler)],
+                                 inner, is_package)
+            if isinstance(node, ast.ExceptHandler):
+                break
+
+
+@cache
+def edges() -> tuple[Edge, ...]:
+    """Every import edge of the package."""
+    found: list[Edge] = []
+    for name, path in sorted(modules().items()):
+        tree = ast.parse(path.read_text(), str(path))
+        found.extend(_walk(name, tree.body, False, path.name == "__init__.py"))
+    return tuple(found)
+
+
+def under(name: str, prefixes: Iterable[str]) -> bool:
+    """`name` is one of `prefixes` or inside one of them (a package)."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def closure(start: str, *, lazy: bool) -> set[str]:
+    """Every name `start` imports, transitively (module level only unless `lazy`)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        current = todo.pop()
+        for edge in edges():
+            if edge.source == current and (lazy or not edge.lazy) and edge.target not in seen:
+                seen.add(edge.target)
+                todo.append(edge.target)
+    return seen
+
+
+def test_the_graph_reader_sees_imports_of_every_kind() -> None:
+    """The reader finds a module-level import, a `from package import module` as the module, a lazy import
+    inside a function, and skips the TYPE_CHECKING-only ones (otherwise every rule below proves nothing)."""
+    found = set(edges())
+    assert Edge("keysvc.keyring", "keysvc.lifecycle", False) in found  # from keysvc import jwks, lifecycle, ...
+    assert Edge("keysvc.service", "keysvc.partner", True) in found  # inside build_service
+    assert Edge("keysvc.mirror.sync", "boto3", False) not in found
+    assert not any(e.source == "keysvc.events" and e.target == "keysvc.keyring" for e in found)  # TYPE_CHECKING
+
+
+def test_the_module_level_import_graph_is_acyclic() -> None:
+    """No import cycle at module level: each module can be imported on its own, in any order (lazy imports
+    inside functions are allowed and used for what is optional: the mirror, the partner side, the canary)."""
+    graph: dict[str, set[str]] = {name: set() for name in modules()}
+    for edge in edges():
+        if not edge.lazy and edge.target in graph:
+            graph[edge.source].add(edge.target)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target):], target] if target in path else [node, target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+@pytest.mark.parametrize("module", DOMAIN)
+def test_the_domain_imports_only_the_domain_and_no_io_library(module: str) -> None:
+    """records, lifecycle, jwks, tokens, events (and algorithms, clock) import, even lazily, only each other,
+    errors and config: never a backend, the keyring, HTTP, the service, the CLI or the partner side; and
+    what they load at import reaches no I/O library."""
+    direct = {e.target for e in edges() if e.source == module and e.target.startswith("keysvc")}
+    assert sorted(t for t in direct if not under(t, (*DOMAIN, "keysvc.errors", "keysvc.config"))) == []
+    assert sorted(t for t in closure(module, lazy=False) if under(t, IO_LIBRARIES)) == []
+
+
+def test_backends_depend_on_the_domain_never_on_what_uses_them() -> None:
+    """keysvc.backends.* import the domain (records, jwks, algorithms), errors, config and faults: never the
+    keyring, the operations, HTTP, the service, the CLI, metrics or the partner side."""
+    above = (*SERVICE_STACK, "keysvc.exchange", "keysvc.zapier")
+    backends = [e for e in edges() if under(e.source, ("keysvc.backends",))]
+    wrong = sorted((e.source, e.target) for e in backends if under(e.target, above))
+    assert wrong == []
+
+
+def test_configuration_loads_no_server_or_aws_library() -> None:
+    """Reading the configuration (keysvc.config, module level) loads neither boto3/botocore nor starlette,
+    uvicorn, prometheus-client or httpx: `check-config --offline` and the clients can parse it anywhere."""
+    reached = closure("keysvc.config", lazy=False)
+    assert sorted(t for t in reached if under(t, IO_LIBRARIES)) == []
+    assert sorted(t for t in reached if under(t, SERVICE_STACK)) == []
+
+
+@pytest.mark.parametrize("module", CLIENT_MODULES)
+def test_client_modules_never_import_the_server_stack(module: str) -> None:
+    """The Python clients (RemoteSigner, TokenExchanger, ZapierClient, their CLIs) import no keysvc server
+    module, even lazily: no keyring, HTTP app, service, metrics or logging setup (tests/test_packaging.py
+    proves the third-party side by importing them)."""
+    reached = closure(module, lazy=True)
+    assert sorted(t for t in reached if under(t, SERVICE_STACK)) == []
+    assert "keysvc.exchange.routes" not in reached and "keysvc.exchange.keyring_signer" not in reached
