@@ -71,12 +71,12 @@ async def call(app: Any, method: str, path: str, headers: Sequence[tuple[str, st
 
 def below_http(keyring: Keyring) -> Any:
     """A feature route whose work logs from below the HTTP layer: a line from an I/O thread (through
-    Keyring.run_blocking), and an error line from a keyring hook (a token that would outlive its key)."""
+    a key operation's audit line), and the keyring's error line for a token that would outlive its key."""
 
     def routes(ctx: RouteContext) -> list[BaseRoute]:
         async def deep(request: Request) -> Response:
             ctx.client(request)
-            await keyring.run_blocking(lambda: LOG.warning("from an I/O thread"))
+            await keyring.rotate("zapier", "test", force=True)  # audited from the keyring's I/O thread
             with contextlib.suppress(Unavailable):
                 await keyring.sign("zapier", {"aud": "connect.zapier.com"}, 10_000)
             return JSONResponse({})
@@ -91,8 +91,6 @@ def served(tmp_path: Path) -> Iterator[tuple[Any, Keyring, Metrics]]:
     """The internal app over a real keyring (one ES256 keyset, keys created), its metrics."""
     settings = parse_settings(base_config(tmp_path / "keys"))
     keyring = Keyring(settings, FileBackend(tmp_path / "keys"), FixedClock(1_800_000_000.0))
-    keyring.on_exp_violation.append(
-        lambda keyset, ttl: LOG.error("token refused: exp beyond retention", extra={"keyset": keyset}))
     asyncio.run(keyring.refresh_all())
     metrics = Metrics()
     try:
@@ -107,15 +105,15 @@ def lines(out: LogStream) -> list[dict[str, Any]]:
 
 def test_lines_from_below_the_http_layer_carry_the_request_id(served: tuple[Any, Keyring, Metrics],
                                                               log_stream: LogStream) -> None:
-    """A line logged in an I/O thread and an error line from a keyring hook, both written while a request
+    """A line logged in an I/O thread and an error line from the keyring, both written while a request
     is answered, carry that request's id; a line written after the request carries none."""
     app, _, _ = served
     status = asyncio.run(call(app, "POST", "/v1/deep", [auth("signer"), ("x-request-id", "req-deep")]))
     assert status == 200
     LOG.info("after the request")
     by_event = {line["event"]: line for line in lines(log_stream)}
-    assert by_event["from an I/O thread"]["request_id"] == "req-deep"
-    assert by_event["token refused: exp beyond retention"]["request_id"] == "req-deep"
+    assert by_event["key.rotate"]["request_id"] == "req-deep"
+    assert by_event["token refused: exp beyond the keyset's retention guarantee"]["request_id"] == "req-deep"
     assert by_event["access"]["request_id"] == "req-deep"
     assert "request_id" not in by_event["after the request"]
 
