@@ -32,6 +32,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "sign_http": (["--runs", "5", "--duration", "4"], ["--runs", "1", "--duration", "1"]),
     "scale": (["--runs", "3", "--duration", "4"], ["--runs", "1", "--duration", "1", "--sizes", "1,10,50"]),
     "latency": (["--runs", "3", "--duration", "4"], ["--runs", "1", "--duration", "1"]),
+    "zero_load": (["--runs", "8"], ["--runs", "1"]),
     "resources": (["--runs", "3"], ["--runs", "1"]),
     "rotation_latency": (["--duration", "20", "--runs", "3"], ["--duration", "9", "--algs", "ES256", "--runs", "1"]),
     "soak": (["--duration", "30"], ["--duration", "8"]),

@@ -6,9 +6,10 @@ Three ways to write a line, all in the same JSON layout and to the same stream, 
   (written by keysvc.audit.AuditLog, an observer of the keyring's KeyEvents).
 - The lines written per request, `event()` (access lines) and `audit_request()` / `audit_requests()` (one
   per token signed or exchanged): formatted by keysvc's handler directly, without a `LogRecord` (about
-  6 us less per line). Access lines are written in one write per event-loop turn; audit lines are written
-  before the responses they describe are sent (the tokens of one signing batch in one write), so no token
-  leaves without its audit line on the stream.
+  6 us less per line). Audit lines are written before the responses they describe are sent (the tokens of
+  one signing batch in one write), so no token leaves without its audit line on the stream. Access lines
+  are held and leave with the next write: the next audit line's, a record's, or at the latest
+  ACCESS_TRAIL seconds after they were logged (one write instead of two per signed token).
 
 The request id: the internal listener's access log sets `REQUEST_ID` (a contextvar) for the time of each
 request (keysvc.http.access_log), so every line written during it carries `request_id`, also the lines of code
@@ -36,6 +37,7 @@ LOG = logging.getLogger("keysvc")
 
 FIELDS = "keysvc_fields"  # the record attribute that holds an event()'s fields
 MAX_PENDING = 256  # access lines held before a write, at most (a busy event-loop turn)
+ACCESS_TRAIL = 0.05  # seconds an access line may wait for the next write, at most
 # dataclasses and datetimes go to `default=str` as with the stdlib encoder: a dataclass's repr hides what
 # its fields mark repr=False (key material), which orjson's own dataclass encoding would not
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
@@ -92,11 +94,12 @@ class JsonHandler(logging.StreamHandler[TextIO]):
         self.json = JsonFormatter()
         self.setFormatter(self.json)
         self._pending: list[str] = []  # per-request lines not written yet, each ending in a newline
+        self._trail: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on, within ACCESS_TRAIL
 
     def write(self, logger: str, event: str, lines: Sequence[Mapping[str, Any]], *, now: bool,
               audit: bool = False) -> None:
-        """Write per-request lines (one per mapping): at once (`now`), or with the others of this
-        event-loop turn."""
+        """Write per-request lines (one per mapping): at once (`now`, with the lines held before them), or
+        with the next write, within ACCESS_TRAIL seconds."""
         created, line = time.time(), self.json.line
         if len(lines) == 1:
             text = line(created, "info", logger, event, lines[0], audit) + "\n"
@@ -107,11 +110,19 @@ class JsonHandler(logging.StreamHandler[TextIO]):
             if now or len(self._pending) >= MAX_PENDING:
                 self.flush()
                 return
-            if len(self._pending) == 1:  # the first line held: write it when this loop turn ends
+            if self._trail is None or self._trail.is_closed():  # no flush due yet: one within ACCESS_TRAIL
                 try:
-                    asyncio.get_running_loop().call_soon(self.flush)
+                    loop = asyncio.get_running_loop()
                 except RuntimeError:  # no event loop in this thread: nothing would write it later
                     self.flush()
+                    return
+                self._trail = loop
+                loop.call_later(ACCESS_TRAIL, self._trail_elapsed)
+
+    def _trail_elapsed(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._trail = None
+            self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._pending:
@@ -191,8 +202,8 @@ def _write(logger: logging.Logger, name: str, lines: Sequence[Mapping[str, Any]]
 
 
 def event(logger: logging.Logger, name: str, values: Mapping[str, Any], /) -> None:
-    """A per-request line (the access log), written with the others of this event-loop turn. It reaches
-    keysvc's handler only: handlers added to `logger` do not see it."""
+    """A per-request line (the access log), written with the next write, within ACCESS_TRAIL seconds. It
+    reaches keysvc's handler only: handlers added to `logger` do not see it."""
     _write(logger, name, (values,), False)
 
 

@@ -36,7 +36,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 class LogStream(io.StringIO):
-    """A log stream that records each write, and can be made to fail like a broken stdout pipe."""
+    """A log stream that records each write, and can be made to fail like a broken stdout pipe. Reading
+    it (getvalue) first writes the access lines keysvc's handler still holds, as a running server does
+    within keysvc.logs.ACCESS_TRAIL: a test's event loop has usually ended by the time it reads."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,6 +50,11 @@ class LogStream(io.StringIO):
             raise OSError("broken pipe")
         self.writes.append(text)
         return super().write(text)
+
+    def getvalue(self) -> str:
+        if logs._handler is not None and logs._handler.stream is self:
+            logs._handler.flush()
+        return super().getvalue()
 
 
 @pytest.fixture

@@ -32,28 +32,54 @@ def test_the_three_kinds_of_line_share_one_layout(log_stream: LogStream) -> None
     assert all(str(line["ts"]).endswith("Z") and len(str(line["ts"])) == 24 for line in got)
 
 
-def test_access_lines_wait_for_the_end_of_the_loop_turn_and_keep_their_order(log_stream: LogStream) -> None:
-    """Inside an event loop, access lines are held until the turn ends, then written in one write; a
-    record logged meanwhile is written after them, and an audit line makes them go out at once."""
+def written(out: LogStream) -> list[list[object]]:
+    """The `n` of the lines of each write so far (without flushing what the handler holds)."""
+    return [[json.loads(line)["n"] for line in text.splitlines()] for text in out.writes]
 
-    async def scenario() -> list[list[str]]:
+
+def test_access_lines_leave_with_the_next_write_and_keep_their_order(log_stream: LogStream) -> None:
+    """Inside an event loop, access lines are held past the end of the turn; the next audit line takes them
+    along in the same write, and a record logged meanwhile is written after them."""
+
+    async def scenario() -> list[list[list[object]]]:
         seen = []
         logs.event(logs.LOG, "access", {"n": 1})
         logs.event(logs.LOG, "access", {"n": 2})
-        seen.append([str(line["n"]) for line in lines(log_stream)])  # nothing written yet
         await asyncio.sleep(0)
-        seen.append([str(line["n"]) for line in lines(log_stream)])
-        logs.event(logs.LOG, "access", {"n": 3})
-        logs.LOG.info("record", extra={"n": 4})
-        logs.event(logs.LOG, "access", {"n": 5})
-        logs.audit_request("token.sign", {"n": 6})
-        seen.append([str(line["n"]) for line in lines(log_stream)])
+        seen.append(written(log_stream))  # nothing written yet
+        logs.audit_request("token.sign", {"n": 3})
+        seen.append(written(log_stream))
+        logs.event(logs.LOG, "access", {"n": 4})
+        logs.LOG.info("record", extra={"n": 5})
+        logs.event(logs.LOG, "access", {"n": 6})
+        logs.audit_request("token.sign", {"n": 7})
+        seen.append(written(log_stream))
         return seen
 
-    before, after_turn, after_audit = asyncio.run(scenario())
-    assert before == []
-    assert after_turn == ["1", "2"]
-    assert after_audit == ["1", "2", "3", "4", "5", "6"]
+    after_turn, after_audit, at_end = asyncio.run(scenario())
+    assert after_turn == []
+    assert after_audit == [[1, 2, 3]]
+    assert at_end == [[1, 2, 3], [4], [5], [6, 7]]
+
+
+def test_an_access_line_waits_at_most_access_trail(log_stream: LogStream) -> None:
+    """With nothing else written, a held access line is written by itself ACCESS_TRAIL seconds after it
+    was logged, not later; a line logged after that write is bounded the same way."""
+
+    async def scenario() -> list[tuple[int, float]]:
+        loop = asyncio.get_running_loop()
+        seen = []
+        for n in (1, 2):
+            logged = loop.time()
+            logs.event(logs.LOG, "access", {"n": n})
+            while len(written(log_stream)) < n and loop.time() - logged < 5:
+                await asyncio.sleep(0.002)
+            seen.append((len(written(log_stream)), loop.time() - logged))
+        return seen
+
+    got = asyncio.run(scenario())
+    assert [count for count, _ in got] == [1, 2]
+    assert all(logs.ACCESS_TRAIL * 0.9 <= waited < logs.ACCESS_TRAIL + 1.0 for _, waited in got), got
 
 
 def test_lines_held_are_written_by_flush_at_exit(log_stream: LogStream) -> None:
@@ -62,7 +88,7 @@ def test_lines_held_are_written_by_flush_at_exit(log_stream: LogStream) -> None:
 
     async def log_then_flush() -> tuple[int, int]:
         logs.event(logs.LOG, "access", {"n": 1})
-        held = len(lines(log_stream))
+        held = len(written(log_stream))
         assert logs._handler is not None
         logs._handler.flush()
         return held, len(lines(log_stream))
@@ -73,16 +99,16 @@ def test_lines_held_are_written_by_flush_at_exit(log_stream: LogStream) -> None:
 def test_outside_an_event_loop_lines_are_written_at_once(log_stream: LogStream) -> None:
     """With no running loop nothing would write a held line later: it goes out immediately (CLI)."""
     logs.event(logs.LOG, "access", {"n": 1})
-    assert [line["n"] for line in lines(log_stream)] == [1]
+    assert written(log_stream) == [[1]]
 
 
 def test_a_busy_turn_holds_at_most_max_pending_lines(log_stream: LogStream) -> None:
-    """Memory is bounded: past MAX_PENDING held lines, they are written without waiting for the turn."""
+    """Memory is bounded: past MAX_PENDING held lines, they are written without waiting for the trail."""
 
     async def burst() -> int:
         for n in range(logs.MAX_PENDING):
             logs.event(logs.LOG, "access", {"n": n})
-        return len(lines(log_stream))
+        return sum(len(w) for w in written(log_stream))
 
     assert asyncio.run(burst()) == logs.MAX_PENDING
 
