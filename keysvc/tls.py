@@ -25,21 +25,13 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from keysvc.config import TlsSettings
+from keysvc.config import TlsSettings, typed_subject
 
 # Where the HTTP protocol puts the verified identities of the peer's certificate in the ASGI scope
 # (inside the ASGI "tls" extension, under a keysvc-specific key).
 SCOPE_KEY = "keysvc.client_cert_identities"
 # getpeercert()'s subjectAltName types -> the prefix of a typed identity (IP and other SANs name no client)
 _SAN_PREFIX = {"URI": "uri", "DNS": "dns", "email": "email"}
-SUBJECT_TYPES = ("uri", "dns", "email", "cn")
-
-
-def typed_subject(kind: str, value: str) -> str:
-    """The canonical text of one identity, `kind:value` (DNS names lower-cased)."""
-    return f"{kind}:{value.lower() if kind == 'dns' else value}"
-
-
 def uvicorn_ssl_options(tls: TlsSettings | None) -> dict[str, Any]:
     """Keyword arguments of uvicorn.Config for this TLS setting (empty: plain HTTP)."""
     if tls is None:

@@ -13,6 +13,7 @@ Read once at start-up; nothing here touches the network or imports boto3. Module
 from keysvc.config.document import load_document
 from keysvc.config.exchange import ApiRateLimit, TokenExchangeSettings, parse_token_exchange
 from keysvc.config.model import (
+    SUBJECT_TYPES,
     Address,
     BackendSettings,
     CanarySettings,
@@ -24,6 +25,7 @@ from keysvc.config.model import (
     RateLimit,
     Settings,
     TlsSettings,
+    typed_subject,
 )
 from keysvc.config.parse import check_invariants, load_settings, parse_settings, parse_yaml
 from keysvc.config.reader import DURATION_PATTERN, ReadOptions, Section, parse_duration
@@ -31,6 +33,7 @@ from keysvc.config.secrets import Secret, SecretFile
 
 __all__ = [
     "DURATION_PATTERN",
+    "SUBJECT_TYPES",
     "Address",
     "ApiRateLimit",
     "BackendSettings",
@@ -55,4 +58,5 @@ __all__ = [
     "parse_settings",
     "parse_token_exchange",
     "parse_yaml",
+    "typed_subject",
 ]

@@ -14,6 +14,15 @@ if TYPE_CHECKING:
 LOG_PUBLIC = ("errors", "all")
 
 
+# Client-certificate identities, typed (`cn:` counts only for a certificate without SANs: keysvc.tls).
+SUBJECT_TYPES = ("uri", "dns", "email", "cn")
+
+
+def typed_subject(kind: str, value: str) -> str:
+    """The canonical text of one identity, `kind:value` (DNS names lower-cased)."""
+    return f"{kind}:{value.lower() if kind == 'dns' else value}"
+
+
 @dataclass(frozen=True)
 class Address:
     """A listener's host and port."""

@@ -13,6 +13,7 @@ from keysvc.config.document import load_document
 from keysvc.config.exchange import TokenExchangeSettings, read_token_exchange
 from keysvc.config.model import (
     LOG_PUBLIC,
+    SUBJECT_TYPES,
     Address,
     BackendSettings,
     CanarySettings,
@@ -24,6 +25,7 @@ from keysvc.config.model import (
     RateLimit,
     Settings,
     TlsSettings,
+    typed_subject,
 )
 from keysvc.config.reader import ReadOptions, Section
 from keysvc.errors import ConfigError
@@ -130,8 +132,6 @@ def _typed(entry: str, types: tuple[str, ...]) -> str:
 def _cert_subjects(sec: Section) -> tuple[str, ...]:
     """`cert_subjects`: typed identities, `uri:`, `dns:`, `email:` (subjectAltNames) or `cn:` (the subject
     CN, which counts only for a certificate without SANs)."""
-    from keysvc.tls import SUBJECT_TYPES, typed_subject  # keysvc.tls builds on keysvc.config
-
     subjects = []
     for entry in sec.str_list("cert_subjects"):
         kind, sep, value = entry.partition(":")
