@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import json
@@ -252,3 +253,20 @@ def backend_syncs(proc: KeysvcProcess, *, failed: bool) -> float:
         for line in text.splitlines()
         if line.startswith(prefix) and line.startswith(prefix + 'ok"') != failed
     )
+
+
+@dataclass
+class SteppedTime:
+    """A monotonic clock (call it) whose `sleep` moves it forward instead of waiting, and yields to the event
+    loop once; `slept` records every sleep asked for (back-off and Retry-After tests)."""
+
+    now: float = 1000.0
+    slept: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)

@@ -25,6 +25,7 @@ from keysvc.zapier.gateway import ZapierGateway
 from keysvc.zapier.partner_api import PartnerApi
 from keysvc.zapier.state import StateCodec, state_key
 from tests.exchange_support import ISSUER, FakeJwks, FakeSigner, serve
+from tests.helpers import SteppedTime
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN
 from tests.zapier_fake import InputField, RunBehaviour, ZapierFake, running_zapier
 
@@ -33,22 +34,6 @@ pytestmark = pytest.mark.system
 T = TypeVar("T")
 USER = ("u-1", "t-9")
 CALLBACK = "https://app.example/zapier/callback"
-
-
-@dataclass
-class SteppedTime:
-    """A monotonic clock that sleeps by moving forward (and yields to the loop once)."""
-
-    now: float = 1000.0
-    slept: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 @dataclass

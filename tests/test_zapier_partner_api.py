@@ -21,6 +21,7 @@ from keysvc.errors import RequestError, Unavailable, UpstreamError
 from keysvc.zapier.budget import ApiBudget
 from keysvc.zapier.partner_api import PartnerApi, PartnerUnauthorized
 from tests.exchange_support import serve
+from tests.helpers import SteppedTime
 
 pytestmark = pytest.mark.system
 
@@ -45,19 +46,6 @@ class Script:
         return Starlette(routes=[Route("/{path:path}", any_path, methods=["GET", "POST"])])
 
 
-@dataclass
-class Clock:
-    now: float = 0.0
-    slept: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def script() -> Iterator[tuple[Script, str]]:
     """The scripted server and its base URL."""
@@ -66,11 +54,11 @@ def script() -> Iterator[tuple[Script, str]]:
         yield s, url
 
 
-def call(url: str, method: str, clock: Clock | None = None, budget: ApiBudget | None = None,
+def call(url: str, method: str, clock: SteppedTime | None = None, budget: ApiBudget | None = None,
          retry: bool = True) -> dict[str, Any]:
     settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), api_url=url, max_attempts=4,
                                      total_timeout=30.0)
-    clock = clock or Clock()
+    clock = clock or SteppedTime(0.0)
 
     async def go() -> dict[str, Any]:
         async with httpx.AsyncClient() as http:
@@ -90,7 +78,7 @@ def test_reads_are_retried_after_5xx_and_succeed(script: tuple[Script, str]) -> 
     """A GET answered 503 then 500 then 200 returns the 200; the token went as a Bearer each time."""
     s, url = script
     s.answers = [(503, error_body(503), {"Retry-After": "2"}), (500, error_body(500), {}), (200, {"data": [1]}, {})]
-    clock = Clock()
+    clock = SteppedTime(0.0)
     assert call(url, "GET", clock) == {"data": [1]}
     assert [a for a, _, _ in s.seen] == ["GET"] * 3 and all(h == f"Bearer {TOKEN}" for _, _, h in s.seen)
     assert clock.slept[0] >= 2.0  # Retry-After honoured
@@ -109,7 +97,7 @@ def test_a_429_cools_the_budget_down(script: tuple[Script, str]) -> None:
     """A 429 is a 503 with Zapier's Retry-After; the next call is refused without being sent."""
     s, url = script
     s.answers = [(429, error_body(429), {"Retry-After": "30"})]
-    budget, clock = ApiBudget(600, 10), Clock()
+    budget, clock = ApiBudget(600, 10), SteppedTime(0.0)
     with pytest.raises(Unavailable) as first:
         call(url, "GET", clock, budget)
     with pytest.raises(Unavailable) as second:
