@@ -25,7 +25,8 @@ DOMAIN = ("keysvc.records", "keysvc.lifecycle", "keysvc.jwks", "keysvc.tokens", 
 SERVICE_STACK = ("keysvc.keyring", "keysvc.operations", "keysvc.batching", "keysvc.http", "keysvc.service",
                  "keysvc.serve", "keysvc.cli", "keysvc.partner", "keysvc.metrics", "keysvc.mirror",
                  "keysvc.canary", "keysvc.preflight", "keysvc.audit", "keysvc.logs")
-IO_LIBRARIES = ("boto3", "botocore", "httpx", "starlette", "uvicorn", "prometheus_client", "apscheduler")
+IO_LIBRARIES = ("boto3", "botocore", "httpx", "aiohttp", "starlette", "uvicorn", "prometheus_client",
+                "apscheduler")
 # the Python clients other services install (`keysvc[client]`): httpx, PyYAML, cryptography only
 CLIENT_MODULES = ("keysvc.exchange", "keysvc.exchange.browser", "keysvc.exchange.cache", "keysvc.exchange.cli",
                   "keysvc.exchange.client", "keysvc.exchange.errors", "keysvc.exchange.partner",

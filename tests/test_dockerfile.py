@@ -263,7 +263,7 @@ def test_install_steps_work_in_a_fresh_venv(dockerfile: list[list[Instruction]],
     assert (prefix / "bin" / "keysvc").exists(), "the console script the ENTRYPOINT runs"
     assert not (prefix / "bin" / "pip").exists(), "pip must not reach the runtime image"
     modules = ["keysvc", "starlette", "uvicorn", "jwcrypto", "cryptography", "boto3", "apscheduler",
-               "prometheus_client", "httpx", "yaml", "uvloop", "httptools"]
+               "prometheus_client", "httpx", "aiohttp", "yaml", "uvloop", "httptools"]
     probe = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
     result = subprocess.run([str(python), "-c", probe, *modules], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from keysvc.config import Secret
@@ -23,6 +22,7 @@ from keysvc.zapier import requests
 from keysvc.zapier.budget import ApiBudget
 from keysvc.zapier.gateway import ZapierGateway
 from keysvc.zapier.partner_api import PartnerApi
+from keysvc.zapier.partner_http import PartnerHttp
 from keysvc.zapier.state import StateCodec, state_key
 from tests.exchange_support import ISSUER, FakeJwks, FakeSigner, serve
 from tests.helpers import SteppedTime
@@ -58,12 +58,16 @@ class Rig:
 
         async def go() -> T:
             limit = settings.api_rate_limit
-            async with httpx.AsyncClient() as http, TokenExchanger(settings, self.signer) as exchanger:
-                api = PartnerApi(settings, http, ApiBudget(limit.per_minute, limit.burst), clock=self.time,
-                                 sleep=self.time.sleep)
-                states = StateCodec(state_key(settings.client_secret.reveal()))
-                gateway = ZapierGateway(exchanger, api, states, clock=self.time, sleep=self.time.sleep)
-                return await use(gateway)
+            http = PartnerHttp(settings.api_url)
+            try:
+                async with TokenExchanger(settings, self.signer) as exchanger:
+                    api = PartnerApi(settings, http, ApiBudget(limit.per_minute, limit.burst), clock=self.time,
+                                     sleep=self.time.sleep)
+                    states = StateCodec(state_key(settings.client_secret.reveal()))
+                    gateway = ZapierGateway(exchanger, api, states, clock=self.time, sleep=self.time.sleep)
+                    return await use(gateway)
+            finally:
+                await http.aclose()
 
         return asyncio.run(go())
 

@@ -4,11 +4,11 @@ are (creating a run), envelopes, and the budget's cooldown after a 429. Sleeps a
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError, Unavailable, UpstreamError
 from keysvc.zapier.budget import ApiBudget
 from keysvc.zapier.partner_api import PartnerApi, PartnerUnauthorized
+from keysvc.zapier.partner_http import PartnerHttp, env_proxy
 from tests.exchange_support import serve
 from tests.helpers import SteppedTime
 
@@ -30,14 +31,20 @@ TOKEN = "at-scripted-access-token-0123456789abcdef"
 
 @dataclass
 class Script:
-    """Answers in order (status, body, headers); records what arrived."""
+    """Answers in order (status, body, headers), each after `delay` seconds; records what arrived."""
 
     answers: list[tuple[int, Any, dict[str, str]]] = field(default_factory=list)
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    delay: float = 0.0
 
     def app(self) -> Starlette:
         async def any_path(request: Request) -> Response:
             self.seen.append((request.method, request.url.path, request.headers.get("authorization")))
+            self.requests.append(request)
+            self.bodies.append(await request.body())
+            await asyncio.sleep(self.delay)
             status, body, headers = self.answers.pop(0) if self.answers else (200, {"data": []}, {})
             if isinstance(body, bytes):
                 return Response(body, status_code=status, headers=headers)
@@ -55,17 +62,24 @@ def script() -> Iterator[tuple[Script, str]]:
 
 
 def call(url: str, method: str, clock: SteppedTime | None = None, budget: ApiBudget | None = None,
-         retry: bool = True) -> dict[str, Any]:
-    settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), api_url=url, max_attempts=4,
-                                     total_timeout=30.0)
+         retry: bool = True, times: int = 1, **settings_overrides: Any) -> dict[str, Any]:
+    """`times` calls through one PartnerApi (one HTTP session); the last one's answer."""
+    settings = TokenExchangeSettings(**{"client_id": "c", "client_secret": Secret("s"), "api_url": url,
+                                        "max_attempts": 4, "total_timeout": 30.0, **settings_overrides})
     clock = clock or SteppedTime(0.0)
 
     async def go() -> dict[str, Any]:
-        async with httpx.AsyncClient() as http:
+        http = PartnerHttp(settings.api_url)
+        try:
             api = PartnerApi(settings, http, budget or ApiBudget(6000, 100), clock=clock, sleep=clock.sleep)
-            if method == "GET":
-                return await api.get("authentications", "/v2/authentications", TOKEN, {"app": "x"})
-            return await api.post("run_create", "/v2/action-runs", TOKEN, {"data": {}}, retry=retry)
+            for _ in range(times):
+                if method == "GET":
+                    answer = await api.get("authentications", "/v2/authentications", TOKEN, {"app": "x"})
+                else:
+                    answer = await api.post("run_create", "/v2/action-runs", TOKEN, {"data": {}}, retry=retry)
+            return answer
+        finally:
+            await http.aclose()
 
     return asyncio.run(go())
 
@@ -132,3 +146,74 @@ def test_errors_never_carry_the_token(script: tuple[Script, str]) -> None:
     with pytest.raises(RequestError) as info:
         call(url, "GET")
     assert TOKEN not in info.value.description and "[redacted]" in info.value.description
+
+
+def test_a_cookie_the_partner_sets_is_never_sent_back(script: tuple[Script, str]) -> None:
+    """A Set-Cookie on one user's call is not stored: the next call over the same session sends no Cookie
+    header (a cookie must never ride on another user's call; the API is bearer-token based)."""
+    s, url = script
+    s.answers = [(200, {"data": []}, {"Set-Cookie": "session=abc123; Path=/"}), (200, {"data": []}, {})]
+    call(url.replace("127.0.0.1", "localhost"), "GET", times=2)  # a host name: jars refuse cookies of IPs
+    assert len(s.requests) == 2
+    assert [r.headers.get("cookie") for r in s.requests] == [None, None]
+
+
+def test_a_redirect_is_an_error_and_is_not_followed(script: tuple[Script, str]) -> None:
+    """A 302 is a 502 after one request: the Location is never visited, so the bearer token goes to
+    api_url and nowhere else."""
+    s, url = script
+    s.answers = [(302, {"data": []}, {"Location": f"{url}/elsewhere"})]
+    with pytest.raises(UpstreamError) as info:
+        call(url, "GET")
+    assert [path for _, path, _ in s.seen] == ["/v2/authentications"]
+    assert "HTTP 302" in info.value.description
+
+
+def test_the_request_carries_the_query_the_json_body_and_no_session_state(script: tuple[Script, str]) -> None:
+    """A POST sends its body as JSON with its content type, a GET its query, both the bearer token and
+    Accept: application/json."""
+    s, url = script
+    call(url, "POST", retry=False)
+    call(url, "GET")
+    post, get = s.requests
+    assert (post.headers["content-type"], s.bodies[0]) == ("application/json", b'{"data":{}}')
+    assert (get.url.path, get.url.query, s.bodies[1]) == ("/v2/authentications", "app=x", b"")
+    assert {r.headers["accept"] for r in s.requests} == {"application/json"}
+
+
+def test_a_partner_slower_than_read_timeout_is_a_503_after_every_attempt(script: tuple[Script, str]) -> None:
+    """No byte within read_timeout is a timeout: retried (a read), then 503 with Retry-After."""
+    s, url = script
+    s.delay = 1.0
+    with pytest.raises(Unavailable) as info:
+        call(url, "GET", read_timeout=0.1, max_attempts=2)
+    assert len(s.seen) == 2
+    assert "timed out" in info.value.description and info.value.retry_after == 1
+
+
+def test_an_unreachable_partner_is_a_503() -> None:
+    """Nothing listening at api_url is a 503 after the attempts, naming the error class, not the token."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(Unavailable) as info:
+            call(f"http://127.0.0.1:{port}", "GET", max_attempts=2)
+    assert "unreachable" in info.value.description and TOKEN not in info.value.description
+
+
+@pytest.mark.parametrize(("environ", "url", "expected"), [
+    ({}, "https://api.zapier.com", None),
+    ({"HTTPS_PROXY": "http://proxy:3128"}, "https://api.zapier.com", "http://proxy:3128"),
+    ({"HTTPS_PROXY": "http://proxy:3128"}, "http://api.zapier.com", None),
+    ({"ALL_PROXY": "http://all:3128"}, "http://api.zapier.com", "http://all:3128"),
+    ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "zapier.com"}, "https://api.zapier.com", None),
+])
+def test_the_proxy_is_the_environments(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], url: str,
+                                       expected: str | None) -> None:
+    """As with the service's httpx clients: <scheme>_PROXY, else ALL_PROXY, unless NO_PROXY covers the host."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert env_proxy(url) == expected

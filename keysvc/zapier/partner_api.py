@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
+import orjson
 
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import (
@@ -39,6 +40,7 @@ from keysvc.errors import (
 )
 from keysvc.exchange.errors import oauth_text, parse_retry_after
 from keysvc.zapier.budget import ApiBudget, Refused
+from keysvc.zapier.partner_http import Answer, PartnerHttp
 
 RETRYABLE = frozenset({500, 502, 503, 504})
 DEFAULT_RETRY_AFTER = 5
@@ -91,7 +93,7 @@ class PartnerApi:
     def __init__(
         self,
         settings: TokenExchangeSettings,
-        client: httpx.AsyncClient,
+        http: PartnerHttp,
         budget: ApiBudget,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -100,8 +102,7 @@ class PartnerApi:
         backoff: float = 0.25,
     ) -> None:
         self._settings = settings
-        self._base = settings.api_url.rstrip("/")
-        self._client = client
+        self._http = http
         self._budget = budget
         self._clock = clock
         self._sleep = sleep
@@ -109,7 +110,7 @@ class PartnerApi:
         self._backoff = backoff
 
     def __repr__(self) -> str:
-        return f"PartnerApi({self._base!r}, {self._budget!r})"
+        return f"PartnerApi({self._http!r}, {self._budget!r})"
 
     async def get(self, endpoint: str, path: str, token: str,
                   params: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -158,29 +159,27 @@ class PartnerApi:
                        body: Mapping[str, Any] | None, deadline: float) -> dict[str, Any] | _Failure:
         s = self._settings
         remaining = max(0.001, deadline - self._clock())
-        timeout = httpx.Timeout(connect=min(s.connect_timeout, remaining), read=min(s.read_timeout, remaining),
-                                write=min(s.read_timeout, remaining), pool=min(s.connect_timeout, remaining))
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        content = None if body is None else orjson.dumps(body)
         try:
             async with asyncio.timeout(remaining):
-                response = await self._client.request(
-                    method, self._base + path, params=params, json=body, headers=headers, timeout=timeout
-                )
-        except (httpx.TimeoutException, TimeoutError):
+                answer = await self._http.send(method, path, token, params=params, body=content,
+                                               connect=min(s.connect_timeout, remaining),
+                                               read=min(s.read_timeout, remaining))
+        except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors too
             return _Failure(Unavailable("the Zapier Partner API timed out", retry_after=1), True, "timeout")
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             unreachable = Unavailable(f"the Zapier Partner API is unreachable ({type(exc).__name__})", retry_after=1)
             return _Failure(unreachable, True, "unreachable")
-        if response.is_success:
+        if 200 <= answer.status < 300:
             try:
-                return envelope(response)
+                return envelope(answer)
             except UpstreamError as exc:
                 return _Failure(exc, False, "malformed")
-        error = api_error(response.status_code, response.headers.get("Retry-After"), _json(response))
-        if response.status_code == 429:
+        error = api_error(answer.status, answer.retry_after, _json(answer.content))
+        if answer.status == 429:
             self._budget.cool_down(self._clock(), float(error.retry_after or DEFAULT_RETRY_AFTER))
-        outcome = _OUTCOMES.get(response.status_code, "upstream_error")
-        return _Failure(error, response.status_code in RETRYABLE, outcome)
+        outcome = _OUTCOMES.get(answer.status, "upstream_error")
+        return _Failure(error, answer.status in RETRYABLE, outcome)
 
     def _pause(self, attempt: int) -> float:
         # Jitter spreads replicas' retries apart; it is not a security decision.
@@ -188,21 +187,21 @@ class PartnerApi:
         return min(self._backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * jitter
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(content: bytes) -> Any:
     try:
-        return response.json()
-    except ValueError:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
         return None
 
 
-def envelope(response: httpx.Response) -> dict[str, Any]:
+def envelope(answer: Answer) -> dict[str, Any]:
     """A 2xx answer's JSON object; the Partner API's document types some lists as `[{links, meta, data}]`,
     so a one-element array around an object is the object."""
-    body = _json(response)
+    body = _json(answer.content)
     if isinstance(body, list) and len(body) == 1:
         body = body[0]
     if not isinstance(body, dict):
-        raise UpstreamError(f"the Zapier Partner API answered HTTP {response.status_code} without a JSON object")
+        raise UpstreamError(f"the Zapier Partner API answered HTTP {answer.status} without a JSON object")
     return body
 
 
