@@ -148,6 +148,25 @@ def test_errors_never_carry_the_token(script: tuple[Script, str]) -> None:
     assert TOKEN not in info.value.description and "[redacted]" in info.value.description
 
 
+@pytest.mark.parametrize("token", ["at-with\r\nX-Injected: 1", "at-with\x00nul", "at-é", "at with space"])
+def test_a_token_unfit_for_a_header_is_a_502_and_nothing_is_sent(script: tuple[Script, str], token: str) -> None:
+    """An access token with control characters, spaces or non-ASCII (a broken partner) is a 502, not a 500,
+    not retried, and never reaches the wire (no header injection)."""
+    s, url = script
+    settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), api_url=url, max_attempts=4)
+
+    async def go() -> None:
+        http = PartnerHttp(url)
+        try:
+            await PartnerApi(settings, http, ApiBudget(6000, 100)).get("authentications", "/v2/x", token)
+        finally:
+            await http.aclose()
+
+    with pytest.raises(UpstreamError) as info:
+        asyncio.run(go())
+    assert s.seen == [] and token not in info.value.description
+
+
 def test_a_cookie_the_partner_sets_is_never_sent_back(script: tuple[Script, str]) -> None:
     """A Set-Cookie on one user's call is not stored: the next call over the same session sends no Cookie
     header (a cookie must never ride on another user's call; the API is bearer-token based)."""

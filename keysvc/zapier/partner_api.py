@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ RETRYABLE = frozenset({500, 502, 503, 504})
 DEFAULT_RETRY_AFTER = 5
 MAX_BACKOFF = 5.0
 MAX_BUDGET_WAIT = 5.0  # the longest a request waits for a token of the budget before answering 503
+BEARER = re.compile(r"[\x21-\x7e]+")  # visible ASCII (RFC 6750's b64token is a subset): safe in a header
 
 log = logging.getLogger("keysvc.zapier")
 
@@ -157,6 +159,9 @@ class PartnerApi:
 
     async def _attempt(self, method: str, path: str, token: str, params: Mapping[str, str] | None,
                        body: Mapping[str, Any] | None, deadline: float) -> dict[str, Any] | _Failure:
+        if not BEARER.fullmatch(token):
+            malformed = UpstreamError("the partner issued an access token that cannot be sent in a header")
+            return _Failure(malformed, False, "malformed")
         s = self._settings
         remaining = max(0.001, deadline - self._clock())
         content = None if body is None else orjson.dumps(body)

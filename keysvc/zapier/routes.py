@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from keysvc.config import ClientSettings, TokenExchangeSettings
@@ -34,8 +35,8 @@ def zapier_routes(gateway: ZapierGateway, exchange: TokenExchangeSettings, api: 
                 raise Forbidden("this client may not call /v1/zapier/* (zapier is not set)")
             answer = await handle(request, client)
             if isinstance(answer, RunAnswer):
-                return JSONResponse(answer.body, status_code=answer.status_code, headers=_NO_STORE)
-            return JSONResponse(answer, headers=_NO_STORE)
+                return _json(answer.body, answer.status_code)
+            return _json(answer, 200)
 
         endpoint.__name__ = name  # the access log's and http_requests_total's bounded route label
         return Route(path, endpoint, methods=[method])
@@ -85,3 +86,8 @@ def zapier_routes(gateway: ZapierGateway, exchange: TokenExchangeSettings, api: 
         route("/v1/zapier/action-runs", "POST", run, "zapier_run"),
         route("/v1/zapier/action-runs/{run_id}", "GET", run_status, "zapier_run_status"),
     ]
+
+
+def _json(body: Any, status_code: int) -> Response:
+    # orjson: the answers hold only what orjson parsed from the partner and our own str-keyed dicts
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json", headers=_NO_STORE)
