@@ -5,11 +5,13 @@ A real `keysvc serve` (pinned to the server core) drives the fake Partner API of
 - Partner API calls per completed action run beyond its polls (target <= 2: one actions lookup for a
   fresh id, one POST), and token exchanges per run once the access token is cached (target 0);
 - p50 latency of GET /v1/zapier/connections through keysvc against GET /v2/authentications sent to the
-  fake directly with an access token, interleaved in the same run (target: p50 overhead < 2 ms).
+  fake directly with an access token, interleaved in the same run (target: p50 overhead < 2 ms), and
+  keysvc's CPU time per gateway call over those runs (from /proc: user + system, every thread).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -61,6 +63,12 @@ def timed(client: httpx.Client, url: str, **kw: Any) -> float:
     return elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, every thread (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def latency(keysvc: str, zapier: ZapierFake, app: str, requests: int, runs: int) -> tuple[list[float], list[float]]:
     """Median latencies (ms) per run: through keysvc, and the fake directly; interleaved one by one."""
     token = zapier.access_token(USER)
@@ -109,7 +117,10 @@ def main() -> None:
         with keysvc_server(config(zapier, workdir), workdir, "zapier") as proc:
             zapier.trust(f"{proc.public}/.well-known/jwks.json", ISSUER)
             through, direct = latency(proc.internal, zapier, slack.id, max(10, args.requests // 10), 1)  # warm-up
+            assert proc.proc is not None
+            cpu_before = cpu_seconds(proc.proc.pid)
             through, direct = latency(proc.internal, zapier, slack.id, args.requests, args.runs)
+            cpu_per_call = (cpu_seconds(proc.proc.pid) - cpu_before) / (args.requests * args.runs) * 1000
             beyond, polls, exchanges = calls_per_run(proc.internal, zapier, slack.id, connection, args.action_runs)
         violations = len(zapier.violations)
     overheads = [t - d for t, d in zip(through, direct, strict=True)]
@@ -122,6 +133,7 @@ def main() -> None:
             baseline="fake directly", baseline_value=statistics.median(direct), runs=spread(through)),
         Row("p50 overhead of keysvc per gateway call", statistics.median(overheads), "ms", target=2, at_most=True,
             target_on_value=True, runs=spread(overheads)),
+        Row("keysvc CPU per gateway call (latency runs)", cpu_per_call, "ms"),
     ]
     notes = [machine_line(), f"{args.requests} sequential keep-alive requests per run, {args.runs} runs, medians;"
              f" schema violations recorded by the fake: {violations}"]
