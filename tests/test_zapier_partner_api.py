@@ -188,7 +188,7 @@ def test_a_redirect_is_an_error_and_is_not_followed(script: tuple[Script, str]) 
     assert "HTTP 302" in info.value.description
 
 
-def test_the_request_carries_the_query_the_json_body_and_no_session_state(script: tuple[Script, str]) -> None:
+def test_the_request_carries_the_query_the_json_body_and_the_headers(script: tuple[Script, str]) -> None:
     """A POST sends its body as JSON with its content type, a GET its query, both the bearer token and
     Accept: application/json."""
     s, url = script

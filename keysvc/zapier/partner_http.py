@@ -16,8 +16,9 @@ TLS trust (`SSL_CERT_FILE` / `SSL_CERT_DIR`, else certifi's bundle), the proxy t
 connections closed after 5 s.
 
 Timeouts per call: `connect` bounds waiting for a pooled connection and opening one, `read` each wait
-for the partner's bytes; the caller bounds the whole call by its deadline. Request bodies are at most
-what the internal listener accepts (64 KiB), so writing one does not wait for the partner.
+for the partner's bytes once the request is sent; the caller bounds the whole call by its deadline, which
+is also what bounds writing a body (aiohttp has no per-write timeout; bodies are at most about the 64 KiB
+the internal listener accepts).
 """
 
 from __future__ import annotations
