@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,6 +209,21 @@ def test_a_partner_slower_than_read_timeout_is_a_503_after_every_attempt(script:
         call(url, "GET", read_timeout=0.1, max_attempts=2)
     assert len(s.seen) == 2
     assert "timed out" in info.value.description and info.value.retry_after == 1
+
+
+def test_a_partner_that_never_accepts_the_connection_is_a_503_within_connect_timeout() -> None:
+    """A connection that never completes (a listener whose backlog is full drops the SYN) is a timeout
+    after connect_timeout per attempt, not after the read timeout or the whole budget."""
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued.connect(listener.getsockname())  # fills the backlog: later connections hang
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as info:
+            call(f"http://127.0.0.1:{listener.getsockname()[1]}", "GET", max_attempts=2, connect_timeout=0.2,
+                 read_timeout=30.0)
+        elapsed = time.monotonic() - started
+    assert "timed out" in info.value.description and elapsed < 10.0  # 2 x 0.2 s, far from 30 s
 
 
 def test_an_unreachable_partner_is_a_503() -> None:
