@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from keysvc.config import Settings, TokenExchangeSettings
 from keysvc.exchange.client import TokenExchanger
 from keysvc.exchange.keyring_signer import KeyringSigner
+from keysvc.exchange.partner import token_endpoint_client
 from keysvc.exchange.routes import exchange_routes
 from keysvc.http.context import RouteContext
 from keysvc.keyring import Keyring
@@ -54,7 +55,7 @@ def build_partner(settings: Settings, keyring: Keyring, metrics: Metrics) -> Par
     """The partner side of this replica, for `settings.token_exchange` (no I/O)."""
     exchange = settings.token_exchange
     assert exchange is not None  # nosec B101 - only called when configured
-    http = httpx.AsyncClient(follow_redirects=False)
+    http = token_endpoint_client()
     signer = KeyringSigner(keyring, settings.keysets, exchange.keyset)
     exchanger = TokenExchanger(exchange, signer, client=http, observer=ExchangeMetrics(metrics))
     limit = exchange.api_rate_limit

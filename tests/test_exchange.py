@@ -11,11 +11,16 @@ from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from keysvc.errors import RequestError, Unavailable, UpstreamError
 from keysvc.exchange import ExchangeResult, PartnerError, TokenExchanger
+from keysvc.exchange.partner import token_endpoint_client
 from keysvc.exchange.signer import TokenSigner
-from tests.exchange_support import FakeSigner, World, running_world
+from tests.exchange_support import FakeSigner, World, running_world, serve
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN, EXTERNAL_JWT, GRANT_TYPE
 
 pytestmark = pytest.mark.system
@@ -392,3 +397,28 @@ def test_cached_until_expires_in_minus_margin(world: World) -> None:
     assert (first.access_token, 100, 61) == (second.access_token, first.expires_in, second.expires_in)
     assert third.access_token != first.access_token
     assert len(world.partner.calls) == 2
+
+
+def test_a_cookie_the_token_endpoint_sets_never_rides_on_the_next_exchange() -> None:
+    """The exchanges' HTTP client (the one the service builds) stores no cookie: a Set-Cookie answered to
+    one user's exchange is not sent with the next one, which may be another user's; a redirect is an
+    answer, not followed."""
+    seen: list[str | None] = []
+
+    async def token(request: Request) -> JSONResponse:
+        seen.append(request.headers.get("cookie"))
+        return JSONResponse({"access_token": "at"}, headers={"Set-Cookie": "session=abc123; Path=/"})
+
+    async def moved(request: Request) -> JSONResponse:
+        return JSONResponse({}, status_code=302, headers={"Location": "/token"})
+
+    async def exchanges(url: str) -> list[int]:
+        async with token_endpoint_client() as client:
+            return [(await client.post(url + path, data={"n": "1"})).status_code
+                    for path in ("/token", "/token", "/moved")]
+
+    app = Starlette(routes=[Route("/token", token, methods=["POST"]), Route("/moved", moved, methods=["POST"])])
+    with serve(app) as url:
+        statuses = asyncio.run(exchanges(url.replace("127.0.0.1", "localhost")))  # jars refuse IP hosts' cookies
+    assert statuses == [200, 200, 302]
+    assert seen == [None, None]

@@ -22,7 +22,13 @@ from keysvc.errors import InvalidRequest
 from keysvc.exchange.browser import connect_url, resource_url
 from keysvc.exchange.cache import SingleFlightCache
 from keysvc.exchange.errors import PartnerError
-from keysvc.exchange.partner import ExchangeObserver, NullObserver, PartnerClient, TokenResponse
+from keysvc.exchange.partner import (
+    ExchangeObserver,
+    NullObserver,
+    PartnerClient,
+    TokenResponse,
+    token_endpoint_client,
+)
 from keysvc.exchange.signer import TokenSigner
 
 CacheKey = tuple[str, str, str, str]  # user, tenant, scope, audience
@@ -76,7 +82,7 @@ class TokenExchanger:
         self._signer = signer
         self._clock = clock
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(follow_redirects=False)
+        self._client = client if client is not None else token_endpoint_client()
         observer = observer or NullObserver()
         self._partner = PartnerClient(settings, self._client, clock=clock, sleep=sleep, observer=observer)
         self._cache: SingleFlightCache[CacheKey, tuple[TokenResponse, float | None]] = SingleFlightCache(

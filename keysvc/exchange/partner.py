@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.cookiejar
 import logging
 import random
 import time
@@ -38,6 +39,13 @@ DEFAULT_RETRY_AFTER = 5
 MAX_BACKOFF = 5.0
 
 log = logging.getLogger("keysvc.exchange")
+
+
+def token_endpoint_client() -> httpx.AsyncClient:
+    """The HTTP client of the exchanges: no redirects followed (the client secret and the user's JWT go to
+    `token_url` only) and no cookie stored, so a cookie set on one user's exchange never rides on another's."""
+    no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(follow_redirects=False, cookies=no_cookies)
 
 FormBuilder = Callable[[], Awaitable[dict[str, str]]]
 
