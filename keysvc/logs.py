@@ -38,6 +38,8 @@ LOG = logging.getLogger("keysvc")
 FIELDS = "keysvc_fields"  # the record attribute that holds an event()'s fields
 MAX_PENDING = 256  # access lines held before a write, at most (a busy event-loop turn)
 ACCESS_TRAIL = 0.05  # seconds an access line may wait for the next write, at most
+MAX_HEADS = 1024  # kinds of line (level, logger, event) whose head JsonFormatter remembers
+_HEAD_KEYS = frozenset({"ts", "level", "logger", "event", "audit"})  # members a line's values may replace
 # dataclasses and datetimes go to `default=str` as with the stdlib encoder: a dataclass's repr hides what
 # its fields mark repr=False (key material), which orjson's own dataclass encoding would not
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
@@ -53,6 +55,7 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self._encoder = json.JSONEncoder(default=str, separators=(",", ":"))
         self._second, self._stamp = -1, ""  # the last whole second formatted, and its text
+        self._heads: dict[tuple[str, str, str, bool], str] = {}  # see _head
 
     def format(self, record: logging.LogRecord) -> str:
         extra = fields(record)
@@ -69,10 +72,20 @@ class JsonFormatter(logging.Formatter):
         second = int(created)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        doc: dict[str, Any] = {
-            "ts": f"{self._stamp}.{int((created - second) * 1000):03d}Z", "level": level, "logger": logger,
-            "event": event,
-        }
+        ts = f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+        head = self._heads.get((level, logger, event, audit))
+        if head is None:
+            head = self._head(level, logger, event, audit)
+        if head and _HEAD_KEYS.isdisjoint(values):
+            # The same text as the document below, without building it: the head's members are written
+            # once per (level, logger, event) and the values encoded on their own.
+            try:
+                body = orjson.dumps(values, default=str, option=_ORJSON_OPTIONS).decode("ascii")
+            except (orjson.JSONEncodeError, UnicodeDecodeError):
+                pass  # the stdlib writes it below
+            else:
+                return f'{{"ts":"{ts}",{head},{body[1:]}' if len(body) > 2 else f'{{"ts":"{ts}",{head}}}'
+        doc: dict[str, Any] = {"ts": ts, "level": level, "logger": logger, "event": event}
         if audit:
             doc["audit"] = True
         doc.update(values)
@@ -83,6 +96,19 @@ class JsonFormatter(logging.Formatter):
             # line stays ASCII whatever the stream's encoding
             text = self._encoder.encode(doc)
         return text
+
+    def _head(self, level: str, logger: str, event: str, audit: bool) -> str:
+        """The members after `ts` of a line (`"level":..,"logger":..,"event":..[,"audit":true]`), remembered
+        for the first MAX_HEADS kinds of line; "" when they are not ASCII (the document path writes those)."""
+        if not (level.isascii() and logger.isascii() and event.isascii()):
+            return ""
+        encode = self._encoder.encode
+        head = f'"level":{encode(level)},"logger":{encode(logger)},"event":{encode(event)}'
+        if audit:
+            head += ',"audit":true'
+        if len(self._heads) < MAX_HEADS:
+            self._heads[(level, logger, event, audit)] = head
+        return head
 
 
 class JsonHandler(logging.StreamHandler[TextIO]):
@@ -106,10 +132,16 @@ class JsonHandler(logging.StreamHandler[TextIO]):
         else:
             text = "".join([line(created, "info", logger, event, values, audit) + "\n" for values in lines])
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            self._pending.append(text)
-            if now or len(self._pending) >= MAX_PENDING:
-                self.flush()
+            pending = self._pending
+            if now or len(pending) >= MAX_PENDING - 1:  # out now, after the lines held
+                if pending:
+                    pending.append(text)
+                    text = "".join(pending)
+                    pending.clear()
+                self.stream.write(text)
+                self.stream.flush()
                 return
+            pending.append(text)
             if self._trail is None or self._trail.is_closed():  # no flush due yet: one within ACCESS_TRAIL
                 try:
                     loop = asyncio.get_running_loop()

@@ -7,7 +7,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keysvc import logs
 from tests.conftest import LogStream
@@ -180,3 +183,32 @@ def test_lines_written_during_a_request_carry_its_id(log_stream: LogStream) -> N
     got = {str(line["event"]): line.get("request_id") for line in lines(log_stream)}
     assert got == {"backend failed": "req-1", "key.revoke": "req-1", "token.exchange": "req-1",
                    "explicit": "req-own", "later": None}
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.dictionaries(st.sampled_from(["ts", "level", "event", "audit", "client", "n", "é", ""]) | st.text(
+    max_size=6), _json_values, max_size=5), event=st.sampled_from(["access", "token.sign", "café"]),
+       audit=st.booleans())
+def test_a_line_is_the_json_of_its_document(values: dict[str, object], event: str, audit: bool) -> None:
+    """However a line is written (head remembered, values encoded on their own, or the whole document
+    encoded), it is exactly the JSON of {ts, level, logger, event, [audit], **values}, and ASCII."""
+    formatter = logs.JsonFormatter()
+    for _ in range(2):  # the second time, the head is the remembered one
+        text = formatter.line(1_700_000_000.25, "info", "keysvc", event, values, audit)
+        doc = {"ts": "2023-11-14T22:13:20.250Z", "level": "info", "logger": "keysvc", "event": event,
+               **({"audit": True} if audit else {})}
+        doc.update(values)
+        try:  # what encoding the whole document writes
+            expected = orjson.dumps(doc, default=str).decode("ascii")
+        except (orjson.JSONEncodeError, UnicodeDecodeError):
+            expected = json.dumps(doc, separators=(",", ":"), default=str)
+        assert text == expected
+        assert text.isascii()
