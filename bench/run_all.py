@@ -1,14 +1,15 @@
 """`make bench`: every benchmark in turn, then one summary of the issue-9 / issue-3 targets.
 
 Each script prints its own table (figures, the baseline measured in the same invocation, ratios, medians
-of several runs). Bounded: about 14 minutes on a 2-core machine. Loopback only.
+of several runs). Bounded: about 16 minutes on a 2-core machine. Loopback only.
 
     .venv/bin/python bench/run_all.py            # the full run (what docs/benchmarks.md shows)
     .venv/bin/python bench/run_all.py --quick    # one short run per figure: a smoke test, not figures
     .venv/bin/python bench/run_all.py --only jwks_http,sign_http
 
-wrk and nginx are needed for the HTTP benchmarks. When they are missing and this runs as root, it installs
-them with `apt-get install -y wrk nginx-light` and says so; otherwise it prints how to install them.
+wrk and nginx are needed for the HTTP benchmarks, valgrind for `instructions`. When they are missing and
+this runs as root, it installs them with `apt-get install -y wrk nginx-light valgrind` (what is missing)
+and says so; otherwise it prints how to install them and skips the benchmarks that need them.
 """
 
 from __future__ import annotations
@@ -38,26 +39,31 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "soak": (["--duration", "30"], ["--duration", "8"]),
     "zapier_gateway": (["--runs", "3", "--requests", "200"], ["--runs", "1", "--requests", "30", "--action-runs", "1"]),
     "slowloris": (["--duration", "12"], ["--duration", "3", "--idle", "1000", "--slow", "100"]),
+    "instructions": ([], []),
 }
-NEEDS_TOOLS = {"jwks_http", "sign_http", "scale", "latency"}
+HTTP_TOOLS = ("wrk", "nginx")
+NEEDS_TOOLS = {"jwks_http": HTTP_TOOLS, "sign_http": HTTP_TOOLS, "scale": HTTP_TOOLS, "latency": HTTP_TOOLS,
+               "instructions": ("valgrind",)}
+PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "valgrind": "valgrind"}  # Debian package of each tool
 
 
-def ensure_tools() -> bool:
-    """True when wrk and nginx are available (installing them first when root); else print how to."""
-    missing = [t for t in ("wrk", "nginx") if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
+def ensure_tools(tools: set[str]) -> set[str]:
+    """The tools of `tools` that are available, installing the missing ones first when root; says what it
+    installs, or how to install what is missing."""
+    missing = sorted(t for t in tools if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists())
     if not missing:
-        return True
+        return tools
+    packages = [PACKAGES[t] for t in missing]
+    command = f"apt-get install -y {' '.join(packages)}"
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"run_all: {', '.join(missing)} missing; installing with `apt-get install -y wrk nginx-light` "
-              "(running as root)", flush=True)
-        result = subprocess.run(["apt-get", "install", "-y", "wrk", "nginx-light"], capture_output=True, text=True,
-                                check=False)
+        print(f"run_all: {', '.join(missing)} missing; installing with `{command}` (running as root)", flush=True)
+        result = subprocess.run(command.split(), capture_output=True, text=True, check=False)
         if result.returncode == 0:
-            return True
+            return tools
         print(f"run_all: apt-get failed:\n{result.stderr[-2000:]}", flush=True)
-        return False
-    print(f"run_all: {', '.join(missing)} missing. Install with: sudo apt-get install -y wrk nginx-light", flush=True)
-    return False
+    else:
+        print(f"run_all: {', '.join(missing)} missing. Install with: sudo {command}", flush=True)
+    return tools - set(missing)
 
 
 def summary(results: dict[str, dict[str, object]]) -> None:
@@ -87,7 +93,7 @@ def main() -> None:
     unknown = set(chosen) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
-    tools = ensure_tools() if NEEDS_TOOLS & set(chosen) else True
+    available = ensure_tools({t for name in chosen for t in NEEDS_TOOLS.get(name, ())})
     print(f"# keysvc benchmarks ({'quick smoke run' if args.quick else 'full run'}), "
           f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, commit {git_commit()}", flush=True)
     results: dict[str, dict[str, object]] = {}
@@ -95,8 +101,8 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="keysvc-bench-") as tmp:
         for name in chosen:
-            if name in NEEDS_TOOLS and not tools:
-                print(f"\n(skipped {name}: wrk/nginx missing)", flush=True)
+            if not available.issuperset(NEEDS_TOOLS.get(name, ())):
+                print(f"\n(skipped {name}: {', '.join(NEEDS_TOOLS[name])} needed)", flush=True)
                 continue
             out = Path(tmp) / f"{name}.json"
             extra = BENCHES[name][1 if args.quick else 0]

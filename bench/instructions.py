@@ -1,0 +1,186 @@
+"""Instructions per POST /v1/sign, counted under valgrind: figures this small, noisy machine cannot move.
+
+req/s and latency on 2 shared cores drift by 10-30% between runs; the number of instructions a server runs
+per request does not (same inputs, same count to within ~1%: GC and timers). Each figure is a server run
+under `valgrind --tool=cachegrind` (user-space instructions only; system calls are not counted) serving N1
+requests, then another serving N2, one keep-alive connection, one request at a time:
+(Ir(N2) - Ir(N1)) / (N2 - N1), so start-up and shut-down cancel out.
+
+Figures: keysvc `POST /v1/sign` ES256 with the access log on (the default) and off, for each source tree
+given (`--tree NAME=PATH`, default this one: an A/B of a change without the machine's noise); the bare
+Starlette POST route of bench/sign_http.py (same uvicorn settings); one ES256 signature in a loop.
+Instructions are not time: the signature's assembly runs about three times more instructions per
+nanosecond than the interpreter, so the instruction ratio to the bare route is larger than the time ratio.
+Needs valgrind (`apt-get install -y valgrind`); about 25 s per figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from bench.common import (
+    CONST_BODY,
+    ROOT,
+    SIGN_BODY,
+    Row,
+    api_key,
+    arguments,
+    base_config,
+    free_port,
+    machine_line,
+    print_table,
+    workspace,
+    write_config,
+    write_json,
+)
+
+TITLE = "Instructions per POST /v1/sign (valgrind cachegrind, user space)"
+FEW, MANY = 300, 1500  # requests served by the two runs of a figure
+WARM_UP = 30  # requests before counting starts to matter (lazy imports, first key load, caches)
+_IR = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def valgrind(command: list[str], *, env: dict[str, str], cwd: Path, stdout: int = subprocess.DEVNULL,
+             ) -> subprocess.Popen[str]:
+    """`command` under cachegrind (no cache simulation: instruction counts only)."""
+    return subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                             *command], stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def instructions(proc: subprocess.Popen[str]) -> int:
+    """Stop a server run and read its instruction total from valgrind's summary."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    found = _IR.search(err)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind:\n{err[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def request_bytes() -> bytes:
+    return (f"POST /v1/sign HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api_key('signer')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(SIGN_BODY)}\r\n\r\n{SIGN_BODY}").encode()
+
+
+def drive(port: int, requests: int) -> None:
+    """`requests` POST /v1/sign on one keep-alive connection, one at a time; each answer must be a 200."""
+    request = request_bytes()
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        for _ in range(requests):
+            sock.sendall(request)
+            answer = b""
+            while True:
+                answer += sock.recv(65536)
+                head, sep, body = answer.partition(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head) if sep else None
+                if length is not None and len(body) >= int(length.group(1)):
+                    break
+            if not answer.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"not a 200: {answer[:200]!r}")
+
+
+def wait_port(port: int, proc: subprocess.Popen[str]) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited:\n{proc.communicate()[1][-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not listen within 120 s")
+
+
+def keysvc_run(tree: Path, access: bool, work: Path, requests: int) -> int:
+    """Instructions of one `keysvc serve` run (PYTHONPATH=tree) serving `requests` signatures."""
+    public, internal = free_port(), free_port()
+    config = {**base_config(work / "keys", algs={"zapier": "ES256"}), "log": {"access": access},
+              "listen": {"public": f"127.0.0.1:{public}", "internal": f"127.0.0.1:{internal}"}}
+    path = write_config(work / "instructions.yaml", config)
+    env = {**os.environ, "PYTHONPATH": str(tree), "KEYSVC_LOG_LEVEL": "INFO"}
+    proc = valgrind([sys.executable, "-m", "keysvc", "serve", "--config", str(path)], env=env, cwd=tree)
+    wait_port(internal, proc)
+    drive(internal, WARM_UP + requests)
+    return instructions(proc)
+
+
+def bare_run(work: Path, requests: int) -> int:
+    """Instructions of one bare Starlette POST server run (bench/baseline_app.py) serving `requests`."""
+    body = work / "const.json"
+    body.write_bytes(CONST_BODY)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = valgrind([sys.executable, str(ROOT / "bench" / "baseline_app.py"), "starlette-post", str(body), "{}"],
+                    env=env, cwd=ROOT, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    url = json.loads(proc.stdout.readline())["url"]
+    drive(int(url.rsplit(":", 1)[1]), WARM_UP + requests)
+    return instructions(proc)
+
+
+def signature_run(signatures: int) -> int:
+    """Instructions of a Python process making `signatures` ES256 signatures (cryptography, as keysvc signs)."""
+    code = ("import sys\nfrom cryptography.hazmat.primitives import hashes\n"
+            "from cryptography.hazmat.primitives.asymmetric import ec\n"
+            "key, alg = ec.generate_private_key(ec.SECP256R1()), ec.ECDSA(hashes.SHA256())\n"
+            "for _ in range(int(sys.argv[1])): key.sign(b'x' * 200, alg)\n")
+    proc = valgrind([sys.executable, "-c", code, str(signatures)], env=dict(os.environ), cwd=ROOT)
+    _, err = proc.communicate(timeout=300)
+    found = _IR.search(err)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind:\n{err[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def per_request(run: Callable[[int], int]) -> float:
+    """Instructions per request: two runs of `run` (serving FEW, then MANY requests), differenced."""
+    few = run(FEW)
+    return (run(MANY) - few) / (MANY - FEW)
+
+
+def main() -> None:
+    parser = arguments(__doc__ or "")
+    parser.add_argument("--tree", action="append", metavar="NAME=PATH",
+                        help="a source tree to count (repeat; default: this tree)")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        print("missing: valgrind. Install with: sudo apt-get install -y valgrind", file=sys.stderr)
+        raise SystemExit(2)
+    trees = dict(t.split("=", 1) for t in args.tree) if args.tree else {"keysvc": str(ROOT)}
+    rows: list[Row] = []
+    with workspace("instructions") as work:
+        bare = per_request(partial(bare_run, work))
+        signature = per_request(signature_run)
+        rows.append(Row("bare Starlette POST route, constant body", bare, "instructions"))
+        rows.append(Row("one ES256 signature (cryptography, in a loop)", signature, "instructions",
+                        "bare Starlette POST", bare))
+        first: float | None = None
+        for name, path in trees.items():
+            for access in (True, False):
+                count = per_request(partial(keysvc_run, Path(path).resolve(), access, work))
+                note = f"{name}, access log {'on' if access else 'off'}"
+                rows.append(Row("keysvc POST /v1/sign ES256", count, "instructions", "bare Starlette POST", bare,
+                                note=note))
+                if first is None:
+                    first = count
+                elif access:
+                    rows.append(Row(f"{name} vs the first tree (access log on)", count, "instructions",
+                                    "first tree", first))
+    notes = [f"One keep-alive connection, one request at a time; ({MANY} - {FEW} requests) per figure. "
+             f"User-space instructions (valgrind cachegrind), not time. {machine_line()}."]
+    print_table(TITLE, rows, notes)
+    write_json(args.json, TITLE, rows, notes)
+
+
+if __name__ == "__main__":
+    main()
