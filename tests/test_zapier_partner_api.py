@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from keysvc.config import Secret
@@ -21,7 +21,7 @@ from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError, Unavailable, UpstreamError
 from keysvc.zapier.budget import ApiBudget
 from keysvc.zapier.partner_api import PartnerApi, PartnerUnauthorized
-from keysvc.zapier.partner_http import PartnerHttp, env_proxy
+from keysvc.zapier.partner_http import MAX_ANSWER, PartnerHttp, env_proxy
 from tests.exchange_support import serve
 from tests.helpers import SteppedTime
 
@@ -49,6 +49,8 @@ class Script:
             status, body, headers = self.answers.pop(0) if self.answers else (200, {"data": []}, {})
             if isinstance(body, bytes):
                 return Response(body, status_code=status, headers=headers)
+            if callable(body):  # an async generator function: streamed, without a Content-Length
+                return StreamingResponse(body(), status_code=status, headers=headers)
             return JSONResponse(body, status_code=status, headers=headers)
 
         return Starlette(routes=[Route("/{path:path}", any_path, methods=["GET", "POST"])])
@@ -176,6 +178,23 @@ def test_a_cookie_the_partner_sets_is_never_sent_back(script: tuple[Script, str]
     call(url.replace("127.0.0.1", "localhost"), "GET", times=2)  # a host name: jars refuse cookies of IPs
     assert len(s.requests) == 2
     assert [r.headers.get("cookie") for r in s.requests] == [None, None]
+
+
+def test_an_answer_over_the_size_bound_is_a_502_and_is_not_read_whole(script: tuple[Script, str]) -> None:
+    """A 2xx body larger than MAX_ANSWER (declared, or streamed without a length) is a 502 after one
+    request, not retried: a partner cannot make a replica hold an answer of any size."""
+    s, url = script
+    big = b'{"data":"' + b"x" * MAX_ANSWER + b'"}'
+
+    async def stream() -> AsyncIterator[bytes]:
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    for body in (big, stream):
+        s.answers, s.seen = [(200, body, {})], []
+        with pytest.raises(UpstreamError) as info:
+            call(url, "GET")
+        assert len(s.seen) == 1 and "more than 4 MiB" in info.value.description
 
 
 def test_a_redirect_is_an_error_and_is_not_followed(script: tuple[Script, str]) -> None:

@@ -41,7 +41,7 @@ from keysvc.errors import (
 )
 from keysvc.exchange.errors import oauth_text, parse_retry_after
 from keysvc.zapier.budget import ApiBudget, Refused
-from keysvc.zapier.partner_http import Answer, PartnerHttp
+from keysvc.zapier.partner_http import Answer, AnswerTooLarge, PartnerHttp
 
 RETRYABLE = frozenset({500, 502, 503, 504})
 DEFAULT_RETRY_AFTER = 5
@@ -175,6 +175,8 @@ class PartnerApi:
         except aiohttp.ClientError as exc:
             unreachable = Unavailable(f"the Zapier Partner API is unreachable ({type(exc).__name__})", retry_after=1)
             return _Failure(unreachable, True, "unreachable")
+        except AnswerTooLarge:
+            return _Failure(UpstreamError("the Zapier Partner API answered more than 4 MiB"), False, "malformed")
         if 200 <= answer.status < 300:
             try:
                 return envelope(answer)

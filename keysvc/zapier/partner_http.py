@@ -10,7 +10,8 @@ reference machine, aiohttp about a quarter of it, and the gateway makes one call
 
 What the session never does: store or send a cookie (the Partner API is bearer-token based, and a cookie
 one user's call received must never ride on another user's call), follow a redirect (a 3xx is an
-answer, and the token goes to `api_url` only). What it keeps from the service's httpx clients: the same
+answer, and the token goes to `api_url` only), or hold an answer over MAX_ANSWER bytes (AnswerTooLarge,
+declared or streamed: nothing more is read). What it keeps from the service's httpx clients: the same
 TLS trust (`SSL_CERT_FILE` / `SSL_CERT_DIR`, else certifi's bundle), the proxy the environment names for
 `api_url` (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`; read once, not per call), idle
 connections closed after 5 s.
@@ -32,6 +33,11 @@ import aiohttp
 import httpx
 
 KEEPALIVE = 5.0  # seconds an idle connection is kept: httpx's default, below common server idle timeouts
+MAX_ANSWER = 4 * 1024 * 1024  # bytes of one answer, at most (a page of the Partner API is a few KiB)
+
+
+class AnswerTooLarge(Exception):
+    """The partner's answer is larger than MAX_ANSWER: nothing more of it is read."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class PartnerHttp:
         timeout = aiohttp.ClientTimeout(connect=connect, sock_read=read)
         async with self._open().request(method, self._base + path, params=params, data=body, headers=headers,
                                         timeout=timeout, allow_redirects=False, proxy=self._proxy) as response:
-            content = await response.read()
+            content = await _bounded(response)
         return Answer(response.status, response.headers.get("Retry-After"), content)
 
     async def aclose(self) -> None:
@@ -80,6 +86,20 @@ class PartnerHttp:
             connector = aiohttp.TCPConnector(ssl=httpx.create_ssl_context(), keepalive_timeout=self._keepalive)
             self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
         return self._session
+
+
+async def _bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, or AnswerTooLarge past MAX_ANSWER bytes (declared or received): a partner cannot make
+    a replica hold an answer of any size in memory."""
+    if (response.content_length or 0) > MAX_ANSWER:
+        raise AnswerTooLarge
+    chunks, size = [], 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise AnswerTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def env_proxy(url: str) -> str | None:
