@@ -11,7 +11,6 @@ other load disturbs least.
 
 from __future__ import annotations
 
-import os
 import statistics
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,6 +25,7 @@ from bench.common import (
     arguments,
     base_config,
     baseline_server,
+    cpu_seconds,
     machine_line,
     pin,
     print_table,
@@ -40,12 +40,6 @@ from bench.latency import PACED_CONNECTIONS, paced
 
 TITLE = "POST /v1/sign ES256: A/B between source trees"
 BARE = "bare Starlette POST"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (every thread) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

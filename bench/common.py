@@ -119,6 +119,12 @@ class Server:
     stop: Callable[[], None] = field(repr=False)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (every thread) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str, timeout: float = 20.0, status: int = 200) -> float:
     """Poll until GET url answers `status`; the seconds it took."""
     import httpx

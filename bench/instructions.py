@@ -21,10 +21,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -32,18 +30,18 @@ from pathlib import Path
 from bench.common import (
     CONST_BODY,
     ROOT,
-    SIGN_BODY,
     Row,
-    api_key,
     arguments,
     base_config,
     free_port,
     machine_line,
     print_table,
+    wait_http,
     workspace,
     write_config,
     write_json,
 )
+from bench.zero_load import client
 
 TITLE = "Instructions per POST /v1/sign (valgrind cachegrind, user space)"
 FEW, MANY = 300, 1500  # requests served by the two runs of a figure
@@ -58,9 +56,10 @@ def valgrind(command: list[str], *, env: dict[str, str], cwd: Path, stdout: int 
                              *command], stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
-def instructions(proc: subprocess.Popen[str]) -> int:
-    """Stop a server run and read its instruction total from valgrind's summary."""
-    proc.send_signal(signal.SIGTERM)
+def instructions(proc: subprocess.Popen[str], *, stop: bool = True) -> int:
+    """The instruction total of a run (stopped first when `stop`), from valgrind's summary."""
+    if stop:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     found = _IR.search(err)
     if found is None:
@@ -68,38 +67,9 @@ def instructions(proc: subprocess.Popen[str]) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def request_bytes() -> bytes:
-    return (f"POST /v1/sign HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api_key('signer')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(SIGN_BODY)}\r\n\r\n{SIGN_BODY}").encode()
-
-
-def drive(port: int, requests: int) -> None:
-    """`requests` POST /v1/sign on one keep-alive connection, one at a time; each answer must be a 200."""
-    request = request_bytes()
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
-        for _ in range(requests):
-            sock.sendall(request)
-            answer = b""
-            while True:
-                answer += sock.recv(65536)
-                head, sep, body = answer.partition(b"\r\n\r\n")
-                length = re.search(rb"(?im)^content-length:\s*(\d+)", head) if sep else None
-                if length is not None and len(body) >= int(length.group(1)):
-                    break
-            if not answer.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"not a 200: {answer[:200]!r}")
-
-
-def wait_port(port: int, proc: subprocess.Popen[str]) -> None:
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{proc.communicate()[1][-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("server did not listen within 120 s")
+def drive(url: str, requests: int) -> None:
+    """WARM_UP + `requests` POST /v1/sign on one keep-alive connection, one at a time (each must be a 200)."""
+    client(url)(WARM_UP + requests)
 
 
 def keysvc_run(tree: Path, access: bool, work: Path, requests: int) -> int:
@@ -110,8 +80,12 @@ def keysvc_run(tree: Path, access: bool, work: Path, requests: int) -> int:
     path = write_config(work / "instructions.yaml", config)
     env = {**os.environ, "PYTHONPATH": str(tree), "KEYSVC_LOG_LEVEL": "INFO"}
     proc = valgrind([sys.executable, "-m", "keysvc", "serve", "--config", str(path)], env=env, cwd=tree)
-    wait_port(internal, proc)
-    drive(internal, WARM_UP + requests)
+    try:
+        wait_http(f"http://127.0.0.1:{public}/readyz", timeout=180)  # start-up under valgrind is slow
+        drive(f"http://127.0.0.1:{internal}", requests)
+    except BaseException:
+        proc.kill()
+        raise
     return instructions(proc)
 
 
@@ -123,8 +97,7 @@ def bare_run(work: Path, requests: int) -> int:
     proc = valgrind([sys.executable, str(ROOT / "bench" / "baseline_app.py"), "starlette-post", str(body), "{}"],
                     env=env, cwd=ROOT, stdout=subprocess.PIPE)
     assert proc.stdout is not None
-    url = json.loads(proc.stdout.readline())["url"]
-    drive(int(url.rsplit(":", 1)[1]), WARM_UP + requests)
+    drive(json.loads(proc.stdout.readline())["url"], requests)
     return instructions(proc)
 
 
@@ -134,12 +107,8 @@ def signature_run(signatures: int) -> int:
             "from cryptography.hazmat.primitives.asymmetric import ec\n"
             "key, alg = ec.generate_private_key(ec.SECP256R1()), ec.ECDSA(hashes.SHA256())\n"
             "for _ in range(int(sys.argv[1])): key.sign(b'x' * 200, alg)\n")
-    proc = valgrind([sys.executable, "-c", code, str(signatures)], env=dict(os.environ), cwd=ROOT)
-    _, err = proc.communicate(timeout=300)
-    found = _IR.search(err)
-    if found is None:
-        raise RuntimeError(f"no instruction count from valgrind:\n{err[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return instructions(valgrind([sys.executable, "-c", code, str(signatures)], env=dict(os.environ), cwd=ROOT),
+                        stop=False)
 
 
 def per_request(run: Callable[[int], int]) -> float:

@@ -11,7 +11,6 @@ A real `keysvc serve` (pinned to the server core) drives the fake Partner API of
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from bench.common import (
     api_key,
     arguments,
     base_config,
+    cpu_seconds,
     keysvc_server,
     machine_line,
     print_table,
@@ -61,12 +61,6 @@ def timed(client: httpx.Client, url: str, **kw: Any) -> float:
     elapsed = time.perf_counter() - started
     assert response.status_code == 200, response.text
     return elapsed
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, every thread (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def latency(keysvc: str, zapier: ZapierFake, app: str, requests: int, runs: int) -> tuple[list[float], list[float]]:

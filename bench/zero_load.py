@@ -14,7 +14,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.common import (
@@ -26,6 +25,7 @@ from bench.common import (
     arguments,
     base_config,
     baseline_server,
+    cpu_seconds,
     keysvc_server,
     machine_line,
     print_table,
@@ -75,12 +75,6 @@ def client(url: str) -> Callable[[int], list[float]]:
         return times
 
     return run
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (every thread) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(servers: dict[str, tuple[str, int]], runs: int) -> Iterator[tuple[str, float, float]]:
