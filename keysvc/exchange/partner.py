@@ -47,6 +47,7 @@ def token_endpoint_client() -> httpx.AsyncClient:
     no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(follow_redirects=False, cookies=no_cookies)
 
+
 FormBuilder = Callable[[], Awaitable[dict[str, str]]]
 
 
