@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -350,10 +351,27 @@ def log_level(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     return level
 
 
+# A kid is an RFC 7638 SHA-256 thumbprint: 43 base64url characters, and one in 64 begins with "-"
+_DASHED_KID = re.compile(r"-[A-Za-z0-9_-]{42}")
+
+
+def kid_as_positional(argv: Sequence[str]) -> list[str]:
+    """`keysvc keys revoke -AbC...`: argparse would read a kid that begins with "-" as an unknown option. It
+    goes last, after "--" (the only positional of `keys revoke`); every other command line is unchanged."""
+    args = list(argv)
+    if "revoke" not in args or "--" in args:
+        return args
+    dashed = [a for a in args[args.index("revoke") + 1:] if _DASHED_KID.fullmatch(a)]
+    if len(dashed) != 1:
+        return args
+    args.remove(dashed[0])
+    return [*args, "--", dashed[0]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `keysvc` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(kid_as_positional(sys.argv[1:] if argv is None else argv))
     serving = args.command == "serve"
     # the server logs to stdout; other commands print their result there and log (audit) to stderr
     setup(log_level(parser, args), sys.stdout if serving else sys.stderr)

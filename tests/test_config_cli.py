@@ -170,3 +170,15 @@ def test_yaml_duplicate_key_exits_78_naming_the_line(tmp_path: Path) -> None:
 
     assert result.returncode == 78
     assert f"line {second}: 'clock_skew' is defined twice in one mapping (first at line {first})" in result.stderr
+
+
+def test_keys_revoke_takes_a_kid_that_begins_with_a_dash(tmp_path: Path) -> None:
+    """One kid in 64 begins with "-" (base64url): `keys revoke -AbC...` is that kid, not an unknown option.
+    An unknown kid is then refused by the keyring (exit 1, "no such key"), not by argparse (exit 2)."""
+    path = write_config(tmp_path / "c.yaml", base_config(tmp_path / "keys"))
+    dashed = "-" + "A" * 42
+    for argv in (("keys", "revoke", dashed, "--config", str(path)), ("--config", str(path), "keys", "revoke", dashed),
+                 ("--config", str(path), "keys", "revoke", "--", dashed)):
+        revoked = run_cli(*argv)
+        assert (revoked.returncode, "no such key" in revoked.stderr) == (1, True), revoked.stderr
+    assert run_cli("keys", "revoke", "-x", config=path).returncode == 2  # an unknown option: still a usage error
