@@ -2,7 +2,9 @@
 
 Targets (issue 9): ES256 >= 0.5x a bare Starlette POST route that reads the body and returns a constant
 body, on the same uvicorn settings; RS256 over HTTP >= 0.8x the in-process RS256 minting rate (same key).
-keysvc runs with the access log on (the default) and off (`log: {access: false}`).
+keysvc runs with the access log on (the default) and off (`log: {access: false}`), and once more as
+bench/stub_signature.py (the shipped path with the signature made free), which shows how much of the bare
+route's rate keysvc's own per-request work leaves for the signature.
 """
 
 from __future__ import annotations
@@ -74,11 +76,13 @@ def main() -> None:
         config = base_config(work / "keys", algs={"zapier": "ES256", "rsa": "RS256"})
         quiet = {**config, "log": {"access": False}}
         with keysvc_server(quiet, work, "keysvc-nolog") as svc, keysvc_server(config, work, "keysvc-log") as svc_log, \
+                keysvc_server(config, work, "keysvc-stub", "bench.stub_signature") as stub, \
                 baseline_server("starlette-post", CONST_BODY, work) as star:
             loads = {
                 "starlette": Load(star.url + "/v1/sign", "POST", auth, es_body),
                 "es": Load(svc.internal + "/v1/sign", "POST", auth, es_body),
                 "es log": Load(svc_log.internal + "/v1/sign", "POST", auth, es_body),
+                "es stub": Load(stub.internal + "/v1/sign", "POST", auth, es_body),
                 "rs": Load(svc.internal + "/v1/sign", "POST", auth, rs_body),
             }
             res = interleaved(loads, args.runs, args.duration, args.connections, work)
@@ -93,6 +97,9 @@ def main() -> None:
             runs=rng["es"], note="access log off"),
         Row("keysvc POST /v1/sign ES256", med["es log"], "req/s", "bare Starlette POST", med["starlette"],
             target=0.5, runs=rng["es log"], note="access log on"),
+        Row("keysvc POST /v1/sign, the ES256 signature made free", med["es stub"], "req/s", "bare Starlette POST",
+            med["starlette"], runs=rng["es stub"], note="access log on; bench/stub_signature.py: every check and "
+            "line, no signature"),
         Row("in-process RS256 minting (same key)", mint_rs, "ops/s", runs=spread(inproc)),
         Row("keysvc POST /v1/sign RS256", med["rs"], "req/s", "in-process RS256 minting", mint_rs, target=0.8,
             runs=rng["rs"], note="access log off"),

@@ -115,6 +115,7 @@ class KeysvcProcess:
     config_path: Path
     name: str = "keysvc"
     env: dict[str, str] = field(default_factory=dict)
+    module: str = "keysvc"  # what `python -m` runs (bench/stub_signature.py is a bench-only variant)
     proc: subprocess.Popen[bytes] | None = None
     public: str = ""
     internal: str = ""
@@ -129,7 +130,7 @@ class KeysvcProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "keysvc", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", self.module, "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
