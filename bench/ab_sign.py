@@ -28,12 +28,11 @@ from bench.common import (
     cpu_seconds,
     machine_line,
     pin,
-    print_table,
+    report,
     spread,
     wait_http,
     workspace,
     write_config,
-    write_json,
     wrk,
 )
 from bench.latency import PACED_CONNECTIONS, paced
@@ -103,8 +102,7 @@ def main() -> None:
              f"-c{PACED_CONNECTIONS}, the same per-connection delay for every server ({delay:.2f} ms); "
              f"{args.runs} runs x {args.duration:g}s "
              f"round-robin, medians. Trees: {', '.join(f'{n}={p}' for n, p in trees.items())}. {machine_line()}."]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

@@ -399,6 +399,13 @@ def write_json(path: Path | None, title: str, rows: list[Row], notes: list[str] 
         path.write_text(json.dumps({"title": title, "rows": [r.as_dict() for r in rows], "notes": notes or []}))
 
 
+def report(title: str, rows: list[Row], notes: list[str], json_path: Path | None) -> None:
+    """What every script ends with: its table printed, and written as JSON to `json_path` when given
+    (run_all.py's summary reads it)."""
+    print_table(title, rows, notes)
+    write_json(json_path, title, rows, notes)
+
+
 def machine_line() -> str:
     """Which machine and software produced a table."""
     import platform

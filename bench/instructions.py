@@ -35,11 +35,10 @@ from bench.common import (
     base_config,
     free_port,
     machine_line,
-    print_table,
+    report,
     wait_http,
     workspace,
     write_config,
-    write_json,
 )
 from bench.zero_load import client
 
@@ -147,8 +146,7 @@ def main() -> None:
                                     "first tree", first))
     notes = [f"One keep-alive connection, one request at a time; ({MANY} - {FEW} requests) per figure. "
              f"User-space instructions (valgrind cachegrind), not time. {machine_line()}."]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ from bench.common import (
     keysvc_server,
     machine_line,
     nginx_server,
-    print_table,
+    report,
     require_tools,
     spread,
     workspace,
-    write_json,
 )
 
 TITLE = "JWKS over HTTP (GET, RS256 keyset: active + pending key)"
@@ -81,8 +80,7 @@ def main() -> None:
     ]
     if errors:
         notes.append(f"Non-2xx/3xx or socket errors seen: {errors}")
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

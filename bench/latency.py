@@ -25,10 +25,9 @@ from bench.common import (
     baseline_server,
     keysvc_server,
     machine_line,
-    print_table,
+    report,
     require_tools,
     workspace,
-    write_json,
     wrk,
 )
 
@@ -97,8 +96,7 @@ def main() -> None:
     notes = [f"Maximum: wrk -t1 -c{args.connections}; paced runs: wrk -t1 -c{PACED_CONNECTIONS} with a per-connection "
              f"delay; {args.runs} runs x {args.duration:g}s, medians. Baselines run at the same offered rate. "
              f"{machine_line()}."]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from bench.common import SERVER_CPU, Row, base_config, machine_line, print_table, write_json
+from bench.common import SERVER_CPU, Row, base_config, machine_line, report
 from keysvc.algorithms import ALGORITHMS
 from keysvc.backends.keys import LocalSigner, generate, kid_of
 from keysvc.config import parse_settings
@@ -110,8 +110,7 @@ def main() -> None:
         rows.append(Row(f"mint {alg} overhead", (1 / m - 1 / b) * 1e6, "us/token", note="minting minus signature"))
     notes = [f"{args.runs} runs x {args.duration:g}s each, interleaved, medians; one thread pinned to CPU "
              f"{sorted(SERVER_CPU)}. RSA 2048-bit (the file backend's size). {machine_line()}."]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

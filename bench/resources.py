@@ -24,12 +24,11 @@ from bench.common import (
     base_config,
     free_port,
     machine_line,
-    print_table,
+    report,
     rss_mb,
     wait_http,
     workspace,
     write_config,
-    write_json,
 )
 
 TITLE = "Resources: idle RSS and start-to-ready (file backend)"
@@ -110,8 +109,7 @@ def main() -> None:
                                 target_on_value=True, note=label))
     notes = [f"{args.runs} starts each, medians; the process is pinned to the server core; RSS read from "
              f"/proc/PID/status {IDLE_SECONDS:g}s after ready. RSA 2048-bit. {machine_line()}."]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,8 @@ from bench.common import (
     base_config,
     keysvc_server,
     machine_line,
-    print_table,
+    report,
     workspace,
-    write_json,
 )
 
 TITLE = "Signing latency across a rotation boundary vs far from one"
@@ -166,8 +165,7 @@ def main() -> None:
     notes.append(f"Rotation period 4 s (publish_ahead 2 s, refresh 500 ms), access log off; {args.pace:g} req/s "
                  "from one "
                  f"keep-alive client pinned to the load core for {args.duration:g} s per run. {machine_line()}.")
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,10 @@ from bench.common import (
     interleaved,
     keysvc_server,
     machine_line,
-    print_table,
+    report,
     require_tools,
     spread,
     workspace,
-    write_json,
 )
 
 TITLE = "Scale: 100 keysets + 1,000 clients vs 1 + 1; refresh cost vs key count"
@@ -131,8 +130,7 @@ def main() -> None:
     notes = [f"Access log off. wrk -t1 -c{args.connections}, {args.runs} runs x {args.duration:g}s round-robin, "
              f"medians. Refresh: in-process `Keyring.refresh_all()` on the file backend (reads every record, "
              f"reconciles, rebuilds JWKS/views), 5 runs per size, median, pinned to the server core. {machine_line()}."]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

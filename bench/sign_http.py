@@ -26,11 +26,10 @@ from bench.common import (
     interleaved,
     keysvc_server,
     machine_line,
-    print_table,
+    report,
     require_tools,
     spread,
     workspace,
-    write_json,
 )
 
 TITLE = "POST /v1/sign over HTTP (file backend)"
@@ -108,8 +107,7 @@ def main() -> None:
              f"request body {len(es_body)} bytes. RSA 2048-bit. {machine_line()}."]
     if errors:
         notes.append(f"Non-2xx/3xx or socket errors seen: {errors}")
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,8 @@ from bench.common import (
     base_config,
     keysvc_server,
     machine_line,
-    print_table,
+    report,
     workspace,
-    write_json,
 )
 from keysvc.serve import raise_open_file_limit
 
@@ -247,8 +246,7 @@ def main() -> None:
              f"Probe: one request per fresh connection, {args.duration:g}s per phase x {args.runs} run(s), JWKS "
              f"and /v1/sign alternating; access log off. keysvc pinned to the server core, attacker (nice 19) "
              f"and probe on the load core. {machine_line()}."]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ from bench.common import (
     arguments,
     base_config,
     machine_line,
-    print_table,
+    report,
     rss_mb,
     workspace,
     write_config,
-    write_json,
 )
 
 TITLE = "Soak: replicas rotating, signing and verifying"
@@ -49,7 +48,7 @@ def main() -> None:
         try:
             rss_start = [rss_mb(r.proc.pid) for r in replicas if r.proc is not None]
             started = time.monotonic()
-            report = run_rotation(  # a soak runs for its duration, whatever it has seen by then
+            seen = run_rotation(  # a soak runs for its duration, whatever it has seen by then
                 replicas, keyset="zapier", issuer=config["keysets"]["zapier"]["issuer"],
                 until=lambda _: time.monotonic() - started >= args.duration, timeout=args.duration + 30,
                 ttl=1, verifier_cache=1.0, algorithms=[args.alg], signers=args.signers,
@@ -59,15 +58,15 @@ def main() -> None:
         finally:
             for r in replicas:
                 r.stop()
-    spreads = report.etag_spreads(args.replicas)
+    spreads = seen.etag_spreads(args.replicas)
     refresh = float(FAST_TIMINGS["refresh_interval"].removesuffix("ms")) / 1000
     rows = [
-        Row("tokens signed", report.signed, "", note=f"{report.signed / elapsed:,.0f}/s"),
-        Row("tokens verified", report.verified, ""),
-        Row("verification failures", len(report.failures), "", target=0, at_most=True),
-        Row("sign errors", len(report.sign_errors), "", target=0, at_most=True),
-        Row("verified after exp (slow machine, not a key failure)", report.too_late, ""),
-        Row("distinct signing kids (rotations + 1)", len(set(report.kids_used)), ""),
+        Row("tokens signed", seen.signed, "", note=f"{seen.signed / elapsed:,.0f}/s"),
+        Row("tokens verified", seen.verified, ""),
+        Row("verification failures", len(seen.failures), "", target=0, at_most=True),
+        Row("sign errors", len(seen.sign_errors), "", target=0, at_most=True),
+        Row("verified after exp (slow machine, not a key failure)", seen.too_late, ""),
+        Row("distinct signing kids (rotations + 1)", len(set(seen.kids_used)), ""),
         Row("worst ETag spread between replicas", max(spreads.values(), default=0.0), "s", target=refresh,
             at_most=True),
         Row("RSS growth, worst replica", max((e - s for s, e in zip(rss_start, rss_end, strict=True)), default=0.0),
@@ -75,12 +74,11 @@ def main() -> None:
     ]
     notes = [f"{args.replicas} replicas, {args.alg}, rotation every 4 s, refresh 500 ms, {args.duration:g} s, "
              f"{args.signers} signing threads. {machine_line()}."]
-    for failure in report.failures[:5]:
+    for failure in seen.failures[:5]:
         notes.append(f"failure: {failure}")
-    for error in report.sign_errors[:5]:
+    for error in seen.sign_errors[:5]:
         notes.append(f"sign error: {error}")
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":

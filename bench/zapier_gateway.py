@@ -26,10 +26,9 @@ from bench.common import (
     cpu_seconds,
     keysvc_server,
     machine_line,
-    print_table,
+    report,
     spread,
     workspace,
-    write_json,
 )
 from tests.helpers import remember_secret
 from tests.partner_server import ACCESS_TOKEN
@@ -131,8 +130,7 @@ def main() -> None:
     ]
     notes = [machine_line(), f"{args.requests} sequential keep-alive requests per run, {args.runs} runs, medians;"
              f" schema violations recorded by the fake: {violations}"]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
     if violations:
         raise SystemExit("the fake recorded schema violations")
 

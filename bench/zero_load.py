@@ -28,9 +28,8 @@ from bench.common import (
     cpu_seconds,
     keysvc_server,
     machine_line,
-    print_table,
+    report,
     workspace,
-    write_json,
 )
 
 TITLE = "POST /v1/sign at zero load (one connection, one request at a time)"
@@ -114,8 +113,7 @@ def main() -> None:
                 got["bare"][1])]
     notes = [f"{args.runs} blocks x {BLOCK} requests per server, round-robin, median per request; "
              f"{machine_line()}."]
-    print_table(TITLE, rows, notes)
-    write_json(args.json, TITLE, rows, notes)
+    report(TITLE, rows, notes, args.json)
 
 
 if __name__ == "__main__":
