@@ -259,8 +259,12 @@ def test_checkov_skips_are_documented() -> None:
 
 @pytest.mark.system
 def test_helm_lint_is_clean() -> None:
-    """`helm lint --strict` finds no error or warning (only the INFO about a missing icon)."""
-    script = f"import json, helm_python as helm\nprint(json.dumps(helm.lint({str(CHART)!r}, strict=True)))"
+    """`helm lint --strict` with the required values finds no error or warning (only the INFO about a missing
+    icon)."""
+    script = (
+        "import json, helm_python as helm\n"
+        f"print(json.dumps(helm.lint({str(CHART)!r}, {REQUIRED!r}, strict=True)))"
+    )
     result = subprocess.run([str(tool("python")), "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -529,7 +533,7 @@ REFUSED_AT_RENDER: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
 }
 
 
-@pytest.mark.unit
+@pytest.mark.system
 @pytest.mark.parametrize("case", sorted(REFUSED_AT_RENDER))
 def test_values_keysvc_refuses_fail_the_render(case: str) -> None:
     """Values keysvc would refuse at start-up (timing invariants, syntax, names, values with no default) fail
@@ -541,13 +545,22 @@ def test_values_keysvc_refuses_fail_the_render(case: str) -> None:
         assert text in answer["error"], answer["error"]
 
 
-@pytest.mark.unit
+@pytest.mark.system
 def test_chart_defaults_alone_do_not_render() -> None:
     """With no values at all the chart refuses to render, naming the issuer: its defaults are not a deployment."""
     answer = render_raw({}, bare=True)
     assert not answer["ok"]
     assert "config.keysets.zapier.issuer is required" in answer["error"], answer["error"]
     assert "partner.example.com" not in (CHART / "values.yaml").read_text()
+
+
+@pytest.mark.system
+def test_notes_say_when_nothing_can_sign_yet() -> None:
+    """A release without clients renders (a JWKS-only first step is valid), and NOTES.txt says nothing can
+    sign yet and how to add a client; a release with clients does not say so."""
+    assert "config.clients is empty" in rendered("default").notes
+    assert "keysvc client new NAME" in rendered("default").notes
+    assert "config.clients is empty" not in rendered("kms-irsa").notes
 
 
 # Values at the edge of each bound: they render, and keysvc's own parser accepts the rendered keysvc.yaml.
@@ -575,7 +588,7 @@ RENDERED_AT_THE_BOUND: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.unit
+@pytest.mark.system
 @pytest.mark.parametrize("case", sorted(RENDERED_AT_THE_BOUND))
 def test_values_at_the_bounds_render_and_keysvc_accepts_them(case: str) -> None:
     """The render-time checks are not stricter than keysvc: values right at a bound render, and keysvc's own
@@ -595,7 +608,7 @@ KEYSVC_ALSO_REFUSES = sorted(
 )
 
 
-@pytest.mark.unit
+@pytest.mark.system
 @pytest.mark.parametrize("case", KEYSVC_ALSO_REFUSES)
 def test_keysvc_refuses_what_the_chart_refuses(case: str) -> None:
     """The chart's config-level refusals are keysvc's own: the case's config laid over the default render's
