@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keysvc"
 
 # the domain at the bottom: pure decisions and records, no I/O (errors and config are below everything)
 DOMAIN = ("keysvc.records", "keysvc.lifecycle", "keysvc.jwks", "keysvc.tokens", "keysvc.events",
-          "keysvc.views", "keysvc.algorithms", "keysvc.clock")
+          "keysvc.views", "keysvc.discovery", "keysvc.algorithms", "keysvc.clock")
 # what only the running service may import: the keyring and everything built over it
 SERVICE_STACK = ("keysvc.keyring", "keysvc.operations", "keysvc.batching", "keysvc.http", "keysvc.service",
                  "keysvc.serve", "keysvc.cli", "keysvc.partner", "keysvc.metrics", "keysvc.mirror",
@@ -185,9 +185,9 @@ def test_no_cycle_hides_in_a_type_checking_import() -> None:
 
 @pytest.mark.parametrize("module", DOMAIN)
 def test_the_domain_imports_only_the_domain_and_no_io_library(module: str) -> None:
-    """records, lifecycle, jwks, tokens, events, views (and algorithms, clock) import, even lazily or for
-    types only, only each other, errors and config: never a backend, the keyring, HTTP, the service, the CLI
-    or the partner side; and what they load at import reaches no I/O library."""
+    """records, lifecycle, jwks, tokens, events, views, discovery (and algorithms, clock) import, even
+    lazily or for types only, only each other, errors and config: never a backend, the keyring, HTTP, the
+    service, the CLI or the partner side; and what they load at import reaches no I/O library."""
     direct = {e.target for e in edges() if e.source == module and e.target.startswith("keysvc")}
     assert sorted(t for t in direct if not under(t, (*DOMAIN, "keysvc.errors", "keysvc.config"))) == []
     assert sorted(t for t in closure(module, lazy=False) if under(t, IO_LIBRARIES)) == []
