@@ -243,8 +243,9 @@ def _write(logger: logging.Logger, name: str, lines: Sequence[Mapping[str, Any]]
 
 def _audit_record(name: str, values: Mapping[str, Any]) -> None:
     """Hand an audit record (level INFO) to the handlers of `keysvc.audit` and its ancestors, whatever the
-    loggers' levels: `Logger.handle` skips the level check that `Logger.info` makes (a disabled logger,
-    `logging.disable` and a handler's own level still apply: those are explicit choices of the embedder)."""
+    loggers' levels: `Logger.handle` skips the level checks that `Logger.info` makes, `logging.disable`
+    included (a disabled logger, a filter and a handler's own level still apply: explicit choices of an
+    embedder, never set by keysvc)."""
     if AUDIT.disabled:
         return
     record = AUDIT.makeRecord(AUDIT.name, logging.INFO, "(audit)", 0, name, (), None, extra={FIELDS: values})

@@ -161,8 +161,7 @@ class PublicApp:
                                 send: Send) -> int:
         answer = self._discovery.get(path)
         if not isinstance(answer, _Document):
-            self.metrics.http_requests.inc(("public", "openid-configuration", "404"))
-            raise NotFound(answer or "no such keyset")
+            raise NotFound(answer or "no such keyset")  # counted by _error, as every error
         _check_method(scope)
         rid_header = (b"x-request-id", rid.encode())
         inm = headers.get(b"if-none-match")
