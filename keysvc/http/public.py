@@ -37,6 +37,13 @@ class _Heads(NamedTuple):
     etag: bytes
 
 
+def _cache_heads(etag: str, length: int, cache_control: bytes) -> _Heads:
+    """The headers of a cacheable JSON document (a JWKS, a discovery document) of `length` bytes."""
+    tag = etag.encode("ascii")
+    common = [(b"cache-control", cache_control), (b"etag", tag)]
+    return _Heads([_JSON, (b"content-length", str(length).encode("ascii")), *common], common, tag)
+
+
 def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     """RFC 9110 §13.1.2: weak comparison, a list of tags, or `*`."""
     if if_none_match == etag:  # a verifier revalidating sends back the ETag it was given: no parsing
@@ -69,10 +76,7 @@ class PublicApp:
     def _jwks_headers(self, doc: JwksDocument) -> _Heads:
         cached = self._headers.get(doc.etag)
         if cached is None:
-            etag = doc.etag.encode("ascii")
-            common = [(b"cache-control", self.cache_control), (b"etag", etag)]
-            full = [_JSON, (b"content-length", str(len(doc.body)).encode("ascii")), *common]
-            cached = self._headers[doc.etag] = _Heads(full, common, etag)
+            cached = self._headers[doc.etag] = _cache_heads(doc.etag, len(doc.body), self.cache_control)
             if len(self._headers) > 64:
                 self._headers = {doc.etag: cached}
         return cached
@@ -156,9 +160,9 @@ class PublicApp:
             self.metrics.jwks_bytes.inc((name,), len(doc.body))
         return 200
 
-
     async def _discovery_answer(self, scope: Scope, path: str, headers: dict[bytes, bytes], rid: str,
                                 send: Send) -> int:
+        """A discovery document, answered as the JWKS is (304 on a matching If-None-Match), or a 404."""
         answer = self._discovery.get(path)
         if not isinstance(answer, _Document):
             raise NotFound(answer or "no such keyset")  # counted by _error, as every error
@@ -198,10 +202,7 @@ def discovery_answers(settings: Settings, cache_control: bytes) -> dict[str, _Do
             answer = (f"OpenID discovery is off for keyset {keyset.name!r}: no absolute JWKS URL is configured "
                       f"(set public_url, or keysets.{keyset.name}.jwks_uri)")
         else:
-            etag = doc.etag.encode("ascii")
-            common = [(b"cache-control", cache_control), (b"etag", etag)]
-            full = [_JSON, (b"content-length", str(len(doc.body)).encode("ascii")), *common]
-            answer = _Document(_Heads(full, common, etag), doc.body)
+            answer = _Document(_cache_heads(doc.etag, len(doc.body), cache_control), doc.body)
             if settings.public_url is not None and not discovery.issuer_discoverable(
                     keyset, settings.public_url, keyset.default):
                 LOG.warning("issuer not discoverable here", extra={
