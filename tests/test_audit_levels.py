@@ -37,10 +37,11 @@ def quiet_server(tmp_path: Path) -> Iterator[Callable[[str], KeysvcProcess]]:
         config = base_config(tmp_path / f"keys-{level}")
         public, internal = free_port(), free_port()
         config["listen"] = {"public": f"127.0.0.1:{public}", "internal": f"127.0.0.1:{internal}"}
-        config["clients"]["signer"]["zapier"] = True
+        config["clients"]["signer"].update(zapier=True, token_exchange=True)
         closed = "http://127.0.0.1:9"
         config["token_exchange"] = {"keyset": "zapier", "client_id": "cid", "client_secret_env": "HOME",
-                                    "token_url": f"{closed}/oauth/token", "api_url": closed}
+                                    "token_url": f"{closed}/oauth/token", "api_url": closed,
+                                    "max_attempts": 1, "total_timeout": "2s"}
         path = write_config(tmp_path / f"{level}.yaml", config)
         proc = KeysvcProcess(path, name=f"audit-{level}", env={"KEYSVC_LOG_LEVEL": level})
         proc.public, proc.internal = f"http://127.0.0.1:{public}", f"http://127.0.0.1:{internal}"
@@ -72,8 +73,9 @@ def audited(proc: KeysvcProcess) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("level", ["error", "warning"])
 def test_audit_lines_are_written_at_every_log_level(quiet_server: Callable[[str], KeysvcProcess], level: str) -> None:
     """At KEYSVC_LOG_LEVEL=error or warning: key.create (start-up reconcile), token.sign (POST /v1/sign),
-    key.rotate (admin API) and zapier.complete (a refused state, no partner call) are all written, with
-    the fields they have at the default level; no info line (serving, access lines) is."""
+    key.rotate (admin API), zapier.complete (a refused state, no partner call) and token.exchange (the
+    partner unreachable) are all written, with the fields they have at the default level; no info line
+    (serving, access lines) is."""
     proc = quiet_server(level)
     signed = proc.sign()
     assert signed.status_code == 200, signed.text
@@ -84,8 +86,12 @@ def test_audit_lines_are_written_at_every_log_level(quiet_server: Callable[[str]
     refused = httpx.post(proc.internal + "/v1/zapier/connect/complete", json=complete,
                          headers={"Authorization": f"Bearer {api_key('signer')}"})
     assert refused.status_code == 400, refused.text
+    exchange = httpx.post(proc.internal + "/v1/token-exchange", json={"user_id": "u-1", "tenant_id": "t-1",
+                                                                     "token": "access"},
+                          headers={"Authorization": f"Bearer {api_key('signer')}"}, timeout=10)
+    assert exchange.status_code in (502, 503), exchange.text  # the partner's port is closed
 
-    wanted = {"key.create", "token.sign", "key.rotate", "zapier.complete"}
+    wanted = {"key.create", "token.sign", "key.rotate", "zapier.complete", "token.exchange"}
     wait_for(lambda: wanted <= {line["event"] for line in audited(proc)}, 10, "the audit lines")
     lines = audited(proc)
     sign = next(line for line in lines if line["event"] == "token.sign")
@@ -93,4 +99,6 @@ def test_audit_lines_are_written_at_every_log_level(quiet_server: Callable[[str]
         "signer", signed.json()["kid"], "info", "keysvc.audit")
     rotate = next(line for line in lines if line["event"] == "key.rotate")
     assert (rotate["keyset"], rotate["actor"]) == ("zapier", "client:admin")
+    exchanged = next(line for line in lines if line["event"] == "token.exchange")
+    assert (exchanged["client"], exchanged["outcome"]) == ("signer", exchange.json()["error"])
     assert [line for line in proc.lines() if line.get("level") == "info" and not line.get("audit")] == []
