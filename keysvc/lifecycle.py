@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -200,10 +201,15 @@ def promote(records: Sequence[KeyRecord], now: float, policy: Policy, *, force: 
     if now < safe_at and not force:
         raise RotationRefused(
             f"pending key {candidate.kid} has been published for {now - candidate.created_at:.0f}s only; "
-            f"promoting it is safe from {safe_at:.0f} (in {safe_at - now:.0f}s); use force to promote anyway",
+            f"promoting it is safe from {_iso(safe_at)} (in {safe_at - now:.0f}s); forcing it may make verifiers "
+            "that have not refetched the JWKS reject its tokens",
             safe_at,
         )
     return Activate(candidate.kid, now)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def revoke(records: Sequence[KeyRecord], kid: str, now: float, policy: Policy) -> tuple[KeyRecord, Activate | None]:
