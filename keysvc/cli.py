@@ -246,8 +246,7 @@ def _print_result(result: dict[str, object]) -> None:
 
 def _refused(exc: RequestError) -> Failed:
     """A rotation the lifecycle refuses, said for a command line: the flag that overrides it."""
-    hint = "; pass --force to promote anyway" if "safe from" in exc.description else ""
-    return Failed(f"rotation refused: {exc.description}{hint}")
+    return Failed(f"rotation refused: {exc.description.replace(lifecycle.FORCE_IT, 'pass --force')}")
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:

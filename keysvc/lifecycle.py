@@ -150,6 +150,9 @@ class Destroy:
 Action = Create | Activate | Destroy
 
 
+FORCE_IT = "force the rotation"  # how a refusal says to override it; each interface names its own switch
+
+
 class RotationRefused(Exception):
     """Promoting the pending key now could make verifiers reject tokens; `safe_at` says from when not."""
 
@@ -201,8 +204,8 @@ def promote(records: Sequence[KeyRecord], now: float, policy: Policy, *, force: 
     if now < safe_at and not force:
         raise RotationRefused(
             f"pending key {candidate.kid} has been published for {now - candidate.created_at:.0f}s only; "
-            f"promoting it is safe from {_iso(safe_at)} (in {safe_at - now:.0f}s); forcing it may make verifiers "
-            "that have not refetched the JWKS reject its tokens",
+            f"promoting it is safe from {_iso(safe_at)} (in {safe_at - now:.0f}s); {FORCE_IT} to promote it "
+            "now (verifiers that have not refetched the JWKS may reject its tokens)",
             safe_at,
         )
     return Activate(candidate.kid, now)
