@@ -46,7 +46,7 @@ running replicas: `keys rotate/revoke --server URL` act through a running replic
 exit status: 0 success; 1 the operation failed or was refused (a rotation not yet safe, an unknown keyset
   or kid, an address in use, a server unreachable, the server extra not installed); 2 usage error (bad
   arguments, --dev with --config); 78 configuration error (EX_CONFIG: the configuration is invalid or
-  unreadable, or a --pem file cannot be read).
+  unreadable, or a --pem or --api-key-file file cannot be read).
 """
 DEV_PUBLIC = Address("127.0.0.1", 8080)
 DEV_INTERNAL = Address("127.0.0.1", 8081)
