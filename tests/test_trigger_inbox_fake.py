@@ -5,6 +5,7 @@ keysvc's own parsers (keysvc.trigger_inbox.answers), so fake and parsers agree o
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -309,3 +310,27 @@ def _drive(fake: TriggerInboxFake, api: httpx.Client, control: httpx.Client, inb
     assert api.get("/inboxes").status_code == 400
     state = control.get("/state").json()
     assert state["inboxes"][inbox_id]["pending"] == 2 and state["violations"] == []
+
+
+def test_concurrent_leases_never_hand_out_the_same_message(fake: TriggerInboxFake, api: httpx.Client,
+                                                           clock: Clock) -> None:
+    """Four consumers leasing at once: every message is leased by exactly one of them (exclusive leases)."""
+    inbox_id = _active_inbox(fake, api, clock)
+    injected = set(fake.inject(inbox_id, *range(60)))
+    seen: list[str] = []
+
+    def consume() -> None:
+        with _client(fake, USER) as mine:
+            while True:
+                lease = mine.post(f"/inboxes/{inbox_id}/messages/lease", json={"lease_limit": 3}).json()
+                if not lease["results"]:
+                    return
+                seen.extend(m["id"] for m in lease["results"])
+
+    workers = [threading.Thread(target=consume) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(20)
+    assert sorted(seen) == sorted(injected)
+    assert fake.violations == []

@@ -36,6 +36,9 @@ Start it (uvicorn in a thread plus the background threads; stopped when the bloc
         assert inbox_api.violations == []
         inbox_api.log, inbox_api.counts(), inbox_api.notifications
 
+`fake.routes()` are the same routes, to mount beside the Partner API fake's on one host (as api.zapier.com
+serves both); a `TriggerInboxFake(tokens=partner_tokens(zapier.partner))` then accepts its access tokens.
+
 Control over HTTP (for another process, e.g. a benchmark), under `inbox_api.control_url`:
 POST /_control/inboxes/{id}/messages {"payloads": [...]} -> {"message_ids"}; POST
 /_control/inboxes/{id}/status {"status", "paused_reason"}; POST /_control/tokens/expire {"token"};

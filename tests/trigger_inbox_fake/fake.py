@@ -304,14 +304,13 @@ class TriggerInboxFake:
             Operation("POST", "/inboxes/{inbox_id}/messages/release", s.NO_QUERY, s.RELEASE_REQUEST, self._release),
         ]
 
-    def app(self) -> Starlette:
-        """One ASGI app: the API under `base_path` and the control endpoints under `/_control`."""
-        routes: dict[str, Route] = {}
-        methods: dict[str, dict[str, Operation]] = {}
+    def routes(self) -> list[Route]:
+        """The API routes under `base_path` and the control routes under `/_control`: mount them beside the
+        Partner API fake's to serve both from one host, as api.zapier.com does."""
+        grouped: dict[str, dict[str, Operation]] = {}
         for op in self.operations():
-            methods.setdefault(op.path, {})[op.method] = op
-        for path, ops in methods.items():
-            routes[path] = Route(self.base_path + path, self._endpoint(ops), methods=list(ops))
+            grouped.setdefault(op.path, {})[op.method] = op
+        api = [Route(self.base_path + path, self._endpoint(ops), methods=list(ops)) for path, ops in grouped.items()]
         control = [
             Route("/_control/inboxes/{id}/messages", self._c_inject, methods=["POST"]),
             Route("/_control/inboxes/{id}/status", self._c_status, methods=["POST"]),
@@ -319,7 +318,11 @@ class TriggerInboxFake:
             Route("/_control/fail", self._c_fail, methods=["POST"]),
             Route("/_control/state", self._c_state, methods=["GET"]),
         ]
-        return Starlette(routes=[*routes.values(), *control], exception_handlers={HTTPException: self._http_error})
+        return [*api, *control]
+
+    def app(self) -> Starlette:
+        """One ASGI app of `routes()`; an unknown path or method is a 404/405 and a violation."""
+        return Starlette(routes=self.routes(), exception_handlers={HTTPException: self._http_error})
 
     def _endpoint(self, ops: dict[str, Operation]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
