@@ -334,3 +334,11 @@ def test_concurrent_leases_never_hand_out_the_same_message(fake: TriggerInboxFak
         w.join(20)
     assert sorted(seen) == sorted(injected)
     assert fake.violations == []
+
+
+def test_a_malformed_request_is_recorded_even_when_refused_for_its_token(fake: TriggerInboxFake) -> None:
+    """Validation does not depend on the answer: a bad body with an unknown token is still a violation."""
+    answer = httpx.post(f"{fake.api_url}/inboxes/{'0' * 8}-0000-4000-8000-{'0' * 12}/messages/lease",
+                        json={"lease_limit": 1000}, headers={"Authorization": "Bearer unknown"})
+    assert answer.status_code == 400 and answer.json()["errors"][0]["code"] == "unauthenticated"
+    assert [(v.where, v.message.split(":")[0]) for v in fake.violations] == [("body", "/lease_limit")]

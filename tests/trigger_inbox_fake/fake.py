@@ -1,10 +1,10 @@
 """The Trigger Inbox fake: its control surface (seeding, behaviour, records) and its HTTP side (Starlette).
 
-Every API request goes through `_serve`: injected failures and the budget, the Bearer token, then the
-path, headers, query and body against the transcribed schemas, then the endpoint's handler, all under one
-lock (tests change the fake from their own thread while uvicorn serves it from another). A background
-ticker returns the messages of expired leases and notifications go out from their own thread, so no
-request waits on a notification receiver.
+Every API request goes through `_serve`: its path, headers, query and body are checked against the
+transcribed schemas (and mismatches recorded) whatever the answer; then the budget, the Bearer token, the
+shapes' refusal, injected failures and the endpoint's handler, all under one lock (tests change the fake
+from their own thread while uvicorn serves it from another). A background ticker returns the messages of
+expired leases and notifications go out from their own thread, so no request waits on a receiver.
 """
 
 from __future__ import annotations
@@ -349,10 +349,18 @@ class TriggerInboxFake:
         self.violations.append(Violation(op.name, where, message))
 
     def _serve(self, op: Operation, request: Request, raw: bytes) -> tuple[Response, User | None, Any, dict[str, Any]]:
-        """Failures and budget, token, shapes, then the handler: (response, user, body, query) for the log."""
-        body: Any = raw.decode(errors="replace") if raw else None
-        query: dict[str, Any] = dict(request.query_params)
+        """Shapes (always checked and recorded, whatever the answer), then budget, token, the shapes' refusal,
+        injected failures and the handler: (response, user, body, query) for the log."""
         now = self.clock()
+        body: Any = raw.decode(errors="replace") if raw else None
+        refused = self._check_path(op, request) or self._check_headers(op, request)
+        query, bad_query = self._check_query(op, request)
+        refused = refused or bad_query
+        if op.body is not None:
+            body, bad_body = self._check_body(op, request, raw)
+            refused = refused or bad_body
+        elif raw.strip():
+            self._violation(op, "body", "this endpoint takes no body")
         throttled = self._budget(now)
         if throttled is not None:
             return throttled, None, body, query
@@ -363,13 +371,6 @@ class TriggerInboxFake:
         user = self._user_of(header[7:])
         if user is None:
             return inbox_error(400, "unauthenticated", "Token has expired."), None, body, query
-        refused = self._check_path(op, request) or self._check_headers(op, request)
-        if refused is None:
-            query, refused = self._check_query(op, request)
-        if refused is None and op.body is not None:
-            body, refused = self._check_body(op, request, raw)
-        elif refused is None and raw.strip():
-            self._violation(op, "body", "this endpoint takes no body")
         if refused is not None:
             return refused, user, body, query
         injected = self._injected()
