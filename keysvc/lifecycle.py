@@ -21,8 +21,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from keysvc.records import KeyRecord
+
+if TYPE_CHECKING:  # a type only: the lifecycle reads three timings of a keyset's settings
+    from keysvc.config import KeysetSettings
 
 
 class State(StrEnum):
@@ -45,6 +49,11 @@ class Policy:
     rotation_period: float
     publish_ahead: float
     retain_after: float
+
+
+def policy_of(keyset: KeysetSettings) -> Policy:
+    """The lifecycle timings of a keyset."""
+    return Policy(keyset.rotation_period, keyset.publish_ahead, keyset.retain_after)
 
 
 @dataclass(frozen=True)

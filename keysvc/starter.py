@@ -17,6 +17,7 @@ _HEADER = """\
 listen:
   public: "0.0.0.0:8080"          # JWKS and health: the only port a partner reaches
   internal: "127.0.0.1:8081"      # /v1/* and /metrics: never exposed outside the cluster
+# public_url: "https://keys.example.com"   # the public port as verifiers reach it: turns on OpenID discovery
 """
 
 _FILE_BACKEND = """\
