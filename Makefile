@@ -35,6 +35,7 @@ lint: $(STAMP)
 test: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) lint
 	sh tests/tools/ensure_promtool.sh
 	sh tests/tools/ensure_chromium.sh
+	sh tests/tools/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)
