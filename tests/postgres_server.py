@@ -120,8 +120,15 @@ class PostgresServer:
                   "-o", options, "-w", "-t", "30", "start")
 
     def halt(self) -> None:
-        """Stop the server at once (connections dropped, port closed); `resume()` brings it back."""
-        self._run(str(bindir() / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        """Stop the server (sessions ended, port closed; "fast": what it committed stays, which "immediate"
+        with fsync off would not keep); `resume()` brings it back."""
+        self._run(str(bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def create_database(self) -> str:
+        """A new, empty database owned by the role (each test its own): its URL."""
+        name = f"t_{secrets.token_hex(6)}"
+        self._psql(f"CREATE DATABASE {name} OWNER {ROLE}")
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
 
     def _psql(self, *statements: str) -> None:
         argv = [str(bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.root),

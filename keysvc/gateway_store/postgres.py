@@ -70,14 +70,17 @@ class PostgresStore:
             autocommit=True)
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Conn]:
+    async def _connection(self, *, fresh: bool = False) -> AsyncIterator[tuple[Conn, bool]]:
+        """A connection for one call and whether it was kept from an earlier one; kept again afterwards
+        only when the call left it open and idle."""
         async with self._slots:
             if self._closed:
                 raise StoreUnavailable("connect", "the store is closed")
-            conn = self._idle.pop() if self._idle else await self._connect()
+            kept = bool(self._idle) and not fresh
+            conn = self._idle.pop() if kept else await self._connect()
             reusable = False
             try:
-                yield conn
+                yield conn, kept
                 reusable = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
             finally:
                 if reusable and not self._closed:
@@ -85,15 +88,31 @@ class PostgresStore:
                 else:
                     await conn.close()  # never suspends: the socket goes, the server rolls back what it held
 
+    async def _attempt(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """`work` on a kept connection; when that one turns out dead (the server restarted or dropped it while
+        idle), the other kept ones are likely dead too: drop them all and try once on a new connection."""
+        broken_kept = False
+        try:
+            async with self._connection() as (conn, kept):
+                try:
+                    return await work(conn)
+                except psycopg.OperationalError:
+                    broken_kept = kept and conn.closed
+                    raise
+        except psycopg.OperationalError:
+            if not broken_kept:
+                raise
+        idle, self._idle = self._idle, []
+        for dead in idle:
+            await dead.close()
+        async with self._connection(fresh=True) as (conn, _):
+            return await work(conn)
+
     async def _call(self, operation: str, work: Callable[[Conn], Awaitable[T]], timeout: float | None = None) -> T:
         limit = self._settings.timeout if timeout is None else timeout
 
-        async def attempt() -> T:
-            async with self._connection() as conn:
-                return await work(conn)
-
         try:
-            return await self._within(attempt(), limit)
+            return await self._within(self._attempt(work), limit)
         except TimeoutError:
             raise StoreUnavailable(operation, f"no answer within {limit:g}s") from None
         except psycopg.errors.QueryCanceled:  # statement_timeout or lock_timeout on the server
