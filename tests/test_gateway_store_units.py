@@ -1,14 +1,26 @@
-"""The gateway store's pure parts: the GCRA budget arithmetic, store URLs, the local budget, state digests."""
+"""The gateway store's pure parts: the GCRA budget arithmetic, store URLs and passwords, the local budget,
+state digests, what the package may import."""
 
 from __future__ import annotations
 
+import ast
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
+import keysvc.gateway_store
 from keysvc.errors import KeysvcError
-from keysvc.gateway_store import LocalBudget, StoreSettings, StoreUnavailable, state_digest
+from keysvc.gateway_store import (
+    LocalBudget,
+    SharedBudget,
+    StoreSettings,
+    StoreUnavailable,
+    open_store,
+    read_password,
+    state_digest,
+)
 from keysvc.gateway_store.base import check_digest
 from keysvc.gateway_store.gcra import BudgetState, Limit, Refused, admit, cool_down
 
@@ -150,3 +162,58 @@ def test_the_store_error_is_a_keysvc_error_and_names_no_value() -> None:
     assert isinstance(error, KeysvcError)
     assert (str(error), error.operation, error.retry_after) == ("gateway store: admit failed: no answer within 2s",
                                                                 "admit", 1)
+
+
+def test_the_password_is_read_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    """read_password: the file's first line (whitespace dropped) or the named variable; None when neither
+    is configured; both, an unreadable or empty file, or an unset variable: ValueError naming the source
+    and never the value."""
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("  s3cr3t-pw \nignored\n")
+    assert read_password(secret_file) == "s3cr3t-pw"
+    assert read_password(password_env="DB_PW", environ={"DB_PW": "from-env"}) == "from-env"
+    assert read_password() is None
+    (tmp_path / "empty").write_text("\n")
+    cases = [
+        ((secret_file, "DB_PW"), {}, "not both"),
+        ((tmp_path / "missing", None), {}, "cannot be read"),
+        ((tmp_path / "empty", None), {}, "is empty"),
+        ((None, "DB_PW"), {"OTHER": "x"}, "DB_PW is not set"),
+    ]
+    for (file, env), environ, message in cases:
+        with pytest.raises(ValueError, match=message) as caught:
+            read_password(file, env, environ)
+        assert "s3cr3t-pw" not in str(caught.value)
+
+
+def test_a_store_shows_where_it_is_never_its_password(tmp_path: Path) -> None:
+    """repr of a PostgreSQL store names user, host, port and database, not the password; a SQLite store
+    names its file; a shared budget names its limits and its store."""
+    pg = open_store(StoreSettings.from_url("postgresql://keysvc@db:5432/gw", password="s3cr3t-pw"))
+    lite = open_store(StoreSettings.from_url(f"sqlite:///{tmp_path}/gw.db", timeout=0.5))
+    assert repr(pg) == "PostgresStore(postgresql://keysvc@db:5432/gw, timeout=2)"
+    assert repr(lite) == f"SqliteStore(sqlite:///{tmp_path}/gw.db, timeout=0.5)"
+    assert "s3cr3t-pw" not in repr(SharedBudget(pg, 60, 10))
+    assert (pg.timeout, lite.timeout) == (2.0, 0.5)
+
+
+def test_the_package_imports_only_errors_clock_the_stdlib_and_psycopg() -> None:
+    """keysvc.gateway_store moves under the partner package as it is: it imports, even lazily, nothing of
+    keysvc but keysvc.errors and keysvc.clock (and itself, relatively), and no third-party library but
+    psycopg (only in the PostgreSQL engine)."""
+    package = Path(keysvc.gateway_store.__file__).parent
+    found: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if name.startswith("keysvc") or (top not in sys.stdlib_module_names and top != "__future__"):
+                    found.setdefault(name if name.startswith("keysvc") else top, set()).add(path.name)
+    assert found == {"keysvc.errors": {"errors.py"}, "keysvc.clock": {"__init__.py", "sqlite.py", "postgres.py"},
+                     "psycopg": {"postgres.py"}}

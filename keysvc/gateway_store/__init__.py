@@ -1,7 +1,7 @@
 """The gateway store: what the partner gateway shares across replicas (`token_exchange.store`).
 
     settings.py  StoreSettings.from_url: sqlite:///path (one replica) or postgresql://user@host:port/db
-                 (any number); the password passed in (read from a file or env by the caller), hidden
+                 (any number); read_password (password_file or password_env); the password hidden
     base.py      the GatewayStore protocol; Connection, InboxRecord; state_digest (a Connect state's SHA-256)
     gcra.py      PURE: the budget's arithmetic (GCRA: one theoretical arrival time per budget), the cooldown
     schema.py    the versioned migrations both engines apply at start-up
@@ -34,11 +34,12 @@ from .base import Connection, GatewayStore, InboxRecord, state_digest
 from .budget import LocalBudget, SharedBudget
 from .errors import StoreUnavailable
 from .gcra import Limit, Refused
-from .settings import DEFAULT_FALLBACK_DIVISOR, DEFAULT_TIMEOUT, StoreSettings
+from .settings import DEFAULT_FALLBACK_DIVISOR, DEFAULT_TIMEOUT, StoreSettings, read_password
 
 __all__ = [
     "DEFAULT_FALLBACK_DIVISOR", "DEFAULT_TIMEOUT", "Connection", "GatewayStore", "InboxRecord", "Limit",
-    "LocalBudget", "Refused", "SharedBudget", "StoreSettings", "StoreUnavailable", "open_store", "state_digest",
+    "LocalBudget", "Refused", "SharedBudget", "StoreSettings", "StoreUnavailable", "open_store", "read_password",
+    "state_digest",
 ]
 
 

@@ -130,15 +130,18 @@ class PostgresStore:
         task = asyncio.ensure_future(call)
         try:
             done, _ = await asyncio.wait({task}, timeout=limit)
-        except asyncio.CancelledError:
-            task.cancel()
+        except asyncio.CancelledError:  # the caller gave up first
+            self._abandon(task)
             raise
         if task in done:
             return task.result()
-        task.cancel()
-        self._stragglers.add(task)
-        task.add_done_callback(self._forget)
+        self._abandon(task)
         raise TimeoutError
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        task.cancel()
+        self._stragglers.add(task)  # held until done: a pending task only weakly referenced could vanish
+        task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Future[Any]) -> None:
         self._stragglers.discard(task)

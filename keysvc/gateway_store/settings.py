@@ -10,6 +10,8 @@ URL, a missing database name): ValueError, which the configuration model reports
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -78,3 +80,27 @@ class StoreSettings:
         if self.engine == "sqlite":
             return f"sqlite:///{self.path}"
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def read_password(password_file: Path | None = None, password_env: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> str | None:
+    """The PostgreSQL password from `password_file` (its first line, surrounding whitespace dropped) or the
+    environment variable `password_env`; None when neither is given. ValueError (naming the file or the
+    variable, never the value) when both are given, the file cannot be read, or the password is empty."""
+    if password_file is not None and password_env is not None:
+        raise ValueError("give password_file or password_env, not both")
+    if password_file is not None:
+        try:
+            lines = password_file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"password_file {password_file} cannot be read ({type(exc).__name__})") from None
+        password = lines[0].strip() if lines else ""
+        if not password:
+            raise ValueError(f"password_file {password_file} is empty")
+        return password
+    if password_env is not None:
+        password = (os.environ if environ is None else environ).get(password_env, "")
+        if not password:
+            raise ValueError(f"password_env {password_env} is not set or empty")
+        return password
+    return None
