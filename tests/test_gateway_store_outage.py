@@ -79,6 +79,31 @@ def test_a_server_that_never_answers_fails_every_call_within_its_deadline() -> N
     assert min(took) >= DEADLINE - 0.05 and max(took) < DEADLINE + SLACK
 
 
+def test_a_budget_over_a_silent_server_answers_from_its_fallback_within_the_deadline() -> None:
+    """SharedBudget over a server that never answers: the first request gets the local budget's answer
+    after one deadline, with store_up False; the next ones, within the probe interval, at once."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+
+        async def main() -> tuple[list[object], float, float]:
+            store = pg_store(silent.getsockname()[1])
+            budget = SharedBudget(store, 60, 10)
+            try:
+                started = time.monotonic()
+                first = await budget.admit(100.0, 0.0)
+                took = time.monotonic() - started
+                started = time.monotonic()
+                rest = [await budget.admit(100.0 + i, 0.0) for i in range(1, 4)]
+                return [first, *rest, budget.store_up], took, time.monotonic() - started
+            finally:
+                await store.close()
+
+        decisions, first_took, rest_took = asyncio.run(main())
+    assert decisions == [0.0, 0.0, 0.0, 0.0, False]  # local: 20/min, burst 4
+    assert DEADLINE - 0.05 <= first_took < DEADLINE + SLACK and rest_took < 0.05
+
+
 class FreezingProxy:
     """A TCP forwarder to the real server that can freeze: from then on it swallows every byte either way,
     like a server hung mid-query (or a network path that stopped delivering)."""
