@@ -224,3 +224,23 @@ def test_a_stopped_server_sends_the_budget_to_its_local_fallback_and_back(postgr
 
     assert asyncio.run(main()) == [0.0, True, 0.0, True, False, 0.0, Refused(3, False), 9.0, Refused(9, True), True,
                                    0.0, True]
+
+
+def test_a_wrong_password_is_a_store_error_that_shows_no_password(postgres_server: PostgresServer,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The server refuses the password: StoreUnavailable at once, and neither the error, the store's repr
+    nor anything logged (the budget's fallback warning included) contains the password."""
+    async def main() -> tuple[str, str]:
+        store = pg_store(postgres_server.port, "wrong-pw-4711")
+        try:
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.ping()
+            await SharedBudget(store, 60, 10).admit(100.0, 0.0)
+            return str(caught.value), repr(store)
+        finally:
+            await store.close()
+
+    error, shown = asyncio.run(main())
+    assert error == "gateway store: ping failed: PostgreSQL OperationalError"
+    assert "gateway store unreachable" in caplog.text
+    assert all("wrong-pw-4711" not in text for text in (error, shown, caplog.text))

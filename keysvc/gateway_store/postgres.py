@@ -63,7 +63,7 @@ class PostgresStore:
         bound = max(1, math.ceil(s.timeout * 1000))
         options = (f"-c statement_timeout={bound} -c lock_timeout={bound}"
                    f" -c idle_in_transaction_session_timeout={max(1000, 2 * bound)}")
-        # libpq counts connect_timeout in whole seconds (and treats 1 as 2); wait_for holds the finer bound
+        # libpq counts connect_timeout in whole seconds (and treats 1 as 2); _within holds the finer bound
         return await psycopg.AsyncConnection.connect(
             host=s.host, port=s.port, user=s.user, dbname=s.database, password=s.password or None,
             connect_timeout=max(2, math.ceil(s.timeout)), options=options, application_name="keysvc-gateway",
@@ -110,15 +110,15 @@ class PostgresStore:
 
     async def _call(self, operation: str, work: Callable[[Conn], Awaitable[T]], timeout: float | None = None) -> T:
         limit = self._settings.timeout if timeout is None else timeout
-
         try:
             return await self._within(self._attempt(work), limit)
         except TimeoutError:
             raise StoreUnavailable(operation, f"no answer within {limit:g}s") from None
         except psycopg.errors.QueryCanceled:  # statement_timeout or lock_timeout on the server
             raise StoreUnavailable(operation, "the server cancelled it at the deadline") from None
-        except psycopg.Error as exc:
-            raise StoreUnavailable(operation, f"PostgreSQL {type(exc).__name__}") from None
+        except psycopg.Error as exc:  # the class and SQLSTATE say what failed (28P01: wrong password), no value
+            code = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+            raise StoreUnavailable(operation, f"PostgreSQL {type(exc).__name__}{code}") from None
         except OSError as exc:
             raise StoreUnavailable(operation, f"{type(exc).__name__} (errno {exc.errno})") from None
 
