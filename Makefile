@@ -35,6 +35,7 @@ lint: $(STAMP)
 test: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) lint
 	sh tests/tools/ensure_promtool.sh
 	sh tests/tools/ensure_chromium.sh
+	sh tests/tools/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
 # the chart's unit tests render it with the tools venv's Python (a pure renderer, no cluster): build it first
