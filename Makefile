@@ -1,5 +1,5 @@
 # keysvc — `make run` starts the dev service, `make test` runs the whole suite, `make unit` only the tests that
-# start nothing (no process, server or moto). All build .venv from nothing.
+# start nothing (no process, server or moto). All build .venv from nothing (test and unit .venv-tools too).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -35,9 +35,11 @@ lint: $(STAMP)
 test: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) lint
 	sh tests/tools/ensure_promtool.sh
 	sh tests/tools/ensure_chromium.sh
+	sh tests/tools/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
-unit: $(STAMP)
+# the chart's unit tests render it with the tools venv's Python (a pure renderer, no cluster): build it first
+unit: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/python -m pytest -q -m unit
 
 bench: $(STAMP)

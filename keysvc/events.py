@@ -22,11 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # types only: the events sit below the modules that emit them
-    from keysvc.keyring import KeysetView
-    from keysvc.operations import ReconcileReport
+from keysvc.records import ReconcileReport
+from keysvc.views import KeysetView
 
 KEY_EVENT_KINDS = ("create", "activate", "destroy", "rotate", "revoke", "import")
 

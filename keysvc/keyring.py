@@ -30,23 +30,12 @@ from keysvc.errors import BackendError, BackendUnavailable, KeysvcError, NotFoun
 from keysvc.events import BackendOperation, ExpBeyondRetention, JwksChanged, Observer, Reconciled
 from keysvc.lifecycle import KeysetStatus, State
 from keysvc.logs import LOG, request_fields
-from keysvc.records import KeyRecord, SignedToken, SigningKey
+from keysvc.records import KeyRecord, ReconcileReport, SignedToken, SigningKey
 from keysvc.tokens import Minter
+from keysvc.views import KeysetView
 
 SIGNABLE = frozenset({State.PENDING, State.ACTIVE})
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class KeysetView:
-    """Everything a request needs about one keyset, valid until `valid_until`."""
-
-    settings: KeysetSettings
-    records: tuple[KeyRecord, ...]
-    status: KeysetStatus
-    document: jwks.JwksDocument
-    minter: Minter | None
-    valid_until: float
 
 
 @dataclass
@@ -90,7 +79,7 @@ class Keyring:
         projected = self._projected.get(current.settings.name)
         now = self.clock.now()
         if projected is None or projected.records is not current.records or now >= projected.valid_until:
-            status = lifecycle.evaluate(current.records, now, operations.policy_of(current.settings))
+            status = lifecycle.evaluate(current.records, now, lifecycle.policy_of(current.settings))
             projected = self._projected[current.settings.name] = self._build(current.settings, current.records,
                                                                                status, current)
         return projected
@@ -155,7 +144,7 @@ class Keyring:
                  ) -> KeysetView:
         """Build and install the view of a keyset; tell JwksChanged when its JWKS differs."""
         if status is None:
-            status = lifecycle.evaluate(records, self.clock.now(), operations.policy_of(ks))
+            status = lifecycle.evaluate(records, self.clock.now(), lifecycle.policy_of(ks))
         return self._put(self._build(ks, records, status, self._views.get(ks.name)))
 
     def _put(self, view: KeysetView) -> KeysetView:
@@ -179,14 +168,14 @@ class Keyring:
 
     # ----------------------------------------------------------------------------------- refresh
 
-    def _sync(self, ks: KeysetSettings) -> tuple[operations.ReconcileReport, KeysetStatus, dict[str, SigningKey]]:
+    def _sync(self, ks: KeysetSettings) -> tuple[ReconcileReport, KeysetStatus, dict[str, SigningKey]]:
         """Blocking: reconcile, evaluate the lifecycle once, and load the signers of the keys that sign now
         or next (once per kid)."""
         # the first sync of a keyset in this process also repairs what a crash left (orphans, temp files)
         first = ks.name not in self._views
         report = operations.reconcile(self.backend, ks, self.clock.now, self.instance_id, repair=first,
                                       observer=self.observer)
-        status = lifecycle.evaluate(report.records, self.clock.now(), operations.policy_of(ks))
+        status = lifecycle.evaluate(report.records, self.clock.now(), lifecycle.policy_of(ks))
         loaded = {}
         for key in status.keys:
             kid = key.record.kid

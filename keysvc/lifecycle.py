@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from keysvc.records import KeyRecord
+
+if TYPE_CHECKING:  # a type only: the lifecycle reads three timings of a keyset's settings
+    from keysvc.config import KeysetSettings
 
 
 class State(StrEnum):
@@ -44,6 +49,11 @@ class Policy:
     rotation_period: float
     publish_ahead: float
     retain_after: float
+
+
+def policy_of(keyset: KeysetSettings) -> Policy:
+    """The lifecycle timings of a keyset."""
+    return Policy(keyset.rotation_period, keyset.publish_ahead, keyset.retain_after)
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,9 @@ class Destroy:
 Action = Create | Activate | Destroy
 
 
+FORCE_IT = "force the rotation"  # how a refusal says to override it; each interface names its own switch
+
+
 class RotationRefused(Exception):
     """Promoting the pending key now could make verifiers reject tokens; `safe_at` says from when not."""
 
@@ -200,10 +213,15 @@ def promote(records: Sequence[KeyRecord], now: float, policy: Policy, *, force: 
     if now < safe_at and not force:
         raise RotationRefused(
             f"pending key {candidate.kid} has been published for {now - candidate.created_at:.0f}s only; "
-            f"promoting it is safe from {safe_at:.0f} (in {safe_at - now:.0f}s); use force to promote anyway",
+            f"promoting it is safe from {_iso(safe_at)} (in {safe_at - now:.0f}s); {FORCE_IT} to promote it "
+            "now (verifiers that have not refetched the JWKS may reject its tokens)",
             safe_at,
         )
     return Activate(candidate.kid, now)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def revoke(records: Sequence[KeyRecord], kid: str, now: float, policy: Policy) -> tuple[KeyRecord, Activate | None]:

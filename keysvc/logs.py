@@ -4,6 +4,9 @@ Three ways to write a line, all in the same JSON layout and to the same stream, 
 - `LOG.info(...)` with `extra=` (keysvc's and uvicorn's ordinary lines): through `logging`.
 - `audit(name, ...)`: key operations, through `logging` too, so the handlers on `keysvc.audit` see them
   (written by keysvc.audit.AuditLog, an observer of the keyring's KeyEvents).
+
+Audit lines (`audit()`, `audit_request()`, `audit_requests()`) are written at every log level: they are the
+record of who did what, not chatter, so KEYSVC_LOG_LEVEL=error keeps them (their `level` reads "info").
 - The lines written per request, `event()` (access lines) and `audit_request()` / `audit_requests()` (one
   per token signed or exchanged): formatted by keysvc's handler directly, without a `LogRecord` (about
   6 us less per line). Audit lines are written before the responses they describe are sent (the tokens of
@@ -12,11 +15,12 @@ Three ways to write a line, all in the same JSON layout and to the same stream, 
   ACCESS_TRAIL seconds after they were logged (one write instead of two per signed token).
 
 The request id: the internal listener's access log sets `REQUEST_ID` (a contextvar) for the time of each
-request (keysvc.http.access_log), so every line written during it carries `request_id`, also the lines of code
-that knows nothing of HTTP (the keyring, the backends through `Keyring.run_blocking`, the service's
-hooks): a record's through the formatter, a per-request line through `request_fields` (the keyring stamps
-the audit fields of a token when it is asked for, as a batch of signatures runs in one request's context).
-A line that names its own `request_id` keeps it.
+request (keysvc.http.access_log), so every line written during it carries `request_id`, also the lines of
+code that knows nothing of HTTP (the keyring; the backends, whose writes `Keyring._write` runs in the I/O
+pool in a copy of the request's context; the service's hooks): a record's through the formatter, a
+per-request line through `request_fields` (the keyring stamps the audit fields of a token when it is asked
+for, as a batch of signatures runs in one request's context). A line that names its own `request_id` keeps
+it.
 """
 
 from __future__ import annotations
@@ -223,14 +227,29 @@ def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
 
 def _write(logger: logging.Logger, name: str, lines: Sequence[Mapping[str, Any]], now: bool,
            audit: bool = False) -> None:
-    if not logger.isEnabledFor(logging.INFO):
+    # an audit line is a record of what happened, not chatter: no level silences it (see `audit`)
+    if not audit and not logger.isEnabledFor(logging.INFO):
         return
     handler = _handler
     if handler is None or handler not in logging.getLogger().handlers:  # keysvc's logging is not set up
         for values in lines:
-            logger.info(name, extra={FIELDS: {"audit": True, **values} if audit else values})
+            if audit:
+                _audit_record(name, {"audit": True, **values})
+            else:
+                logger.info(name, extra={FIELDS: values})
         return
     handler.write(logger.name, name, lines, now=now, audit=audit)
+
+
+def _audit_record(name: str, values: Mapping[str, Any]) -> None:
+    """Hand an audit record (level INFO) to the handlers of `keysvc.audit` and its ancestors, whatever the
+    loggers' levels: `Logger.handle` skips the level checks that `Logger.info` makes, `logging.disable`
+    included (a disabled logger, a filter and a handler's own level still apply: explicit choices of an
+    embedder, never set by keysvc)."""
+    if AUDIT.disabled:
+        return
+    record = AUDIT.makeRecord(AUDIT.name, logging.INFO, "(audit)", 0, name, (), None, extra={FIELDS: values})
+    AUDIT.handle(record)
 
 
 def event(logger: logging.Logger, name: str, values: Mapping[str, Any], /) -> None:
@@ -240,9 +259,9 @@ def event(logger: logging.Logger, name: str, values: Mapping[str, Any], /) -> No
 
 
 def audit(name: str, /, **values: Any) -> None:
-    """Record an audit event (key operations) through logging. Fields must never hold secrets."""
-    if AUDIT.isEnabledFor(logging.INFO):
-        AUDIT.info(name, extra={FIELDS: {"audit": True, **values}})
+    """Record an audit event (key operations) through logging, at every log level: KEYSVC_LOG_LEVEL=error
+    silences keysvc's info lines, never its audit trail. Fields must never hold secrets."""
+    _audit_record(name, {"audit": True, **values})
 
 
 def audit_request(name: str, values: Mapping[str, Any], /) -> None:

@@ -9,7 +9,6 @@ fresh read, so replicas and operators converge instead of racing. Each key opera
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from keysvc import lifecycle
@@ -19,30 +18,14 @@ from keysvc.config import KeysetSettings
 from keysvc.errors import Conflict, NotFound
 from keysvc.events import KeyEvent, Observer
 from keysvc.faults import checkpoint
-from keysvc.lifecycle import Activate, Create, Destroy, Policy, State
+from keysvc.lifecycle import Activate, Create, Destroy, State
+from keysvc.lifecycle import policy_of as policy_of  # also named here: the CLI and tests use it with these
 from keysvc.logs import LOG
-from keysvc.records import KeyRecord
+from keysvc.records import KeyRecord, ReconcileReport
 
 MAX_STEPS = 8
 MAY_REJECT = "verifiers may reject tokens until they refetch the JWKS"
 Now = Callable[[], float]
-
-
-def policy_of(keyset: KeysetSettings) -> Policy:
-    """The lifecycle timings of a keyset."""
-    return Policy(keyset.rotation_period, keyset.publish_ahead, keyset.retain_after)
-
-
-@dataclass
-class ReconcileReport:
-    """What one reconcile did."""
-
-    records: list[KeyRecord]
-    created: int = 0
-    lost_races: int = 0
-    destroyed: int = 0
-    activated: int = 0
-    repaired: int = 0
 
 
 def _apply(

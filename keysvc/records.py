@@ -71,3 +71,15 @@ class SigningKey(Protocol):
     def in_process(self) -> bool: ...
 
     def sign(self, signing_input: bytes) -> bytes: ...
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconcile did (keysvc.operations.reconcile): the records it left, and its writes by kind."""
+
+    records: list[KeyRecord]
+    created: int = 0
+    lost_races: int = 0
+    destroyed: int = 0
+    activated: int = 0
+    repaired: int = 0

@@ -5,20 +5,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import resource
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
 from keysvc import tls
-from keysvc.config import ListenTimeouts, Settings
+from keysvc.config import Address, ListenTimeouts, Settings
+from keysvc.errors import KeysvcError
 from keysvc.http.protocol import ProtocolConfig, check_uvicorn
 from keysvc.logs import LOG
 from keysvc.service import Service, build_service
 
 LISTEN_BACKLOG = 4096  # connections the kernel queues before accept(); Linux caps it at net.core.somaxconn
+
+
+class ListenError(KeysvcError):
+    """A listener's address cannot be bound (in use, not an address of this host, a privileged port): the
+    server does not start. The message names the address and the listener."""
+
+
+def bind(address: Address, which: str) -> list[socket.socket]:
+    """Bind every address `address` resolves to (as asyncio's create_server would) before anything else
+    starts, so a clash is one ListenError naming the address instead of a failure inside a listener task."""
+    reason = ""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(address.host or None, address.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+        return sockets
+    except socket.gaierror as exc:
+        reason = f"cannot resolve {address.host!r} ({exc.strerror})"
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+    for sock in sockets:
+        sock.close()
+    raise ListenError(f"cannot listen on {address} ({which}): {reason}")
 
 
 def listener(app: Any, host: str, port: int, timeouts: ListenTimeouts | None = None,
@@ -56,14 +89,27 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
     """Run both listeners until SIGTERM/SIGINT, then drain in-flight requests and stop."""
     check_uvicorn()
     open_files = raise_open_file_limit()
-    service = build_service(settings)
+    public_sockets = bind(settings.listen_public, "public")
     try:
-        await _run(settings, service, open_files, on_ready)
+        internal_sockets = bind(settings.listen_internal, "internal")
+    except ListenError:
+        for sock in public_sockets:
+            sock.close()
+        raise
+    bound = (public_sockets, internal_sockets)
+    try:
+        service = build_service(settings)
+        try:
+            await _run(settings, service, open_files, on_ready, bound)
+        finally:
+            await service.aclose()
     finally:
-        await service.aclose()
+        for sock in (*public_sockets, *internal_sockets):
+            sock.close()
 
 
-async def _run(settings: Settings, service: Service, open_files: int, on_ready: Any) -> None:
+async def _run(settings: Settings, service: Service, open_files: int, on_ready: Any,
+               bound: tuple[list[socket.socket], list[socket.socket]]) -> None:
     timeouts = settings.listen_timeouts
     public = listener(service.public_app, settings.listen_public.host, settings.listen_public.port, timeouts)
     internal = listener(service.internal_app, settings.listen_internal.host, settings.listen_internal.port, timeouts,
@@ -73,7 +119,7 @@ async def _run(settings: Settings, service: Service, open_files: int, on_ready: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
-    tasks = [asyncio.create_task(public.serve()), asyncio.create_task(internal.serve())]
+    tasks = [asyncio.create_task(public.serve(sockets=bound[0])), asyncio.create_task(internal.serve(sockets=bound[1]))]
     while not (public.started and internal.started):
         if any(t.done() for t in tasks):
             break

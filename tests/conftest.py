@@ -13,7 +13,7 @@ import pytest
 from keysvc import logs
 from tests.helpers import KeysvcProcess, base_config, write_config
 
-pytest_plugins = ["tests.kms_server"]
+pytest_plugins = ["tests.kms_server", "tests.postgres_server"]
 
 KINDS = ("unit", "system")
 

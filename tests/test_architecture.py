@@ -1,7 +1,8 @@
 """The layering of docs/architecture.md, enforced: keysvc's import graph, read from the source with `ast`.
 
-An edge is an import that runs: module level (`mod -> target`), or inside a function (lazy, run when the
-function is). Imports under `if TYPE_CHECKING:` are annotations only and are not edges.
+An edge is an import: module level (`mod -> target`), inside a function (lazy, run when the function is),
+or under `if TYPE_CHECKING:` (type-only: it loads nothing, but it still ties the two modules together, so
+the cycle checks count it; what a module loads, `closure`, does not).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keysvc"
 
 # the domain at the bottom: pure decisions and records, no I/O (errors and config are below everything)
 DOMAIN = ("keysvc.records", "keysvc.lifecycle", "keysvc.jwks", "keysvc.tokens", "keysvc.events",
-          "keysvc.algorithms", "keysvc.clock")
+          "keysvc.views", "keysvc.discovery", "keysvc.algorithms", "keysvc.clock")
 # what only the running service may import: the keyring and everything built over it
 SERVICE_STACK = ("keysvc.keyring", "keysvc.operations", "keysvc.batching", "keysvc.http", "keysvc.service",
                  "keysvc.serve", "keysvc.cli", "keysvc.partner", "keysvc.metrics", "keysvc.mirror",
@@ -35,11 +36,13 @@ CLIENT_MODULES = ("keysvc.exchange", "keysvc.exchange.browser", "keysvc.exchange
 
 @dataclass(frozen=True)
 class Edge:
-    """`source` imports `target` (a keysvc module, or a top-level third-party name); `lazy` inside a function."""
+    """`source` imports `target` (a keysvc module, or a top-level third-party name); `lazy` inside a function,
+    `type_only` under `if TYPE_CHECKING:`."""
 
     source: str
     target: str
     lazy: bool
+    type_only: bool = False
 
 
 def module_name(path: Path) -> str:
@@ -78,18 +81,22 @@ def _targets(name: str, node: ast.Import | ast.ImportFrom, is_package: bool) -> 
         yield submodule if submodule in modules() else base  # `from pkg import mod` imports the module
 
 
-def _walk(name: str, statements: Iterable[ast.stmt], lazy: bool, is_package: bool) -> Iterator[Edge]:
+def _walk(name: str, statements: Iterable[ast.stmt], lazy: bool, is_package: bool,
+          type_only: bool = False) -> Iterator[Edge]:
     for node in statements:
         if isinstance(node, ast.If) and _type_checking(node):
+            yield from _walk(name, node.body, lazy, is_package, True)
+            yield from _walk(name, node.orelse, lazy, is_package, type_only)
             continue
         if isinstance(node, ast.Import | ast.ImportFrom):
-            yield from (Edge(name, target, lazy) for target in _targets(name, node, is_package) if target != name)
+            yield from (Edge(name, target, lazy, type_only)
+                        for target in _targets(name, node, is_package) if target != name)
         inner = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         for field in ("body", "orelse", "finalbody", "handlers"):
             children = getattr(node, field, None)
             if isinstance(children, list):
                 yield from _walk(name, [c for c in children if isinstance(c, ast.stmt | ast.ExceptHandler)],
-                                 inner, is_package)
+                                 inner, is_package, type_only)
             if isinstance(node, ast.ExceptHandler):
                 break
 
@@ -110,13 +117,13 @@ def under(name: str, prefixes: Iterable[str]) -> bool:
 
 
 def closure(start: str, *, lazy: bool) -> set[str]:
-    """Every name `start` imports, transitively (module level only unless `lazy`)."""
+    """Every name `start` loads, transitively (module level only unless `lazy`; never a type-only import)."""
     seen: set[str] = set()
     todo = [start]
     while todo:
         current = todo.pop()
         for edge in edges():
-            if edge.source == current and (lazy or not edge.lazy) and edge.target not in seen:
+            if edge.source == current and (lazy or not edge.lazy) and not edge.type_only and edge.target not in seen:
                 seen.add(edge.target)
                 todo.append(edge.target)
     return seen
@@ -124,18 +131,20 @@ def closure(start: str, *, lazy: bool) -> set[str]:
 
 def test_the_graph_reader_sees_imports_of_every_kind() -> None:
     """The reader finds a module-level import, a `from package import module` as the module, a lazy import
-    inside a function, and skips the TYPE_CHECKING-only ones (otherwise every rule below proves nothing)."""
+    inside a function, and marks the TYPE_CHECKING-only ones as such (otherwise every rule below proves
+    nothing)."""
     found = set(edges())
     assert Edge("keysvc.keyring", "keysvc.lifecycle", False) in found  # from keysvc import jwks, lifecycle, ...
     assert Edge("keysvc.service", "keysvc.partner", True) in found  # inside build_service
     assert Edge("keysvc.mirror.sync", "boto3", False) not in found
-    assert not any(e.source == "keysvc.events" and e.target == "keysvc.keyring" for e in found)  # TYPE_CHECKING
+    assert Edge("keysvc.lifecycle", "keysvc.config", False, type_only=True) in found  # if TYPE_CHECKING:
+    assert "keysvc.config" not in closure("keysvc.lifecycle", lazy=True)  # ... which loads nothing
 
 
-def _cycles(include_lazy: bool) -> list[list[str]]:
+def _cycles(include_lazy: bool, include_types: bool = False) -> list[list[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules()}
     for edge in edges():
-        if (include_lazy or not edge.lazy) and edge.target in graph:
+        if (include_lazy or not edge.lazy) and (include_types or not edge.type_only) and edge.target in graph:
             graph[edge.source].add(edge.target)
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     cycles: list[list[str]] = []
@@ -167,11 +176,18 @@ def test_no_cycle_hides_in_an_import_inside_a_function() -> None:
     assert _cycles(include_lazy=True) == []
 
 
+def test_no_cycle_hides_in_a_type_checking_import() -> None:
+    """Not even at the type level: an import under `if TYPE_CHECKING:` still makes one module's meaning
+    depend on the other's, so it counts (the domain events once named the keyring's view and the
+    operations' report that way, from below both)."""
+    assert _cycles(include_lazy=True, include_types=True) == []
+
+
 @pytest.mark.parametrize("module", DOMAIN)
 def test_the_domain_imports_only_the_domain_and_no_io_library(module: str) -> None:
-    """records, lifecycle, jwks, tokens, events (and algorithms, clock) import, even lazily, only each other,
-    errors and config: never a backend, the keyring, HTTP, the service, the CLI or the partner side; and
-    what they load at import reaches no I/O library."""
+    """records, lifecycle, jwks, tokens, events, views, discovery (and algorithms, clock) import, even
+    lazily or for types only, only each other, errors and config: never a backend, the keyring, HTTP, the
+    service, the CLI or the partner side; and what they load at import reaches no I/O library."""
     direct = {e.target for e in edges() if e.source == module and e.target.startswith("keysvc")}
     assert sorted(t for t in direct if not under(t, (*DOMAIN, "keysvc.errors", "keysvc.config"))) == []
     assert sorted(t for t in closure(module, lazy=False) if under(t, IO_LIBRARIES)) == []

@@ -1,5 +1,5 @@
 """The HTTP edge of a real `keysvc serve`: WebSocket upgrade requests on both ports, the public access
-log default (`log.public`), JWKS 404s in metrics."""
+log default (`log.public`), JWKS 404s in metrics, unknown paths (never a redirect)."""
 
 from __future__ import annotations
 
@@ -134,3 +134,49 @@ def test_log_public_accepts_errors_or_all_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
         parse_settings({**config, "log": {"public": "none"}})
     assert refused.value.field == "log.public"
+
+
+HOSTILE = {"Host": "evil.example"}
+# trailing-slash variants of real routes, and paths that are no route at all
+INTERNAL_UNKNOWN = [("GET", "/v1/keys/"), ("POST", "/v1/sign/"), ("POST", "/v1/keysets/zapier/rotate/"),
+                    ("GET", "/metrics/"), ("GET", "/healthz/"), ("GET", "/openapi.json/"), ("GET", "/nope/"),
+                    ("POST", "/v1/token-exchange/")]
+PUBLIC_UNKNOWN = [("GET", "/.well-known/jwks.json/"), ("GET", "/keysets/zapier/jwks.json/"), ("GET", "/healthz/"),
+                  ("HEAD", "/readyz/"), ("GET", "/nope/"), ("POST", "/keysets/")]
+
+
+def refusals(base: str, requests: list[tuple[str, str]]) -> dict[str, tuple[int, str | None, object]]:
+    """Each request sent with a hostile Host header and no credentials: status, Location, error code."""
+    answers = {}
+    for method, path in requests:
+        r = httpx.request(method, base + path, headers=HOSTILE, follow_redirects=False, timeout=10)
+        code = r.json().get("error") if method != "HEAD" else "not_found" if r.status_code == 404 else None
+        answers[f"{method} {path}"] = (r.status_code, r.headers.get("location"), code)
+    return answers
+
+
+def test_unknown_paths_are_json_404s_never_redirects_on_both_listeners(server: KeysvcProcess) -> None:
+    """A trailing-slash variant of a real route (`/v1/keys/`, `/v1/sign/`, `/.well-known/jwks.json/`) or
+    an unknown path, sent with `Host: evil.example` and no credentials, is a JSON 404 `not_found` on both
+    listeners: never a 307 to the caller's host (an open redirect before authentication)."""
+    expected = (404, None, "not_found")
+    internal = refusals(server.internal, INTERNAL_UNKNOWN)
+    public = refusals(server.public, PUBLIC_UNKNOWN)
+    assert internal == dict.fromkeys(internal, expected)
+    assert public == dict.fromkeys(public, expected)
+
+
+def test_gateway_paths_with_a_trailing_slash_are_json_404s(keysvc: Start, tmp_path: Path) -> None:
+    """With the embed gateway on (its routes added by the partner side), `POST /v1/zapier/action-runs/` and
+    other trailing-slash variants from a hostile Host are JSON 404s, never a redirect (nothing reaches the
+    partner: its URLs point at a closed port)."""
+    config = base_config(tmp_path / "keys")
+    config["clients"]["signer"]["zapier"] = True
+    closed = "http://127.0.0.1:9"
+    config["token_exchange"] = {"keyset": "zapier", "client_id": "cid", "client_secret_env": "HOME",
+                                "token_url": f"{closed}/oauth/token", "api_url": closed}
+    proc = keysvc(config, name="gateway-slashes")
+    requests = [("POST", "/v1/zapier/action-runs/"), ("GET", "/v1/zapier/apps/"), ("GET", "/v1/zapier/connections/"),
+                ("GET", "/v1/zapier/")]
+    answers = refusals(proc.internal, requests)
+    assert answers == dict.fromkeys(answers, (404, None, "not_found"))

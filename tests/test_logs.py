@@ -134,7 +134,7 @@ def test_odd_values_stay_ascii_json_and_hide_what_repr_hides(log_stream: LogStre
 
 
 def test_levels_and_disabled_loggers_are_respected(log_stream: LogStream) -> None:
-    """Per-request lines obey the logger's level like records do."""
+    """Per-request access lines obey the logger's level like records do (audit lines do not: above)."""
     logs.LOG.setLevel(logging.WARNING)
     try:
         logs.event(logs.LOG, "access", {"n": 1})
@@ -144,8 +144,26 @@ def test_levels_and_disabled_loggers_are_respected(log_stream: LogStream) -> Non
     assert [line["event"] for line in lines(log_stream)] == ["kept"]
 
 
+def test_audit_lines_are_written_at_every_level(log_stream: LogStream) -> None:
+    """At level ERROR (root and keysvc.audit alike), the key-operation and per-request audit lines are
+    still written (as `info` lines marked audit), while an info record and an access line are not."""
+    logging.getLogger().setLevel(logging.ERROR)
+    logs.AUDIT.setLevel(logging.CRITICAL)
+    try:
+        logs.LOG.info("chatter")
+        logs.event(logs.LOG, "access", {"n": 1})
+        logs.audit("key.rotate", keyset="zapier", kid="k1")
+        logs.audit_requests("token.sign", [{"kid": "k1"}, {"kid": "k2"}])
+    finally:
+        logs.AUDIT.setLevel(logging.NOTSET)
+    got = lines(log_stream)
+    assert [(line["event"], line["level"], line["audit"]) for line in got] == [
+        ("key.rotate", "info", True), ("token.sign", "info", True), ("token.sign", "info", True)]
+
+
 def test_without_keysvc_logging_set_up_lines_go_through_logging() -> None:
-    """Embedded use (no setup()): per-request lines are ordinary records any handler can see."""
+    """Embedded use (no setup()): per-request lines are ordinary records any handler can see, the audit
+    ones at every level."""
     saved = logs._handler
     logs._handler = None
     seen: list[logging.LogRecord] = []
@@ -156,7 +174,7 @@ def test_without_keysvc_logging_set_up_lines_go_through_logging() -> None:
 
     handler = Collect()
     logs.AUDIT.addHandler(handler)
-    logs.AUDIT.setLevel(logging.INFO)
+    logs.AUDIT.setLevel(logging.ERROR)  # an audit line is written whatever the level
     try:
         logs.audit_request("token.sign", {"kid": "k1"})
     finally:

@@ -17,7 +17,7 @@ from packaging.utils import canonicalize_name
 from tests.helpers import ROOT
 
 SERVER_ONLY = ("starlette", "uvicorn", "uvloop", "httptools", "boto3", "botocore", "apscheduler",
-               "prometheus_client", "jwcrypto", "orjson", "aiohttp")
+               "prometheus_client", "jwcrypto", "orjson", "aiohttp", "psycopg")
 # keysvc.zapier.client (the gateway's client) joins when its branch is merged
 CLIENT_MODULES = ["keysvc.exchange", *(["keysvc.zapier.client"] if importlib.util.find_spec("keysvc.zapier") else [])]
 

@@ -29,7 +29,8 @@ class Backend(Protocol):
         """Create the key of slot `seq` (a fresh key pair, or the given PKCS#8/PKCS#1 PEM for an import).
 
         Returns the new record, or None when the slot is already taken (another replica won the race;
-        any orphan of ours is cleaned up). Raises BackendError, or ConfigError for an unusable PEM.
+        any orphan of ours is cleaned up). Raises BackendError, or InvalidKeyMaterial for an unusable PEM (or
+        one whose key is already in the keyset).
         """
         ...
 

@@ -7,6 +7,7 @@ Read once at start-up; nothing here touches the network or imports boto3. Module
     document.py   YAML text -> data, refusing a key given twice in one mapping
     model.py      the Settings dataclasses
     exchange.py   the `token_exchange` section
+    urls.py       the URLs keysvc publishes about itself (`public_url`, a keyset's `jwks_uri`)
     parse.py      document -> Settings, every check (backends' settings: keysvc.backends.registry)
 """
 

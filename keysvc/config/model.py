@@ -85,6 +85,7 @@ class KeysetSettings:
     retain_after: float
     max_token_ttl: float
     default: bool = False
+    jwks_uri: str | None = None  # the JWKS URL OpenID discovery names (else public_url + its JWKS path)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class Settings:
     tls: TlsSettings | None = None
     listen_timeouts: ListenTimeouts = ListenTimeouts()
     log_public: str = "errors"  # errors | all: whether the public listener's successful hits are logged
+    public_url: str | None = None  # the public listener as reached from outside (OpenID discovery's jwks_uri)
 
     @property
     def default_keyset(self) -> str | None:

@@ -28,6 +28,7 @@ from keysvc.config.model import (
     typed_subject,
 )
 from keysvc.config.reader import ReadOptions, Section
+from keysvc.config.urls import public_base_url, published_url
 from keysvc.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -71,6 +72,7 @@ def _keyset(name: str, sec: Section, backend: str) -> KeysetSettings:
         retain_after=sec.duration("retain_after", "1d"),
         max_token_ttl=sec.duration("max_token_ttl", "5m"),
         default=sec.flag("default"),
+        jwks_uri=published_url(sec, "jwks_uri"),
     )
     sec.done()
     return keyset
@@ -367,6 +369,7 @@ def parse_settings(raw: object, options: ReadOptions | None = None) -> Settings:
         tls=tls,
         listen_timeouts=timeouts,
         log_public=log_public,
+        public_url=public_base_url(top, "public_url"),
     )
     top.done()
     check_invariants(settings)

@@ -4,7 +4,8 @@ cluster.
     FastRoutes                 exact paths to raw endpoints, everything else to Starlette
       ├── /v1/sign             AccessLog.raw(SignEndpoint)                      keysvc.http.sign
       └── (fallback)           AccessLog.asgi(Starlette): admin routes, features' routes, /metrics,
-                               /healthz, /openapi.json; errors through keysvc.http.errors
+                               /healthz, /openapi.json; errors through keysvc.http.errors; an unknown
+                               path (a trailing-slash variant too) is a JSON 404, never a redirect
 
 The access log (request id, access line, request counter: keysvc.http.access_log) is the same for both.
 """
@@ -18,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keysvc.config import Settings
@@ -54,6 +55,17 @@ class FastRoutes:
             await self.fallback(scope, receive, send)
 
 
+def no_slash_redirects(router: Router) -> None:
+    """Turn off Starlette's `redirect_slashes` in `router` and every router mounted in it: it would answer
+    `/v1/keys/` with a 307 to `/v1/keys` on whatever host the caller named in `Host` (an open redirect,
+    before any authentication). An unknown path is a JSON 404 instead."""
+    router.redirect_slashes = False
+    for route in router.routes:
+        inner = getattr(route, "app", None)
+        if isinstance(route, Mount) and isinstance(inner, Router):
+            no_slash_redirects(inner)
+
+
 async def healthz(request: Request) -> Response:
     """GET /healthz on the internal port (for probes that only reach this port)."""
     return JSONResponse({"status": "ok"})
@@ -77,6 +89,7 @@ def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
         *(route for feature in features for route in feature(api)),
     ]
     app = Starlette(routes=routes, exception_handlers=STARLETTE_HANDLERS)
+    no_slash_redirects(app.router)
     log = AccessLog(metrics, enabled=settings.access_log)
     sign = SignEndpoint(api, settings, keyring, metrics)
     return FastRoutes({"/v1/sign": log.raw(sign, "sign")}, log.asgi(app))

@@ -1,6 +1,8 @@
-"""The public listener: JWKS and health, as a raw ASGI app (no framework on the partner's hot path).
+"""The public listener: JWKS, OpenID discovery and health, as a raw ASGI app (no framework on the partner's
+hot path).
 
-The JWKS body, ETag and headers are built once per change of the key set; a request only looks them up.
+The JWKS body, ETag and headers are built once per change of the key set, the discovery documents once per
+configuration (keysvc.discovery); a request only looks them up.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
 
+from keysvc import discovery
 from keysvc.config import Settings
 from keysvc.errors import MethodNotAllowed, NotFound, RequestError, Unavailable
 from keysvc.http.common import Headers, first_headers, refuse_websocket, request_id
@@ -34,6 +37,13 @@ class _Heads(NamedTuple):
     etag: bytes
 
 
+def _cache_heads(etag: str, length: int, cache_control: bytes) -> _Heads:
+    """The headers of a cacheable JSON document (a JWKS, a discovery document) of `length` bytes."""
+    tag = etag.encode("ascii")
+    common = [(b"cache-control", cache_control), (b"etag", tag)]
+    return _Heads([_JSON, (b"content-length", str(length).encode("ascii")), *common], common, tag)
+
+
 def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     """RFC 9110 §13.1.2: weak comparison, a list of tags, or `*`."""
     if if_none_match == etag:  # a verifier revalidating sends back the ETag it was given: no parsing
@@ -46,7 +56,8 @@ def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
 
 
 class PublicApp:
-    """GET|HEAD /.well-known/jwks.json, /keysets/{name}/jwks.json, /healthz, /readyz."""
+    """GET|HEAD /.well-known/jwks.json, /keysets/{name}/jwks.json, /.well-known/openid-configuration,
+    /keysets/{name}/.well-known/openid-configuration, /healthz, /readyz."""
 
     def __init__(self, keyring: Keyring, metrics: Metrics) -> None:
         self.keyring = keyring
@@ -59,14 +70,13 @@ class PublicApp:
         self._jwks_paths = {f"/keysets/{name}/jwks.json": name for name in keyring.settings.keysets}
         if self.default is not None:
             self._jwks_paths[_WELL_KNOWN] = self.default
+        # path -> the 200's and 304's headers and the body, or why there is no document (a 404's description)
+        self._discovery = discovery_answers(keyring.settings, self.cache_control)
 
     def _jwks_headers(self, doc: JwksDocument) -> _Heads:
         cached = self._headers.get(doc.etag)
         if cached is None:
-            etag = doc.etag.encode("ascii")
-            common = [(b"cache-control", self.cache_control), (b"etag", etag)]
-            full = [_JSON, (b"content-length", str(len(doc.body)).encode("ascii")), *common]
-            cached = self._headers[doc.etag] = _Heads(full, common, etag)
+            cached = self._headers[doc.etag] = _cache_heads(doc.etag, len(doc.body), self.cache_control)
             if len(self._headers) > 64:
                 self._headers = {doc.etag: cached}
         return cached
@@ -115,6 +125,8 @@ class PublicApp:
         if path == _WELL_KNOWN or (path.startswith("/keysets/") and path.endswith("/jwks.json")):
             self.metrics.jwks_requests.inc(("-", "404"))  # never the caller's path as a label
             raise NotFound("no such keyset")
+        if path.endswith(discovery.WELL_KNOWN):
+            return await self._discovery_answer(scope, path, headers, rid, send)
         if path in ("/healthz", "/readyz"):
             _check_method(scope)
             if path == "/readyz" and not self.keyring.ready():
@@ -147,6 +159,64 @@ class PublicApp:
         if not head:
             self.metrics.jwks_bytes.inc((name,), len(doc.body))
         return 200
+
+    async def _discovery_answer(self, scope: Scope, path: str, headers: dict[bytes, bytes], rid: str,
+                                send: Send) -> int:
+        """A discovery document, answered as the JWKS is (304 on a matching If-None-Match), or a 404."""
+        answer = self._discovery.get(path)
+        if not isinstance(answer, _Document):
+            raise NotFound(answer or "no such keyset")  # counted by _error, as every error
+        _check_method(scope)
+        rid_header = (b"x-request-id", rid.encode())
+        inm = headers.get(b"if-none-match")
+        if inm is not None and _etag_matches(inm, answer.heads.etag):
+            await send({"type": "http.response.start", "status": 304, "headers": [*answer.heads.common, rid_header]})
+            await send({"type": "http.response.body", "body": b""})
+            status = 304
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": [*answer.heads.full, rid_header]})
+            await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else answer.body})
+            status = 200
+        self.metrics.http_requests.inc(("public", "openid-configuration", str(status)))
+        return status
+
+
+class _Document(NamedTuple):
+    """A discovery document as served: its headers and body."""
+
+    heads: _Heads
+    body: bytes
+
+
+def discovery_answers(settings: Settings, cache_control: bytes) -> dict[str, _Document | str]:
+    """Each discovery path of the public listener -> its document, or why there is none (no absolute JWKS
+    URL is configured for the keyset: the path answers 404 with that reason). Logs once which keysets are
+    not discoverable, and which issuers a discoverer would not reach here."""
+    answers: dict[str, _Document | str] = {}
+    undiscoverable = []
+    for keyset in settings.keysets.values():
+        doc = discovery.build(keyset, settings.public_url)
+        answer: _Document | str
+        if doc is None:
+            undiscoverable.append(keyset.name)
+            answer = (f"OpenID discovery is off for keyset {keyset.name!r}: no absolute JWKS URL is configured "
+                      f"(set public_url, or keysets.{keyset.name}.jwks_uri)")
+        else:
+            answer = _Document(_cache_heads(doc.etag, len(doc.body), cache_control), doc.body)
+            if settings.public_url is not None and not discovery.issuer_discoverable(
+                    keyset, settings.public_url, keyset.default):
+                LOG.warning("issuer not discoverable here", extra={
+                    "keyset": keyset.name, "issuer": keyset.issuer,
+                    "served_at": list(discovery.served_at(keyset, settings.public_url, keyset.default)),
+                    "hint": "verifiers fetch <issuer>/.well-known/openid-configuration: make the issuer one "
+                            "of served_at without that suffix, or serve it there through a proxy"})
+        answers[discovery.keyset_path(keyset.name)] = answer
+        if keyset.default:
+            answers[discovery.WELL_KNOWN] = answer
+    if undiscoverable:
+        LOG.info("openid discovery off", extra={
+            "keysets": undiscoverable, "reason": "no absolute JWKS URL: set public_url or keysets.<name>.jwks_uri"})
+    return answers
 
 
 def log_from(settings: Settings) -> int:
