@@ -641,6 +641,7 @@ CONFIG_KEYS = {
     "canary",
     "mirror",
     "log",
+    "public_url",
 }
 BACKEND_KEYS = {
     "type",
@@ -842,15 +843,43 @@ def test_kms_mode_uses_irsa_and_no_volume() -> None:
 
 @pytest.mark.system
 def test_ingress_routes_only_the_jwks_paths() -> None:
-    """Ingress: exact JWKS paths to the public Service, nothing else; NOTES gives the https JWKS URL."""
+    """Ingress: exact JWKS and OpenID discovery paths to the public Service, nothing else; NOTES gives the
+    https JWKS URL; keysvc's public_url is the Ingress's https host, so discovery names an absolute jwks_uri."""
     chart = rendered("ingress")
     rules = chart.one("Ingress")["spec"]["rules"]
     paths = [(p["path"], p["pathType"], p["backend"]["service"]["name"]) for p in rules[0]["http"]["paths"]]
     assert paths == [
         ("/.well-known/jwks.json", "Exact", RELEASE),
+        ("/.well-known/openid-configuration", "Exact", RELEASE),
         ("/keysets/zapier/jwks.json", "Exact", RELEASE),
+        ("/keysets/zapier/.well-known/openid-configuration", "Exact", RELEASE),
     ]
     assert "https://jwks.example.com/.well-known/jwks.json" in chart.notes
+    assert chart.config["public_url"] == "https://jwks.example.com"
+    assert "public_url" not in rendered("default").config, "no Ingress: the chart cannot know the public URL"
+
+
+@pytest.mark.system
+def test_openid_discovery_settings_pass_through() -> None:
+    """config.public_url (which wins over the Ingress host) and a keyset's jwks_uri reach keysvc.yaml as
+    written and keysvc accepts them; a URL keysvc would refuse (plain http to a public host, a fragment) is
+    refused at render, naming the value."""
+    from keysvc.config import ReadOptions, parse_yaml
+
+    keyset = {**GOOD_KEYSET, "default": True, "jwks_uri": "https://cdn.example.com/jwks/k.json"}
+    values = {"ingress": {"enabled": True, "host": "jwks.example.com"},
+              "config": {"public_url": "https://keys.example.com/jwks", "keysets": {"k": keyset}}}
+    answer = render_raw(values)
+    assert answer["ok"], answer.get("error")
+    config = Rendered(answer["manifests"]).config
+    assert config["public_url"] == "https://keys.example.com/jwks"
+    assert config["keysets"]["k"]["jwks_uri"] == "https://cdn.example.com/jwks/k.json"
+    assert parse_yaml(yaml.safe_dump(config), ReadOptions(offline=True)) is not None
+    for bad in ({"config": {"public_url": "http://keys.example.com"}}, {"config": {"public_url": "https://k.example.com/#x"}},
+                {"config": {"keysets": {"k": {**keyset, "jwks_uri": "https://u:p@cdn.example.com/k.json"}}}}):
+        answer = render_raw(bad)
+        assert not answer["ok"], bad
+        assert "public_url" in answer["error"] or "jwks_uri" in answer["error"], answer["error"]
 
 
 @pytest.mark.system

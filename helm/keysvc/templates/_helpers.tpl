@@ -127,6 +127,10 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- end }}
 {{- end }}
 {{- $_ := set $cfg "backend" $backend }}
+{{- /* OpenID discovery names the JWKS by absolute URL: behind the chart's Ingress that is its https host. */}}
+{{- if and $v.ingress.enabled $v.ingress.host (not $v.config.public_url) }}
+{{- $_ := set $cfg "public_url" (printf "https://%s" $v.ingress.host) }}
+{{- end }}
 {{- if $v.config.token_exchange }}
 {{- $tx := deepCopy $v.config.token_exchange }}
 {{- $_ := set $tx "client_secret_file" (printf "%s/%s" (include "keysvc.secretsDir" .) $v.secrets.clientSecretKey) }}
