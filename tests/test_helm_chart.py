@@ -1299,3 +1299,44 @@ def test_render_script_merges_values_files_as_helm_does(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stdout == ""
     assert "config.keysets.internal.retain_after (60s) is too short" in result.stderr, result.stderr
+
+
+@pytest.mark.system
+def test_check_config_init_container_reads_the_mounted_secrets(tmp_path: Path) -> None:
+    """The init container's command, run as written against the file-rwx pod's files laid out under a temporary
+    root (config, passphrase, client secret at their mount paths), accepts them; an empty passphrase file, which
+    `--offline` cannot see, fails it with keysvc's message naming backend.passphrase_file and status 78."""
+    chart = rendered("file-rwx")
+    check = chart.pod["initContainers"][-1]
+    root = tmp_path / "pod"
+
+    def in_pod(path: str) -> Path:
+        return root / path.lstrip("/")
+
+    mounts = [m["mountPath"] for m in check["volumeMounts"]]
+    text = yaml.safe_dump(chart.config)
+    for mount in sorted(mounts, key=len, reverse=True):
+        text = text.replace(mount, str(in_pod(mount)))
+    config_path = check["args"][check["args"].index("--config") + 1]
+    in_pod(config_path).parent.mkdir(parents=True)
+    in_pod(config_path).write_text(text)
+    config = yaml.safe_load(text)
+    passphrase = Path(config["backend"]["passphrase_file"])
+    secret = Path(config["token_exchange"]["client_secret_file"])
+    for path in (passphrase, secret):
+        assert any(str(path).startswith(str(in_pod(m))) for m in mounts), f"{path} is outside the init mounts"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("a long passphrase or client secret\n")
+    keysvc = REPO / ".venv" / "bin" / "keysvc"
+    args = [str(in_pod(config_path)) if a == config_path else a for a in check["args"]]
+    env = {**os.environ, **{e["name"]: e["value"] for e in check["env"] if "value" in e}}
+    env["KEYSVC_CONFIG"] = str(in_pod(config_path))
+    ok = subprocess.run([str(keysvc), *args], capture_output=True, text=True, timeout=60, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    passphrase.write_text("")
+    refused = subprocess.run([str(keysvc), *args], capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    assert "backend.passphrase_file" in refused.stderr, refused.stderr
+    offline = subprocess.run([str(keysvc), *args, "--offline"], capture_output=True, text=True, timeout=60, env=env)
+    assert offline.returncode == 0, "--offline does not read the files: the pod's check must not use it"
