@@ -32,14 +32,15 @@ from keysvc.config.reader import Collector, ReadOptions, Section
 from keysvc.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PORT = re.compile(r"[0-9]{1,5}")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 def _address(value: str, name: str) -> Address:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(name, f"expected HOST:PORT, got {value!r}")
+    if not sep or not host or not _PORT.fullmatch(port) or not 0 <= int(port) <= 65535:
+        raise ConfigError(name, f"expected HOST:PORT (a port from 0 to 65535), got {value[:80]!r}")
     return Address(host.strip("[]"), int(port))
 
 

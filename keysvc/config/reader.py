@@ -32,6 +32,8 @@ MAX_DURATION_TEXT = 64  # characters: "1d23h59m59s999ms" is 16; a longer text is
 
 def _shown(value: object) -> str:
     """`value` as an error shows it: its repr, cut short (a configuration or a caller may send megabytes)."""
+    if isinstance(value, int) and not -(10**18) < value < 10**18:
+        return "an integer of more than 18 digits"
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
 
@@ -45,7 +47,9 @@ def parse_duration(value: object, name: str) -> float:
         seconds = float(value) if -1 < value <= MAX_DURATION else float("inf")
     elif isinstance(value, float):
         seconds = value
-    elif isinstance(value, str) and len(value) <= MAX_DURATION_TEXT and _DURATION.match(value):
+    elif isinstance(value, str) and len(value) > MAX_DURATION_TEXT:
+        raise ConfigError(name, f"a duration is at most {MAX_DURATION_TEXT} characters, got {len(value)}")
+    elif isinstance(value, str) and _DURATION.match(value):
         seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
     else:
         raise ConfigError(name, f"{_DURATION_HINT}, got {_shown(value)}")
@@ -62,7 +66,7 @@ def unknown_key(key: str, close: str | None) -> str:
 class Collector:
     """The problems one reading of a document found. Each read that fails is recorded (with its YAML line
     when the document has it) and the reading goes on; `check()` then raises one ConfigError holding them
-    all, in the order found."""
+    all."""
 
     def __init__(self, lines: Callable[[str], int | None] | None = None) -> None:
         self.problems: list[ConfigProblem] = []
@@ -96,9 +100,10 @@ class Collector:
             return None
 
     def check(self) -> None:
-        """Raise one ConfigError holding every problem recorded, if any."""
+        """Raise one ConfigError holding every problem recorded, if any, in document order (problems of the
+        whole file first, then by line; as found within a line)."""
         if self.problems:
-            raise ConfigError.collected(self.problems)
+            raise ConfigError.collected(sorted(self.problems, key=lambda p: (p.line is not None, p.line or 0)))
 
 
 class SectionRefused(ConfigError):
