@@ -40,6 +40,7 @@ class Edge:
     source: str
     target: str
     lazy: bool
+    typing: bool = False  # under `if TYPE_CHECKING:` (annotations only: not in `edges()`)
 
 
 def module_name(path: Path) -> str:
@@ -78,30 +79,39 @@ def _targets(name: str, node: ast.Import | ast.ImportFrom, is_package: bool) -> 
         yield submodule if submodule in modules() else base  # `from pkg import mod` imports the module
 
 
-def _walk(name: str, statements: Iterable[ast.stmt], lazy: bool, is_package: bool) -> Iterator[Edge]:
+def _walk(name: str, statements: Iterable[ast.stmt], lazy: bool, is_package: bool, typing: bool = False
+          ) -> Iterator[Edge]:
     for node in statements:
         if isinstance(node, ast.If) and _type_checking(node):
+            yield from _walk(name, node.body, lazy, is_package, typing=True)
             continue
         if isinstance(node, ast.Import | ast.ImportFrom):
-            yield from (Edge(name, target, lazy) for target in _targets(name, node, is_package) if target != name)
+            yield from (Edge(name, target, lazy, typing) for target in _targets(name, node, is_package)
+                        if target != name)
         inner = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         for field in ("body", "orelse", "finalbody", "handlers"):
             children = getattr(node, field, None)
             if isinstance(children, list):
                 yield from _walk(name, [c for c in children if isinstance(c, ast.stmt | ast.ExceptHandler)],
-                                 inner, is_package)
+                                 inner, is_package, typing)
             if isinstance(node, ast.ExceptHandler):
                 break
 
 
 @cache
-def edges() -> tuple[Edge, ...]:
-    """Every import edge of the package."""
+def all_edges() -> tuple[Edge, ...]:
+    """Every import statement of the package, TYPE_CHECKING-only ones included (`typing`)."""
     found: list[Edge] = []
     for name, path in sorted(modules().items()):
         tree = ast.parse(path.read_text(), str(path))
         found.extend(_walk(name, tree.body, False, path.name == "__init__.py"))
     return tuple(found)
+
+
+@cache
+def edges() -> tuple[Edge, ...]:
+    """Every import edge of the package: the imports that run (TYPE_CHECKING-only ones are not edges)."""
+    return tuple(edge for edge in all_edges() if not edge.typing)
 
 
 def under(name: str, prefixes: Iterable[str]) -> bool:
@@ -130,6 +140,7 @@ def test_the_graph_reader_sees_imports_of_every_kind() -> None:
     assert Edge("keysvc.service", "keysvc.partner", True) in found  # inside build_service
     assert Edge("keysvc.mirror.sync", "boto3", False) not in found
     assert not any(e.source == "keysvc.events" and e.target == "keysvc.keyring" for e in found)  # TYPE_CHECKING
+    assert Edge("keysvc.events", "keysvc.keyring", False, typing=True) in set(all_edges())  # seen, as typing
 
 
 def _cycles(include_lazy: bool) -> list[list[str]]:
@@ -202,3 +213,16 @@ def test_client_modules_never_import_the_server_stack(module: str) -> None:
     reached = closure(module, lazy=True)
     assert sorted(t for t in reached if under(t, SERVICE_STACK)) == []
     assert "keysvc.exchange.routes" not in reached and "keysvc.exchange.keyring_signer" not in reached
+
+
+def test_backends_build_on_the_configuration_never_the_reverse() -> None:
+    """keysvc.config and keysvc.backends depend one way: a backend reads its settings type from
+    keysvc.config (keysvc.config.backends), and keysvc.backends.registry opens each one; nothing in
+    keysvc.config imports keysvc.backends, not at module level, not lazily, not even under TYPE_CHECKING."""
+    back = sorted({(e.source, e.target) for e in all_edges()
+                   if under(e.source, ("keysvc.config",)) and under(e.target, ("keysvc.backends",))})
+    forward = {(e.source, e.target) for e in edges()
+               if under(e.source, ("keysvc.backends",)) and under(e.target, ("keysvc.config",))}
+
+    assert back == []
+    assert ("keysvc.backends.registry", "keysvc.config.backends") in forward  # the rule is about a real edge

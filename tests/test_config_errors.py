@@ -274,3 +274,19 @@ def test_yaml_of_the_cases_really_has_those_lines() -> None:
     text = CASES[0][1]
     assert text.splitlines()[6].strip() == "alg: HS256"
     assert yaml.safe_load(text)["jwks"] == {"max_ages": "5m"}
+
+
+def test_the_readme_example_is_what_keysvc_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's refused `config.yaml` and the four lines it shows are real: the example cannot go stale."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("For example, this `config.yaml`:"):]
+    document = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```console\n", 1)[1].split("$ echo $?", 1)[0].splitlines()[1:]
+    (tmp_path / "config.yaml").write_text(document)
+    monkeypatch.chdir(tmp_path)
+    from keysvc.config import load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings("config.yaml", OFFLINE)
+
+    assert [f"keysvc: configuration error: {line}" for line in info.value.lines()] == shown
