@@ -84,7 +84,10 @@ def _syntax_error(exc: yaml.YAMLError) -> ConfigError:
 def read_document(text: str) -> Document:
     """Parse YAML text; ConfigError("config", ...) with the parser's problem, line and column for invalid
     YAML, and every key given twice."""
-    loader = _UniqueKeyLoader(text)
+    try:
+        loader = _UniqueKeyLoader(text)  # its reader already refuses control characters
+    except yaml.YAMLError as exc:
+        raise _syntax_error(exc) from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
