@@ -75,6 +75,16 @@ CASES: list[tuple[str, str, list[tuple[int | None, str, str]]]] = [
         [(4, "keyset", "unknown setting 'keyset' (did you mean 'keysets'?)")],
     ),
     (
+        "a misspelt backend type: did-you-mean, and the backend's other keys are not called unknown",
+        GOOD.replace("  type: file", "  typ: file"),
+        [(2, "backend.typ", "unknown setting 'typ' (did you mean 'type'?)")],
+    ),
+    (
+        "no backend type at all",
+        GOOD.replace("  type: file\n", ""),
+        [(1, "backend.type", "is required")],
+    ),
+    (
         "a required key missing with no close misspelling",
         GOOD.replace("    issuer: https://partner.example.com\n", ""),
         [(5, "keysets.zapier.issuer", "is required")],

@@ -44,13 +44,20 @@ def _address(value: str, name: str) -> Address:
     return Address(host.strip("[]"), int(port))
 
 
-def _backend(sec: Section) -> BackendSettings:
+def _backend_type(sec: Section) -> str:
     kind = sec.required_text("type")
     if kind not in BACKEND_TYPES:
         raise ConfigError(sec.name("type"), f"unknown backend {kind!r} (expected {' or '.join(BACKEND_TYPES)})")
+    return kind
+
+
+def _backend(sec: Section) -> BackendSettings:
+    kind = sec.attempt(_backend_type, sec)
+    if kind is None:
+        sec.skip_rest()
     refresh = sec.attempt(sec.positive_duration, "refresh_interval", "30s")
-    settings = BACKEND_TYPES[kind](sec, refresh if refresh is not None else 30.0)  # its read() ends with done()
-    return settings
+    assert kind is not None  # nosec B101 - skip_rest() raised
+    return BACKEND_TYPES[kind](sec, refresh if refresh is not None else 30.0)  # its read() ends with done()
 
 
 def _alg(sec: Section, backend: str | None) -> str:

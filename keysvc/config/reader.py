@@ -262,6 +262,14 @@ class Section:
                 out.append((name, sec))
         return out
 
+    def skip_rest(self) -> None:
+        """The rest of this section cannot be read (no backend type says which keys it has): refuse it
+        without calling its other keys unknown, unless one looks like a missing required key."""
+        for key in map(str, self.raw):
+            if not difflib.get_close_matches(key, self.missing_keys, n=1):
+                self.seen.add(key)
+        self.done()
+
     def done(self) -> None:
         """Record every key no reader asked for, suggesting the closest known key: a required key not given
         first (its "is required" is then replaced by this one error), else any key read. Then, if anything
