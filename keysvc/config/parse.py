@@ -404,6 +404,34 @@ def _log(sec: Section) -> tuple[bool, str]:
     return v["access"], v["public"]
 
 
+def _keysets(
+    top: Section, backend: BackendSettings | None
+) -> tuple[list[tuple[str, Section]], dict[str, KeysetSettings]]:
+    """Every keyset declared (its section), and those valid by name; at most one is the default."""
+    sec = top.attempt(top.section, "keysets")
+    declared = sec.named() if sec is not None else []
+    keysets = {}
+    for name, keyset_sec in declared:
+        keyset = top.attempt(_keyset, name, keyset_sec, backend.type if backend else None)
+        if keyset is not None:
+            keysets[name] = keyset
+    defaults = [k.name for k in keysets.values() if k.default]
+    if len(defaults) > 1:
+        top.collector.add(ConfigError(f"keysets.{defaults[1]}.default", "only one keyset may be the default"))
+    return declared, keysets
+
+
+def _clients(top: Section, keysets: list[str] | None) -> dict[str, ClientSettings]:
+    """The valid clients by name (`keysets`: every keyset declared, None when none is)."""
+    sec = top.attempt(top.section, "clients")
+    clients = {}
+    for name, client_sec in sec.named() if sec is not None else []:
+        client = top.attempt(_client, name, client_sec, keysets)
+        if client is not None:
+            clients[name] = client
+    return clients
+
+
 def parse_settings(raw: object, options: ReadOptions | None = None, *, document: Document | None = None) -> Settings:
     """Validate a parsed YAML document into Settings. Every section is read even after a refusal, so the
     one ConfigError raised lists every problem found, each naming its field (and its line, given the
@@ -415,23 +443,8 @@ def parse_settings(raw: object, options: ReadOptions | None = None, *, document:
     backend = ok(lambda: _backend(top.section("backend")))
     jwks = ok(lambda: _jwks(top.section("jwks")))
     clock_skew = ok(top.duration, "clock_skew", "60s")
-    keysets_sec = ok(top.section, "keysets")
-    declared = keysets_sec.named() if keysets_sec is not None else []
-    keysets = {}
-    for name, sec in declared:
-        keyset = ok(_keyset, name, sec, backend.type if backend else None)
-        if keyset is not None:
-            keysets[name] = keyset
-    defaults = [k.name for k in keysets.values() if k.default]
-    if len(defaults) > 1:
-        collector.add(ConfigError(f"keysets.{defaults[1]}.default", "only one keyset may be the default"))
-    names = [name for name, _ in declared] if declared else None
-    clients_sec = ok(top.section, "clients")
-    clients = {}
-    for name, sec in clients_sec.named() if clients_sec is not None else []:
-        client = ok(_client, name, sec, names)
-        if client is not None:
-            clients[name] = client
+    declared, keysets = _keysets(top, backend)
+    clients = _clients(top, [name for name, _ in declared] if declared else None)
     refused = [name for name, _ in declared if name not in keysets]
     exchange = ok(lambda: _token_exchange(top.section("token_exchange"), keysets, refused)) \
         if top.present("token_exchange") else None
@@ -440,7 +453,7 @@ def parse_settings(raw: object, options: ReadOptions | None = None, *, document:
     canary = ok(lambda: _canary(top.section("canary"))) if top.present("canary") else None
     mirror = ok(lambda: _mirror(top.section("mirror"), backend)) if top.present("mirror") else None
     log = ok(lambda: _log(top.section("log")))
-    if keysets_sec is not None and not declared:
+    if top.raw.get("keysets") in (None, {}):
         collector.add(top.missing("keysets", "at least one keyset is required"))
     ok(top.done)
     if jwks is not None and backend is not None and clock_skew is not None:
