@@ -60,14 +60,23 @@ class Document:
         return None
 
 
-def _key_lines(node: yaml.Node, path: str, out: dict[str, int], depth: int = 0) -> None:
-    if not isinstance(node, yaml.MappingNode) or depth > MAX_DEPTH:
-        return
-    for key_node, value_node in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            name = f"{path}.{key_node.value}" if path else str(key_node.value)
-            out.setdefault(name, key_node.start_mark.line + 1)
-            _key_lines(value_node, name, out, depth + 1)
+def _key_lines(root: yaml.Node) -> dict[str, int]:
+    """The line of each key by dotted name. Each node is visited once: a node reached again through a YAML
+    alias keeps the lines of its first path (so an alias "bomb" costs no more than its text)."""
+    out: dict[str, int] = {}
+    seen: set[int] = set()
+    todo: list[tuple[yaml.Node, str, int]] = [(root, "", 0)]
+    while todo:
+        node, path, depth = todo.pop()
+        if not isinstance(node, yaml.MappingNode) or id(node) in seen or depth > MAX_DEPTH:
+            continue
+        seen.add(id(node))
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                name = f"{path}.{key_node.value}" if path else str(key_node.value)
+                out.setdefault(name, key_node.start_mark.line + 1)
+                todo.append((value_node, name, depth + 1))
+    return out
 
 
 def _syntax_error(exc: yaml.YAMLError) -> ConfigError:
@@ -102,10 +111,7 @@ def read_document(text: str) -> Document:
         loader.dispose()
     if loader.duplicates:
         raise ConfigError.collected(loader.duplicates)
-    lines: dict[str, int] = {}
-    if node is not None:
-        _key_lines(node, "", lines)
-    return Document(data, lines)
+    return Document(data, _key_lines(node) if node is not None else {})
 
 
 def load_document(text: str) -> object:
