@@ -577,9 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if serving:  # the server's log is JSON: so is its refusal to start
             from keysvc.logs import FIELDS, LOG
 
-            LOG.error("configuration error", extra={FIELDS: {"field": exc.field, "message": exc.message}})
+            LOG.error("configuration error", extra={FIELDS: {"field": exc.field, "message": exc.message,
+                                                             "errors": exc.lines()}})
         else:
-            print(f"keysvc: configuration error: {exc}", file=sys.stderr)
+            print("\n".join(f"keysvc: configuration error: {line}" for line in exc.lines()), file=sys.stderr)
         return EXIT_CONFIG
     except Unreadable as exc:
         print(f"keysvc: {exc}", file=sys.stderr)

@@ -26,18 +26,65 @@ Messages never contain secret material: callers pass descriptions, not values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 
 class KeysvcError(Exception):
     """Root of every error keysvc raises on purpose."""
 
 
-class ConfigError(KeysvcError):
-    """The configuration is invalid; `field` names the offending setting (dotted path)."""
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a configuration: the field (dotted path), what is wrong, and the YAML line."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+    field: str
+    message: str
+    line: int | None = None
+
+    def describe(self, source: str | None = None) -> str:
+        """`source:line: field: message` (each part only when known), one line."""
+        if source is None:
+            where = f"line {self.line}: " if self.line is not None else ""
+        else:
+            where = f"{source}:{self.line}: " if self.line is not None else f"{source}: "
+        return f"{where}{self.field}: {self.message}"
+
+
+class ConfigError(KeysvcError):
+    """The configuration is invalid. It holds every problem one reading found (`problems`, at least one);
+    `field` and `message` are the first one's. `source` names the file when one was read."""
+
+    def __init__(self, field: str, message: str, *, line: int | None = None) -> None:
+        self.problems: tuple[ConfigProblem, ...] = (ConfigProblem(field, message, line),)
+        self.source: str | None = None
+        super().__init__(self._text())
+
+    @classmethod
+    def collected(cls, problems: Sequence[ConfigProblem], source: str | None = None) -> ConfigError:
+        """One error holding several problems (in the order they were found)."""
+        error = cls(problems[0].field, problems[0].message, line=problems[0].line)
+        error.problems, error.source = tuple(problems), source
+        error.args = (error._text(),)
+        return error
+
+    @property
+    def field(self) -> str:
+        return self.problems[0].field
+
+    @property
+    def message(self) -> str:
+        return self.problems[0].message
+
+    def lines(self) -> list[str]:
+        """One line per problem: `source:line: field: message`."""
+        return [problem.describe(self.source) for problem in self.problems]
+
+    def _text(self) -> str:
+        return "\n".join(self.lines())
+
+    def __str__(self) -> str:
+        return self._text()
 
 
 class InvalidKeyMaterial(KeysvcError):

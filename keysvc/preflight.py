@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from keysvc.backends.file_settings import FileSettings
-from keysvc.backends.kms_settings import KmsSettings
 from keysvc.config import BackendSettings, KeysetSettings, MirrorSettings, Settings
+from keysvc.config.backends import FileSettings, KmsSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient

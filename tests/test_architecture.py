@@ -103,7 +103,7 @@ def _walk(name: str, statements: Iterable[ast.stmt], lazy: bool, is_package: boo
 
 @cache
 def edges() -> tuple[Edge, ...]:
-    """Every import edge of the package."""
+    """Every import statement of the package, TYPE_CHECKING-only ones included (`type_only`)."""
     found: list[Edge] = []
     for name, path in sorted(modules().items()):
         tree = ast.parse(path.read_text(), str(path))
@@ -218,3 +218,16 @@ def test_client_modules_never_import_the_server_stack(module: str) -> None:
     reached = closure(module, lazy=True)
     assert sorted(t for t in reached if under(t, SERVICE_STACK)) == []
     assert "keysvc.exchange.routes" not in reached and "keysvc.exchange.keyring_signer" not in reached
+
+
+def test_backends_build_on_the_configuration_never_the_reverse() -> None:
+    """keysvc.config and keysvc.backends depend one way: a backend reads its settings type from
+    keysvc.config (keysvc.config.backends), and keysvc.backends.registry opens each one; nothing in
+    keysvc.config imports keysvc.backends, not at module level, not lazily, not even under TYPE_CHECKING."""
+    back = sorted({(e.source, e.target) for e in edges()
+                   if under(e.source, ("keysvc.config",)) and under(e.target, ("keysvc.backends",))})
+    forward = {(e.source, e.target) for e in edges()
+               if under(e.source, ("keysvc.backends",)) and under(e.target, ("keysvc.config",))}
+
+    assert back == []
+    assert ("keysvc.backends.registry", "keysvc.config.backends") in forward  # the rule is about a real edge

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from keysvc.backends.file_settings import FileSettings
 from keysvc.config import parse_duration, parse_settings, parse_yaml
+from keysvc.config.backends import FileSettings
 from keysvc.errors import ConfigError
 from tests.helpers import base_config, run_cli, sha256_hex, write_config
 

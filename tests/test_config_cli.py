@@ -4,6 +4,7 @@ the same message naming the same field; the CLI's global options, log level and 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -96,8 +97,61 @@ def test_check_config_and_serve_refuse_the_same_file_the_same_way(tmp_path: Path
 
     assert (checked.returncode, status) == (78, 78), checked.stderr
     assert field == line["field"]
-    assert f"keysvc: configuration error: {field}: {line['message']}\n" == checked.stderr
+    assert len(line["errors"]) == 1 and f"{field}: {line['message']}" in line["errors"][0]
+    assert "".join(f"keysvc: configuration error: {error}\n" for error in line["errors"]) == checked.stderr
     assert line["level"] == "error"
+
+
+GOOD_TEXT = """\
+listen:
+  public: 127.0.0.1:0
+  internal: 127.0.0.1:0
+backend:
+  type: file
+  path: {keys}
+keysets:
+  zapier:
+    issuer: https://partner.example.com
+    alg: ES256
+clients:
+  billing:
+    api_key_sha256: "{digest}"
+    keysets: [zapier]
+    audiences: [connect.zapier.com]
+"""
+
+# (id, edit of GOOD_TEXT, the `line: field` of each error, in order)
+MULTI: list[tuple[str, Callable[[str], str], list[str]]] = [
+    ("misspelt keyset, client key, jwks key; bad alg", lambda t: t.replace("alg: ES256", "alg: HS256")
+     .replace("audiences:", "audience:") + "jwks:\n  max_ages: 5m\n",
+     ["10: keysets.zapier.alg", "15: clients.billing.audience", "17: jwks.max_ages"]),
+    ("keyset: for keysets:", lambda t: t.replace("keysets:\n  zapier", "keyset:\n  zapier"), ["7: keyset"]),
+    ("two timing invariants and a 400-digit duration", lambda t: t.replace(
+        "alg: ES256", "alg: ES256\n    publish_ahead: 60s\n    retain_after: 1s") + "clock_skew: " + "9" * 400 + "\n",
+     ["18: clock_skew"]),
+    ("two timing invariants", lambda t: t.replace("alg: ES256", "alg: ES256\n    publish_ahead: 60s\n"
+                                                  "    retain_after: 1s"),
+     ["11: keysets.zapier.publish_ahead", "12: keysets.zapier.retain_after"]),
+    ("a YAML syntax error", lambda t: t.replace("  type: file", "   type: file"), ["6: config"]),
+    ("an empty file", lambda t: "# nothing yet\n", ["config"]),
+]
+
+
+@pytest.mark.parametrize(("edit", "where"), [m[1:] for m in MULTI], ids=[m[0] for m in MULTI])
+def test_check_config_and_serve_list_the_same_errors(tmp_path: Path, edit: Callable[[str], str], where: list[str]
+                                                     ) -> None:
+    """A file with several problems: check-config prints one line per problem (`file:line: field: message`),
+    serve's one JSON refusal lists the very same lines; both exit 78, neither prints a traceback."""
+    path = tmp_path / "multi.yaml"
+    path.write_text(edit(GOOD_TEXT.format(keys=tmp_path / "keys", digest="a" * 64)))
+
+    checked = run_cli("check-config", config=path)
+    status, line = _serve_refusal(path)
+
+    assert (checked.returncode, status) == (78, 78), checked.stderr
+    assert "".join(f"keysvc: configuration error: {error}\n" for error in line["errors"]) == checked.stderr
+    found = [re.match(rf"{re.escape(str(path))}:(?:([0-9]+):)? ([^:]+):", error) for error in line["errors"]]
+    assert [f"{m[1]}: {m[2]}" if m[1] else m[2] for m in found if m] == where, line["errors"]
 
 
 def test_check_config_offline_accepts_what_only_a_pod_can_read(tmp_path: Path) -> None:
@@ -169,7 +223,8 @@ def test_yaml_duplicate_key_exits_78_naming_the_line(tmp_path: Path) -> None:
     result = run_cli("check-config", config=path)
 
     assert result.returncode == 78
-    assert f"line {second}: 'clock_skew' is defined twice in one mapping (first at line {first})" in result.stderr
+    assert f"{path}:{second}: config: 'clock_skew' is defined twice in one mapping (first at line {first})" \
+        in result.stderr
 
 
 def test_keys_revoke_takes_a_kid_that_begins_with_a_dash(tmp_path: Path) -> None:

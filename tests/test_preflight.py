@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from keysvc import operations, preflight
+from keysvc.backends.registry import open_backend
 from keysvc.config import parse_settings
 from keysvc.preflight import Check
 from tests.helpers import base_config, run_cli, write_config
@@ -145,7 +146,7 @@ def test_connect_and_offline_are_mutually_exclusive(tmp_path: Path) -> None:
 def _create_keys(config: dict[str, Any]) -> None:
     """Create the keysets' pending and active keys the way the service does (reconcile on the backend)."""
     settings = parse_settings(config)
-    backend = settings.backend.open("test")
+    backend = open_backend(settings.backend, "test")
     for keyset in settings.keysets.values():
         operations.reconcile(backend, keyset, time.time, "test")
     backend.close()

@@ -1,1 +1,1 @@
-"""Key-store backends, chosen by name from `REGISTRY` (see `keysvc.backends.registry`)."""
+"""Key-store backends, opened from their settings (keysvc.config.backends) by `keysvc.backends.registry`."""

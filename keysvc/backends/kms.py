@@ -137,7 +137,7 @@ class KmsBackend:
     `max_workers` is the size the caller's thread pool should have: one per pooled connection.
     A Sign takes at most about max_attempts x read_timeout (KMS hanging) or ~7 s of backoff (KMS
     throttling, 3 attempts) before BackendUnavailable. Region, alias prefix and deletion window are
-    taken as given: keysvc.backends.kms_settings validated them when the configuration was read.
+    taken as given: keysvc.config.backends validated them when the configuration was read.
     """
 
     def __init__(

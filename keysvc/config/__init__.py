@@ -8,7 +8,8 @@ Read once at start-up; nothing here touches the network or imports boto3. Module
     model.py      the Settings dataclasses
     exchange.py   the `token_exchange` section
     urls.py       the URLs keysvc publishes about itself (`public_url`, a keyset's `jwks_uri`)
-    parse.py      document -> Settings, every check (backends' settings: keysvc.backends.registry)
+    backends.py   the `backend` section: each backend type's settings (keysvc.backends.registry opens them)
+    parse.py      document -> Settings, every check; one Collector gathers every problem of a reading
 """
 
 from keysvc.config.document import load_document

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 from urllib.parse import urlsplit
 
 from keysvc.config.reader import ReadOptions, Section
@@ -21,6 +21,8 @@ ZAPIER_ALGS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 # Zapier refuses partner JWTs whose exp is more than about five minutes after iat.
 MAX_JWT_TTL = 300
 MAX_RUN_WAIT = 600.0  # the longest `run_wait_max`: a caller's request stays open that long at most
+MAX_CACHE_MARGIN = 3600  # stop using a cached access token at most this long before it expires
+MAX_API_PER_MINUTE = 1_000_000.0  # the Partner API budget: far above any real limit, still a number
 REGISTERED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -97,48 +99,69 @@ def parse_token_exchange(
     return read_token_exchange(Section(raw, "token_exchange", options), keyset_algs)
 
 
-def read_token_exchange(sec: Section, keyset_algs: Mapping[str, str]) -> TokenExchangeSettings:
-    """The `token_exchange` section, read through the shared reader."""
+def read_token_exchange(
+    sec: Section, keyset_algs: Mapping[str, str], unchecked: Collection[str] = ()
+) -> TokenExchangeSettings:
+    """The `token_exchange` section, read through the shared reader (every field, each error recorded).
+    `unchecked`: keysets that exist but were refused, so their algorithm is unknown (no second error)."""
     d = _DEFAULTS
-    client_id: str = sec.text("client_id", required=True)
-    secret = read_secret(sec, "client_secret", required=True)
-    assert secret is not None  # nosec B101 - required=True
-    jwt_ttl = math.ceil(sec.positive_duration("jwt_ttl", d.jwt_ttl))
+    v = sec.read(
+        client_id=lambda: sec.text("client_id", required=True),
+        client_secret=lambda: read_secret(sec, "client_secret", required=True),
+        keyset=lambda: sec.text("keyset", d.keyset),
+        token_url=lambda: _url(sec, "token_url", d.token_url),
+        client_auth=lambda: sec.choice("client_auth", CLIENT_AUTH_METHODS),
+        audience=lambda: sec.text("audience", d.audience),
+        tenant_claim=lambda: _tenant_claim(sec, d.tenant_claim),
+        jwt_ttl=lambda: _jwt_ttl(sec, d.jwt_ttl),
+        subject_token_type=lambda: sec.text("subject_token_type", d.subject_token_type),
+        access_token_type=lambda: sec.text("access_token_type", d.access_token_type),
+        connect_token_type=lambda: sec.text("connect_token_type", d.connect_token_type),
+        connect_from=lambda: sec.choice("connect_from", CONNECT_FROM),
+        scope=lambda: _scope(sec, d.scope),
+        connect_url=lambda: _connect_url(sec, d.connect_url),
+        connect_timeout=lambda: sec.positive_duration("connect_timeout", d.connect_timeout),
+        read_timeout=lambda: sec.positive_duration("read_timeout", d.read_timeout),
+        total_timeout=lambda: sec.positive_duration("total_timeout", d.total_timeout),
+        max_attempts=lambda: sec.integer("max_attempts", d.max_attempts, 1, 10),
+        cache_margin=lambda: _cache_margin(sec, d.cache_margin),
+        api_url=lambda: _url(sec, "api_url", d.api_url),
+        redirect_uris=lambda: _redirect_uris(sec),
+        api_rate_limit=lambda: _api_rate_limit(sec.section("api_rate_limit")),
+        run_wait_max=lambda: _run_wait_max(sec, d.run_wait_max),
+    )
+    settings = TokenExchangeSettings(**v)
+    if settings.keyset not in unchecked:
+        _check_keyset(sec, settings.keyset, keyset_algs)
+    return settings
+
+
+def _jwt_ttl(sec: Section, default: int) -> int:
+    jwt_ttl = math.ceil(sec.positive_duration("jwt_ttl", default))
     if jwt_ttl > MAX_JWT_TTL:
         raise ConfigError(sec.name("jwt_ttl"), f"Zapier rejects partner JWTs living longer than {MAX_JWT_TTL}s")
-    run_wait_max = sec.positive_duration("run_wait_max", d.run_wait_max)
+    return jwt_ttl
+
+
+def _run_wait_max(sec: Section, default: float) -> float:
+    run_wait_max = sec.positive_duration("run_wait_max", default)
     if run_wait_max > MAX_RUN_WAIT:
         raise ConfigError(sec.name("run_wait_max"), f"must be at most {MAX_RUN_WAIT:g}s (10m)")
-    settings = TokenExchangeSettings(
-        client_id=client_id,
-        client_secret=secret,
-        keyset=sec.text("keyset", d.keyset),
-        token_url=_url(sec, "token_url", d.token_url),
-        client_auth=cast(ClientAuth, sec.choice("client_auth", CLIENT_AUTH_METHODS)),
-        audience=sec.text("audience", d.audience),
-        tenant_claim=sec.text("tenant_claim", d.tenant_claim),
-        jwt_ttl=jwt_ttl,
-        subject_token_type=sec.text("subject_token_type", d.subject_token_type),
-        access_token_type=sec.text("access_token_type", d.access_token_type),
-        connect_token_type=sec.text("connect_token_type", d.connect_token_type),
-        connect_from=cast(ConnectFrom, sec.choice("connect_from", CONNECT_FROM)),
-        scope=_scope(sec, d.scope),
-        connect_url=_connect_url(sec, d.connect_url),
-        connect_timeout=sec.positive_duration("connect_timeout", d.connect_timeout),
-        read_timeout=sec.positive_duration("read_timeout", d.read_timeout),
-        total_timeout=sec.positive_duration("total_timeout", d.total_timeout),
-        max_attempts=sec.integer("max_attempts", d.max_attempts, 1, 10),
-        cache_margin=math.ceil(sec.duration("cache_margin", d.cache_margin)),
-        api_url=_url(sec, "api_url", d.api_url),
-        redirect_uris=_redirect_uris(sec),
-        api_rate_limit=_api_rate_limit(sec.section("api_rate_limit")),
-        run_wait_max=run_wait_max,
-    )
-    sec.done()
-    _check_keyset(sec, settings.keyset, keyset_algs)
-    if settings.tenant_claim in REGISTERED_CLAIMS:
-        raise ConfigError(sec.name("tenant_claim"), f"{settings.tenant_claim!r} is a registered JWT claim")
-    return settings
+    return run_wait_max
+
+
+def _cache_margin(sec: Section, default: int) -> int:
+    margin = math.ceil(sec.duration("cache_margin", default))
+    if margin > MAX_CACHE_MARGIN:
+        raise ConfigError(sec.name("cache_margin"), f"must be at most {MAX_CACHE_MARGIN}s (1h)")
+    return margin
+
+
+def _tenant_claim(sec: Section, default: str) -> str:
+    claim: str = sec.text("tenant_claim", default)
+    if claim in REGISTERED_CLAIMS:
+        raise ConfigError(sec.name("tenant_claim"), f"{claim!r} is a registered JWT claim")
+    return claim
 
 
 def _https_or_loopback(url: str) -> bool:
@@ -190,9 +213,10 @@ def _redirect_uris(sec: Section) -> tuple[str, ...]:
 
 def _api_rate_limit(sec: Section) -> ApiRateLimit:
     d = ApiRateLimit()
-    limit = ApiRateLimit(sec.number("per_minute", d.per_minute), sec.integer("burst", d.burst, 1, 10_000))
-    sec.done()
-    return limit
+    return ApiRateLimit(**sec.read(
+        per_minute=lambda: sec.number("per_minute", d.per_minute, MAX_API_PER_MINUTE),
+        burst=lambda: sec.integer("burst", d.burst, 1, 10_000),
+    ))
 
 
 def _check_keyset(sec: Section, keyset: str, keyset_algs: Mapping[str, str]) -> None:

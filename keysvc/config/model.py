@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from keysvc.backends.base import Backend
     from keysvc.config.exchange import TokenExchangeSettings
 
 LOG_PUBLIC = ("errors", "all")
@@ -45,15 +44,11 @@ class ListenTimeouts:
 
 @dataclass(frozen=True)
 class BackendSettings:
-    """Where keys live. Each backend type (keysvc.backends.registry) has its own subclass, which knows how
-    to open its backend; `type` is the YAML `backend.type` that chose it."""
+    """Where keys live. Each backend type has its own subclass (keysvc.config.backends), which
+    keysvc.backends.registry opens; `type` is the YAML `backend.type` that chose it."""
 
     type: ClassVar[str]
     refresh_interval: float
-
-    def open(self, instance_id: str) -> Backend:
-        """Build the backend (no I/O beyond building clients)."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -114,5 +114,5 @@ def read_secret(sec: Section, key: str, *, required: bool) -> Secret | SecretFil
             raise ConfigError(sec.name(env_key), f"environment variable {env_name} is unset or empty")
         return Secret(value)
     if required:
-        raise ConfigError(sec.name(file_key), f"is required: set exactly one of {file_key}, {env_key}")
+        raise sec.missing(file_key, f"is required: set exactly one of {file_key}, {env_key}")
     return None
