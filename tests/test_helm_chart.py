@@ -555,6 +555,23 @@ def test_chart_defaults_alone_do_not_render() -> None:
 
 
 @pytest.mark.system
+def test_every_problem_is_named_at_once() -> None:
+    """Several refused values fail one render that names each of them, one per line (not just the first), so
+    an operator fixes a values file in one pass; the chart's defaults alone name both required values."""
+    answer = render_raw({}, bare=True)
+    assert "2 problem(s) in the values" in answer["error"], answer["error"]
+    assert "backend.kms.region is required" in answer["error"]
+    keysets = {"a": {**KEYSET, "publish_ahead": "60s", "retain_after": "1m"}, "b": {"alg": "ES256", "issuer": ""}}
+    clients = {"c": {**CLIENT, "keysets": ["nope"]}}
+    answer = render_raw({"config": {"keysets": keysets, "clients": clients}, "ingress": {"enabled": True}})
+    problems = answer["error"].split("\n")[1:]
+    assert answer["error"].endswith(problems[-1]) and len(problems) == 5, answer["error"]
+    for text in ("config.keysets.a.publish_ahead (60s)", "config.keysets.a.retain_after (60s)",
+                 "config.keysets.b.issuer is required", "ingress.host is required", "config.clients.c.keysets"):
+        assert sum(text in line for line in problems) == 1, (text, problems)
+
+
+@pytest.mark.system
 def test_notes_say_when_nothing_can_sign_yet() -> None:
     """A release without clients renders (a JWKS-only first step is valid), and NOTES.txt says nothing can
     sign yet and how to add a client; a release with clients does not say so."""

@@ -205,35 +205,42 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- if and $v.ingress.enabled (eq $v.service.public.type "LoadBalancer") }}
 {{- fail "service.public.type=LoadBalancer with ingress.enabled exposes the public port twice: pick one" }}
 {{- end }}
-{{- include "keysvc.validateRequired" . }}
-{{- include "keysvc.validateTimings" . }}
+{{- /* Every problem below at once, one per line (helm's `fail` could only name the first). */}}
+{{- $problems := list }}
+{{- range $line := splitList "\n" (print (include "keysvc.validateRequired" .) (include "keysvc.validateTimings" .)) }}
+{{- if trim $line }}{{ $problems = append $problems (trim $line) }}{{ end }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "%d problem(s) in the values:\n  %s" (len $problems) (join "\n  " $problems)) }}
+{{- end }}
 {{- end }}
 
 {{/*
 Values without a sane default: the release must set them (the chart's defaults are empty on purpose, so a
-forgotten value fails the install instead of deploying a placeholder).
+forgotten value fails the install instead of deploying a placeholder). Prints one problem per line;
+keysvc.validate fails with all of them.
 */}}
 {{- define "keysvc.validateRequired" -}}
 {{- $v := .Values }}
 {{- range $name, $ks := $v.config.keysets }}
 {{- $issuer := (default (dict) $ks).issuer }}
 {{- if not $issuer }}
-{{- fail (printf "config.keysets.%s.issuer is required: the `iss` of the tokens this keyset signs, which verifiers match byte for byte (e.g. https://auth.yourcompany.com). Set it in your values file, or drop the chart's example keyset with `config.keysets.%s: null`" $name $name) }}
+{{- printf "%s\n" (printf "config.keysets.%s.issuer is required: the `iss` of the tokens this keyset signs, which verifiers match byte for byte (e.g. https://auth.yourcompany.com). Set it in your values file, or drop the chart's example keyset with `config.keysets.%s: null`" $name $name) }}
 {{- end }}
 {{- if eq $issuer "https://partner.example.com" }}
-{{- fail (printf "config.keysets.%s.issuer is the placeholder %s of older chart versions: set your own issuer" $name $issuer) }}
+{{- printf "%s\n" (printf "config.keysets.%s.issuer is the placeholder %s of older chart versions: set your own issuer" $name $issuer) }}
 {{- end }}
 {{- end }}
 {{- if and (eq $v.backend.type "kms") (not $v.backend.kms.region) }}
-{{- fail "backend.kms.region is required with backend.type=kms: the AWS region that holds the signing keys (e.g. eu-west-1)" }}
+{{- print "backend.kms.region is required with backend.type=kms: the AWS region that holds the signing keys (e.g. eu-west-1)\n" }}
 {{- end }}
 {{- if and $v.ingress.enabled (not $v.ingress.host) }}
-{{- fail "ingress.host is required with ingress.enabled: the public host name verifiers fetch the JWKS from (e.g. jwks.yourcompany.com)" }}
+{{- print "ingress.host is required with ingress.enabled: the public host name verifiers fetch the JWKS from (e.g. jwks.yourcompany.com)\n" }}
 {{- end }}
 {{- range $name, $client := $v.config.clients }}
 {{- range $keyset := (default (list) $client.keysets) }}
 {{- if not (hasKey (default (dict) $v.config.keysets) $keyset) }}
-{{- fail (printf "config.clients.%s.keysets: no keyset named %s in config.keysets" $name $keyset) }}
+{{- printf "%s\n" (printf "config.clients.%s.keysets: no keyset named %s in config.keysets" $name $keyset) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -258,7 +265,8 @@ A duration setting in seconds: (list SECTION KEY DEFAULT), DEFAULT being keysvc'
 
 {{/*
 keysvc's timing invariants for every keyset, with keysvc's defaults for what the values leave out (the same
-check `keysvc check-config` makes at start-up, moved to install time so a refused config never reaches a pod):
+check `keysvc check-config` makes at start-up, moved to install time so a refused config never reaches a pod),
+one problem per line:
   publish_ahead A >= max(jwks.max_age M + jwks.stale_while_revalidate W, jwks.verifier_cache C)
                      + backend.refresh_interval I + clock_skew S
   retain_after R >= max_token_ttl T + I + S;  rotation_period P > A;  1s <= T <= P.
@@ -272,7 +280,7 @@ check `keysvc check-config` makes at start-up, moved to install time so a refuse
 {{- $i := float64 (include "keysvc.secondsOf" (list $c.backend "refresh_interval" "30s")) }}
 {{- $s := float64 (include "keysvc.secondsOf" (list $c "clock_skew" "60s")) }}
 {{- if le $i 0.0 }}
-{{- fail "config.backend.refresh_interval must be greater than 0" }}
+{{- print "config.backend.refresh_interval must be greater than 0\n" }}
 {{- end }}
 {{- $cached := addf $m $w }}
 {{- if gt $cache $cached }}{{ $cached = $cache }}{{ end }}
@@ -285,20 +293,20 @@ check `keysvc check-config` makes at start-up, moved to install time so a refuse
 {{- $r := float64 (include "keysvc.secondsOf" (list $ks "retain_after" "1d")) }}
 {{- $t := float64 (include "keysvc.secondsOf" (list $ks "max_token_ttl" "5m")) }}
 {{- if lt $a $needA }}
-{{- fail (printf "%s.publish_ahead (%s) is too short: must be >= max(config.jwks.max_age + config.jwks.stale_while_revalidate, config.jwks.verifier_cache) + config.backend.refresh_interval + config.clock_skew = %s, so that every verifier has the next key cached before it signs" $path (include "keysvc.formatSeconds" $a) (include "keysvc.formatSeconds" $needA)) }}
+{{- printf "%s\n" (printf "%s.publish_ahead (%s) is too short: must be >= max(config.jwks.max_age + config.jwks.stale_while_revalidate, config.jwks.verifier_cache) + config.backend.refresh_interval + config.clock_skew = %s, so that every verifier has the next key cached before it signs" $path (include "keysvc.formatSeconds" $a) (include "keysvc.formatSeconds" $needA)) }}
 {{- end }}
 {{- $needR := addf $t $i $s }}
 {{- if lt $r $needR }}
-{{- fail (printf "%s.retain_after (%s) is too short: must be >= max_token_ttl + config.backend.refresh_interval + config.clock_skew = %s, so that every token stays verifiable until it expires" $path (include "keysvc.formatSeconds" $r) (include "keysvc.formatSeconds" $needR)) }}
+{{- printf "%s\n" (printf "%s.retain_after (%s) is too short: must be >= max_token_ttl + config.backend.refresh_interval + config.clock_skew = %s, so that every token stays verifiable until it expires" $path (include "keysvc.formatSeconds" $r) (include "keysvc.formatSeconds" $needR)) }}
 {{- end }}
 {{- if le $p $a }}
-{{- fail (printf "%s.rotation_period (%s) must be greater than publish_ahead (%s)" $path (include "keysvc.formatSeconds" $p) (include "keysvc.formatSeconds" $a)) }}
+{{- printf "%s\n" (printf "%s.rotation_period (%s) must be greater than publish_ahead (%s)" $path (include "keysvc.formatSeconds" $p) (include "keysvc.formatSeconds" $a)) }}
 {{- end }}
 {{- if gt $t $p }}
-{{- fail (printf "%s.max_token_ttl (%s) must not exceed rotation_period (%s)" $path (include "keysvc.formatSeconds" $t) (include "keysvc.formatSeconds" $p)) }}
+{{- printf "%s\n" (printf "%s.max_token_ttl (%s) must not exceed rotation_period (%s)" $path (include "keysvc.formatSeconds" $t) (include "keysvc.formatSeconds" $p)) }}
 {{- end }}
 {{- if lt $t 1.0 }}
-{{- fail (printf "%s.max_token_ttl (%s) must be at least 1s: tokens carry whole seconds" $path (include "keysvc.formatSeconds" $t)) }}
+{{- printf "%s\n" (printf "%s.max_token_ttl (%s) must be at least 1s: tokens carry whole seconds" $path (include "keysvc.formatSeconds" $t)) }}
 {{- end }}
 {{- end }}
 {{- end }}
