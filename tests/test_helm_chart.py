@@ -66,8 +66,36 @@ def tool(name: str) -> Path:
     return path
 
 
-def render_raw(values: dict[str, Any]) -> dict[str, Any]:
-    """{"ok": True, "manifests": {template: text}} or {"ok": False, "error": text}."""
+# What every release must set (the chart's defaults for these are empty, and it refuses to render without
+# them). Tests that give a fragment of values render it on top of these, unless they pass bare=True.
+REQUIRED = {
+    "config": {"keysets": {"zapier": {"issuer": "https://auth.example.com"}}},
+    "backend": {"kms": {"region": "eu-west-1"}},
+}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's merge of values: maps merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge(merged[key], value) if nested else value
+    return merged
+
+
+def with_required(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` on top of REQUIRED; keysets given in `values` replace the required example keyset."""
+    base = REQUIRED
+    if "keysets" in (values.get("config") or {}):
+        base = {**REQUIRED, "config": {"keysets": {"zapier": None}}}
+    return merge(base, values)
+
+
+def render_raw(values: dict[str, Any], *, bare: bool = False) -> dict[str, Any]:
+    """{"ok": True, "manifests": {template: text}} or {"ok": False, "error": text}. The values are rendered on
+    top of REQUIRED unless `bare`."""
+    if not bare:
+        values = with_required(values)
     request = {"chart": str(CHART), "values": values, "release": RELEASE, "namespace": NAMESPACE}
     result = subprocess.run(
         [str(tool("python")), "-c", RENDER_SCRIPT],
@@ -82,9 +110,9 @@ def render_raw(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def mode_values(mode: str) -> dict[str, Any]:
-    """The values file of a mode (the default mode passes none)."""
+    """The values file of a mode (the default mode sets only what the chart requires)."""
     if mode == "default":
-        return {}
+        return dict(REQUIRED)
     loaded: dict[str, Any] = yaml.safe_load((VALUES_DIR / f"{mode}.yaml").read_text())
     return loaded
 
@@ -144,7 +172,7 @@ _cache: dict[str, Rendered] = {}
 def rendered(mode: str) -> Rendered:
     """The chart rendered for a mode (cached: rendering is deterministic)."""
     if mode not in _cache:
-        answer = render_raw(mode_values(mode))
+        answer = render_raw(mode_values(mode), bare=True)
         assert answer["ok"], f"{mode}: {answer['error']}"
         _cache[mode] = Rendered(answer["manifests"])
     return _cache[mode]
@@ -231,8 +259,12 @@ def test_checkov_skips_are_documented() -> None:
 
 @pytest.mark.system
 def test_helm_lint_is_clean() -> None:
-    """`helm lint --strict` finds no error or warning (only the INFO about a missing icon)."""
-    script = f"import json, helm_python as helm\nprint(json.dumps(helm.lint({str(CHART)!r}, strict=True)))"
+    """`helm lint --strict` with the required values finds no error or warning (only the INFO about a missing
+    icon)."""
+    script = (
+        "import json, helm_python as helm\n"
+        f"print(json.dumps(helm.lint({str(CHART)!r}, {REQUIRED!r}, strict=True)))"
+    )
     result = subprocess.run([str(tool("python")), "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -415,6 +447,203 @@ def test_bad_values_are_refused(case: str) -> None:
     assert named in answer["error"], answer["error"]
 
 
+# --- values keysvc would refuse at start-up: refused at render time, naming the field and the bound -------
+
+KEYSET = {**GOOD_KEYSET, "default": True}
+
+# case: (values rendered on top of REQUIRED, what the error must say: the field, and the bound where it has one)
+REFUSED_AT_RENDER: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    # A >= max(M + W, C) + I + S: with keysvc's defaults max(5m + 1m, 10m) + 30s + 60s, the bound is 690s.
+    "publish ahead shorter than the verifier caches": (
+        {"config": {"keysets": {"k": {**KEYSET, "publish_ahead": "60s"}}}},
+        ("config.keysets.k.publish_ahead (60s) is too short", "= 690s"),
+    ),
+    "publish ahead one second short": (
+        {"config": {"keysets": {"k": {**KEYSET, "publish_ahead": "689s"}}}},
+        ("config.keysets.k.publish_ahead (689s)", "= 690s"),
+    ),
+    "verifier cache raised above publish ahead": (
+        {"config": {"jwks": {"verifier_cache": "3d"}}},
+        ("config.keysets.zapier.publish_ahead (172800s)", "= 259290s"),
+    ),
+    "max age and revalidation above publish ahead": (
+        {"config": {"jwks": {"max_age": "2d", "stale_while_revalidate": "1h"}}},
+        ("config.keysets.zapier.publish_ahead", "= 176490s"),
+    ),
+    # R >= T + I + S
+    "retain after shorter than a token's life": (
+        {"config": {"keysets": {"k": {**KEYSET, "retain_after": "5m"}}}},
+        ("config.keysets.k.retain_after (300s) is too short", "= 390s"),
+    ),
+    "clock skew eating the retain margin": (
+        {"config": {"clock_skew": "1d"}},
+        ("config.keysets.zapier.retain_after (86400s)", "= 86730s"),
+    ),
+    "slow refresh eating the retain margin": (
+        {"config": {"backend": {"refresh_interval": 86400}}},
+        ("config.keysets.zapier.retain_after", "= 86760s"),
+    ),
+    # P > A, T <= P, T >= 1s
+    "rotation period equal to publish ahead": (
+        {"config": {"keysets": {"k": {**KEYSET, "rotation_period": "2d"}}}},
+        ("config.keysets.k.rotation_period (172800s) must be greater than publish_ahead (172800s)",),
+    ),
+    "token lifetime beyond the rotation period": (
+        {"config": {"keysets": {"k": {**KEYSET, "rotation_period": "1d", "publish_ahead": "12h",
+                                       "retain_after": "3d", "max_token_ttl": "2d"}}}},
+        ("config.keysets.k.max_token_ttl (172800s) must not exceed rotation_period (86400s)",),
+    ),
+    "token lifetime below a second": (
+        {"config": {"keysets": {"k": {**KEYSET, "max_token_ttl": "500ms"}}}},
+        ("config.keysets.k.max_token_ttl (0.5s) must be at least 1s",),
+    ),
+    "second keyset checked too": (
+        {"config": {"keysets": {"a": KEYSET, "b": {**GOOD_KEYSET, "publish_ahead": "10m"}}}},
+        ("config.keysets.b.publish_ahead (600s)",),
+    ),
+    "refresh interval of zero": (
+        {"config": {"backend": {"refresh_interval": "0s"}}},
+        ("config.backend.refresh_interval",),
+    ),
+    # Syntax, names and types: values.schema.json, naming the value.
+    "duration with a space": ({"config": {"keysets": {"k": {**KEYSET, "publish_ahead": "2 d"}}}}, ("publish_ahead",)),
+    "duration in weeks": ({"config": {"keysets": {"k": {**KEYSET, "retain_after": "1w"}}}}, ("retain_after",)),
+    "unknown algorithm": ({"config": {"keysets": {"k": {**KEYSET, "alg": "HS256"}}}}, ("alg",)),
+    "lower-case algorithm": ({"config": {"keysets": {"k": {**KEYSET, "alg": "es256"}}}}, ("alg",)),
+    "unknown backend type": ({"backend": {"type": "s3"}}, ("backend", "type")),
+    # Values without a sane default.
+    "issuer left empty": (
+        {"config": {"keysets": {"k": {"alg": "ES256", "issuer": ""}}}},
+        ("config.keysets.k.issuer is required",),
+    ),
+    "old placeholder issuer": (
+        {"config": {"keysets": {"k": {**KEYSET, "issuer": "https://partner.example.com"}}}},
+        ("config.keysets.k.issuer is the placeholder",),
+    ),
+    "extra keyset beside the example one, without an issuer for the example": (
+        {"config": {"keysets": {"zapier": {"issuer": ""}, "k": GOOD_KEYSET}}},
+        ("config.keysets.zapier.issuer is required", "config.keysets.zapier: null"),
+    ),
+    "KMS without a region": ({"backend": {"kms": {"region": ""}}}, ("backend.kms.region is required",)),
+    "ingress without a host": ({"ingress": {"enabled": True}}, ("ingress.host is required",)),
+    "client of an unknown keyset": (
+        {"config": {"keysets": {"k": KEYSET}, "clients": {"c": {**CLIENT, "keysets": ["nope"]}}}},
+        ("config.clients.c.keysets: no keyset named nope",),
+    ),
+}
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("case", sorted(REFUSED_AT_RENDER))
+def test_values_keysvc_refuses_fail_the_render(case: str) -> None:
+    """Values keysvc would refuse at start-up (timing invariants, syntax, names, values with no default) fail
+    `helm template`/`install` instead of crash-looping a pod; the message names the field and the bound."""
+    values, expected = REFUSED_AT_RENDER[case]
+    answer = render_raw(values)
+    assert not answer["ok"], f"{case}: rendered anyway"
+    for text in expected:
+        assert text in answer["error"], answer["error"]
+
+
+@pytest.mark.system
+def test_chart_defaults_alone_do_not_render() -> None:
+    """With no values at all the chart refuses to render, naming the issuer: its defaults are not a deployment."""
+    answer = render_raw({}, bare=True)
+    assert not answer["ok"]
+    assert "config.keysets.zapier.issuer is required" in answer["error"], answer["error"]
+    assert "partner.example.com" not in (CHART / "values.yaml").read_text()
+
+
+@pytest.mark.system
+def test_every_problem_is_named_at_once() -> None:
+    """Several refused values fail one render that names each of them, one per line (not just the first), so
+    an operator fixes a values file in one pass; the chart's defaults alone name both required values."""
+    answer = render_raw({}, bare=True)
+    assert "2 problem(s) in the values" in answer["error"], answer["error"]
+    assert "backend.kms.region is required" in answer["error"]
+    keysets = {"a": {**KEYSET, "publish_ahead": "60s", "retain_after": "1m"}, "b": {"alg": "ES256", "issuer": ""}}
+    clients = {"c": {**CLIENT, "keysets": ["nope"]}}
+    answer = render_raw({"config": {"keysets": keysets, "clients": clients}, "ingress": {"enabled": True}})
+    problems = answer["error"].split("\n")[1:]
+    assert answer["error"].endswith(problems[-1]) and len(problems) == 5, answer["error"]
+    for text in ("config.keysets.a.publish_ahead (60s)", "config.keysets.a.retain_after (60s)",
+                 "config.keysets.b.issuer is required", "ingress.host is required", "config.clients.c.keysets"):
+        assert sum(text in line for line in problems) == 1, (text, problems)
+
+
+@pytest.mark.system
+def test_notes_say_when_nothing_can_sign_yet() -> None:
+    """A release without clients renders (a JWKS-only first step is valid), and NOTES.txt says nothing can
+    sign yet and how to add a client; a release with clients does not say so."""
+    assert "config.clients is empty" in rendered("default").notes
+    assert "keysvc client new NAME" in rendered("default").notes
+    assert "config.clients is empty" not in rendered("kms-irsa").notes
+
+
+# Values at the edge of each bound: they render, and keysvc's own parser accepts the rendered keysvc.yaml.
+RENDERED_AT_THE_BOUND: dict[str, dict[str, Any]] = {
+    "publish ahead exactly at its bound": {"config": {"keysets": {"k": {**KEYSET, "publish_ahead": "11m30s"}}}},
+    "retain after exactly at its bound": {"config": {"keysets": {"k": {**KEYSET, "retain_after": "6m30s"}}}},
+    "token lifetime equal to the rotation period": {
+        "config": {"keysets": {"k": {**KEYSET, "rotation_period": "1h", "publish_ahead": "20m",
+                                      "retain_after": "1h2m", "max_token_ttl": "1h"}}}
+    },
+    "everything in integer seconds": {
+        "config": {"clock_skew": 0, "backend": {"refresh_interval": 1},
+                   "jwks": {"max_age": 0, "stale_while_revalidate": 0, "verifier_cache": 0},
+                   "keysets": {"k": {**KEYSET, "rotation_period": 3, "publish_ahead": 1, "retain_after": 2,
+                                     "max_token_ttl": 1}}}
+    },
+    "long caches with long overlaps": {
+        "config": {"jwks": {"max_age": "1d", "verifier_cache": "1d"}, "clock_skew": "5m",
+                   "keysets": {"k": {**KEYSET, "publish_ahead": "1d1h", "rotation_period": "90d"}}}
+    },
+    "file backend, one keyset per client": {
+        "backend": {"type": "file"}, "secrets": {"passphrase": "x"},
+        "config": {"keysets": {"k": {**GOOD_KEYSET, "alg": "EdDSA"}}, "clients": {"c": {**CLIENT}}},
+    },
+}
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("case", sorted(RENDERED_AT_THE_BOUND))
+def test_values_at_the_bounds_render_and_keysvc_accepts_them(case: str) -> None:
+    """The render-time checks are not stricter than keysvc: values right at a bound render, and keysvc's own
+    parser (as `keysvc check-config --offline` runs it) accepts the keysvc.yaml they produce."""
+    from keysvc.config import ReadOptions, parse_yaml
+
+    answer = render_raw(RENDERED_AT_THE_BOUND[case])
+    assert answer["ok"], answer.get("error")
+    config = Rendered(answer["manifests"]).config
+    assert parse_yaml(yaml.safe_dump(config), ReadOptions(offline=True)) is not None
+
+
+# Refusals of the chart's own (keysvc accepts any issuer; the example keyset exists only in the chart).
+CHART_ONLY = {"old placeholder issuer", "extra keyset beside the example one, without an issuer for the example"}
+KEYSVC_ALSO_REFUSES = sorted(
+    case for case, (values, _) in REFUSED_AT_RENDER.items() if set(values) == {"config"} and case not in CHART_ONLY
+)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("case", KEYSVC_ALSO_REFUSES)
+def test_keysvc_refuses_what_the_chart_refuses(case: str) -> None:
+    """The chart's config-level refusals are keysvc's own: the case's config laid over the default render's
+    keysvc.yaml is refused by keysvc's parser, naming the same field (without the chart's `config.`)."""
+    from keysvc.config import ReadOptions, parse_yaml
+    from keysvc.errors import ConfigError
+
+    values, expected = REFUSED_AT_RENDER[case]
+    case_config = values["config"]
+    config = merge(rendered("default").config, {k: v for k, v in case_config.items() if k != "keysets"})
+    if "keysets" in case_config:
+        config["keysets"] = case_config["keysets"]
+    field = expected[0].split(" ")[0].removeprefix("config.").rstrip(":")
+    with pytest.raises(ConfigError) as refused:
+        parse_yaml(yaml.safe_dump(config), ReadOptions(offline=True))
+    assert field in str(refused.value), (field, str(refused.value))
+
+
 # --- what each mode must render ------------------------------------------------------------------------
 
 # Keys keysvc accepts at the top of its config; anything else stops the service.
@@ -429,6 +658,7 @@ CONFIG_KEYS = {
     "canary",
     "mirror",
     "log",
+    "public_url",
 }
 BACKEND_KEYS = {
     "type",
@@ -562,6 +792,33 @@ def test_rendered_config_is_accepted_by_keysvc(mode: str) -> None:
 
 
 @pytest.mark.system
+@pytest.mark.parametrize("mode", MODES)
+def test_check_config_runs_before_the_server(mode: str) -> None:
+    """An init container runs `keysvc check-config` on the mounted keysvc.yaml with the server's image,
+    environment, security context and every file it reads (config, secrets, TLS, extra mounts), so a config
+    keysvc refuses stops the pod in Init:Error with keysvc's message in its log. It runs after the release's
+    own init containers (which may fetch files it reads) and does not mount the key volume."""
+    chart = rendered(mode)
+    server = chart.container
+    check = chart.pod["initContainers"][-1]
+    assert check["name"] == "check-config"
+    assert check["image"] == server["image"] and check["imagePullPolicy"] == server["imagePullPolicy"]
+    assert check["args"] == ["check-config", "--config", server["args"][server["args"].index("--config") + 1]]
+    assert "command" not in check, "the image's entrypoint is keysvc itself"
+    assert check["env"] == server["env"] and check.get("envFrom") == server.get("envFrom")
+    assert check["securityContext"] == server["securityContext"] and check["resources"] == server["resources"]
+    server_mounts = [m for m in server["volumeMounts"] if m["name"] != "keys"]
+    assert check["volumeMounts"] == server_mounts
+    assert all(m.get("readOnly") or m["mountPath"] == "/tmp" for m in check["volumeMounts"])
+    config = chart.config
+    for path in filter(None, [config["backend"].get("passphrase_file"),
+                              (config.get("token_exchange") or {}).get("client_secret_file"),
+                              *((config["listen"].get("tls") or {}).values())]):
+        if isinstance(path, str):
+            assert mounts_cover(check, path), f"check-config cannot read {path}"
+
+
+@pytest.mark.system
 def test_file_mode_shares_a_read_write_many_volume() -> None:
     """File backend: an RWX claim kept on uninstall, mounted at backend.path; secrets as files."""
     chart = rendered("file-rwx")
@@ -603,15 +860,43 @@ def test_kms_mode_uses_irsa_and_no_volume() -> None:
 
 @pytest.mark.system
 def test_ingress_routes_only_the_jwks_paths() -> None:
-    """Ingress: exact JWKS paths to the public Service, nothing else; NOTES gives the https JWKS URL."""
+    """Ingress: exact JWKS and OpenID discovery paths to the public Service, nothing else; NOTES gives the
+    https JWKS URL; keysvc's public_url is the Ingress's https host, so discovery names an absolute jwks_uri."""
     chart = rendered("ingress")
     rules = chart.one("Ingress")["spec"]["rules"]
     paths = [(p["path"], p["pathType"], p["backend"]["service"]["name"]) for p in rules[0]["http"]["paths"]]
     assert paths == [
         ("/.well-known/jwks.json", "Exact", RELEASE),
+        ("/.well-known/openid-configuration", "Exact", RELEASE),
         ("/keysets/zapier/jwks.json", "Exact", RELEASE),
+        ("/keysets/zapier/.well-known/openid-configuration", "Exact", RELEASE),
     ]
     assert "https://jwks.example.com/.well-known/jwks.json" in chart.notes
+    assert chart.config["public_url"] == "https://jwks.example.com"
+    assert "public_url" not in rendered("default").config, "no Ingress: the chart cannot know the public URL"
+
+
+@pytest.mark.system
+def test_openid_discovery_settings_pass_through() -> None:
+    """config.public_url (which wins over the Ingress host) and a keyset's jwks_uri reach keysvc.yaml as
+    written and keysvc accepts them; a URL keysvc would refuse (plain http to a public host, a fragment) is
+    refused at render, naming the value."""
+    from keysvc.config import ReadOptions, parse_yaml
+
+    keyset = {**GOOD_KEYSET, "default": True, "jwks_uri": "https://cdn.example.com/jwks/k.json"}
+    values = {"ingress": {"enabled": True, "host": "jwks.example.com"},
+              "config": {"public_url": "https://keys.example.com/jwks", "keysets": {"k": keyset}}}
+    answer = render_raw(values)
+    assert answer["ok"], answer.get("error")
+    config = Rendered(answer["manifests"]).config
+    assert config["public_url"] == "https://keys.example.com/jwks"
+    assert config["keysets"]["k"]["jwks_uri"] == "https://cdn.example.com/jwks/k.json"
+    assert parse_yaml(yaml.safe_dump(config), ReadOptions(offline=True)) is not None
+    for bad in ({"config": {"public_url": "http://keys.example.com"}}, {"config": {"public_url": "https://k.example.com/#x"}},
+                {"config": {"keysets": {"k": {**keyset, "jwks_uri": "https://u:p@cdn.example.com/k.json"}}}}):
+        answer = render_raw(bad)
+        assert not answer["ok"], bad
+        assert "public_url" in answer["error"] or "jwks_uri" in answer["error"], answer["error"]
 
 
 @pytest.mark.system
@@ -696,8 +981,9 @@ def test_duration_table_follows_keysvc_grammar() -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize("value", DURATIONS_ACCEPTED, ids=str)
 def test_chart_accepts_every_keysvc_duration(value: object) -> None:
-    """Compound and fractional durations keysvc accepts (1h30m, 1500ms, 2.5d, seconds) pass the schema."""
-    answer = render_raw({"config": {"clock_skew": value, "jwks": {"max_age": value}}})
+    """Compound and fractional durations keysvc accepts (1h30m, 1500ms, 2.5d, seconds) pass the schema (in a
+    setting outside the timing invariants, so that any length is valid)."""
+    answer = render_raw({"config": {"jwks": {"stale_if_error": value}}})
     assert answer["ok"], answer.get("error")
 
 
@@ -768,7 +1054,7 @@ def test_escape_hatches_reach_the_pod() -> None:
     belong, without touching the chart's own mounts or selectors."""
     chart = rendered("operated")
     pod, container = chart.pod, chart.container
-    assert [c["name"] for c in pod["initContainers"]] == ["wait-for-ca"]
+    assert [c["name"] for c in pod["initContainers"]] == ["wait-for-ca", "check-config"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["corp-ca"]["configMap"]["name"] == "corp-ca-bundle"
     assert volumes["vault-secrets"]["csi"]["driver"] == "secrets-store.csi.k8s.io"
@@ -914,3 +1200,160 @@ def test_no_reference_to_documents_outside_the_repository() -> None:
         if path.is_file():
             text = path.read_text()
             assert not re.search(r"design\s*§|design\.md|\.\./shared", text), path
+
+
+# --- the deployment guide's recipes run as written -------------------------------------------------------
+
+
+def check_values_recipe() -> str:
+    """The shell block of docs/deployment.md's "Check a values file"."""
+    doc = (REPO / "docs" / "deployment.md").read_text()
+    section = doc.split("#### Check a values file", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "the recipe's ```sh block is gone"
+    return block.group(1)
+
+
+def run_check_values_recipe(values: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The recipe with prod.yaml and /tmp/keysvc.yaml replaced by files under tmp_path, run from the repository
+    root by sh -e. Its `make` line is not run: the test needs .venv-tools already (tool() fails otherwise)."""
+    tool("python")
+    assert (REPO / ".venv" / "bin" / "keysvc").exists(), "the recipe uses .venv/bin/keysvc: make .venv/.installed"
+    values_file = tmp_path / "prod.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    recipe = check_values_recipe()
+    assert recipe.startswith("make tools"), recipe
+    script = "\n".join(line for line in recipe.splitlines() if not line.startswith("make "))
+    script = script.replace("prod.yaml", str(values_file)).replace("/tmp/keysvc.yaml", str(tmp_path / "keysvc.yaml"))
+    return subprocess.run(["sh", "-e", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.system
+def test_check_values_recipe_accepts_a_good_values_file(tmp_path: Path) -> None:
+    """docs/deployment.md's recipe, as written, renders a mode's values with helm/render.py and keysvc's
+    `check-config --offline` accepts them."""
+    result = run_check_values_recipe(mode_values("kms-irsa"), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok"), result.stdout
+    assert yaml.safe_load((tmp_path / "keysvc.yaml").read_text())["keysets"]["internal"]["alg"] == "ES384"
+
+
+@pytest.mark.system
+def test_check_values_recipe_reports_the_charts_refusal(tmp_path: Path) -> None:
+    """Values the chart refuses stop the recipe at the render (exit 1, the field and bound on stderr), before
+    keysvc reads a half-written file."""
+    values = mode_values("kms-irsa")
+    values["config"]["keysets"]["zapier"]["publish_ahead"] = "60s"
+    result = run_check_values_recipe(values, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "config.keysets.zapier.publish_ahead (60s) is too short" in result.stderr and "= 690s" in result.stderr
+    assert "ok:" not in result.stdout
+
+
+@pytest.mark.system
+def test_check_values_recipe_reports_keysvcs_refusal(tmp_path: Path) -> None:
+    """What the chart renders but keysvc refuses (two clients sharing an API key) fails the recipe's second
+    step with keysvc's own message and its configuration-error status, 78."""
+    values = mode_values("kms-irsa")
+    clients = values["config"]["clients"]
+    clients["twin"] = {**clients["admin-cli"], "admin": False}
+    result = run_check_values_recipe(values, tmp_path)
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "api_key_sha256" in result.stderr and "same API key" in result.stderr, result.stderr
+
+
+@pytest.mark.unit
+def test_docs_name_only_real_keysvc_commands() -> None:
+    """Every `keysvc COMMAND [ACTION]` the runbook, the deployment guide and the chart README name exists in
+    keysvc's command line (the runbook once named a `keys create` there is none of)."""
+    import argparse
+
+    from keysvc.cli import build_parser
+
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    commands = subcommands(build_parser())
+    texts = [REPO / "docs" / "runbook.md", REPO / "docs" / "deployment.md", CHART / "README.md"]
+    named = 0
+    for path in texts:
+        for command, action in re.findall(r"\bkeysvc ([a-z][a-z-]+)(?: ([a-z][a-z-]+))?", path.read_text()):
+            if command in {"serve", "check-config", "keys", "jwks", "client", "exchange", "zapier"} or (
+                command in commands
+            ):
+                assert command in commands, f"{path.name}: keysvc {command}"
+                actions = subcommands(commands[command])
+                if actions and action:
+                    assert action in actions, f"{path.name}: keysvc {command} {action}"
+                named += 1
+    assert named >= 10, "the docs name fewer keysvc commands than expected: is the pattern still right?"
+
+
+@pytest.mark.system
+def test_render_script_merges_values_files_as_helm_does(tmp_path: Path) -> None:
+    """helm/render.py merges several -f files (maps key by key, the later file winning), prints every manifest
+    without --config-only, and exits 1 with the chart's message when the merged values are refused."""
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(yaml.safe_dump(mode_values("kms-irsa")))
+    second.write_text(yaml.safe_dump({"config": {"keysets": {"internal": {"alg": "ES256"}}}, "replicaCount": 5}))
+    script = str(REPO / "helm" / "render.py")
+    result = subprocess.run([str(tool("python")), script, "-f", str(first), "-f", str(second)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    objects = [o for o in yaml.safe_load_all(result.stdout) if o]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 5
+    (holder,) = [o for o in objects if o["metadata"]["name"] == f"{RELEASE}-config"]
+    config = yaml.safe_load(holder["data"]["keysvc.yaml"])
+    assert config["keysets"]["internal"] == {"issuer": "https://internal.example.com", "alg": "ES256"}
+    assert config["keysets"]["zapier"]["alg"] == "RS256"
+
+    second.write_text(yaml.safe_dump({"config": {"keysets": {"internal": {"retain_after": "1m"}}}}))
+    result = subprocess.run([str(tool("python")), script, "-f", str(first), "-f", str(second), "--config-only"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "config.keysets.internal.retain_after (60s) is too short" in result.stderr, result.stderr
+
+
+@pytest.mark.system
+def test_check_config_init_container_reads_the_mounted_secrets(tmp_path: Path) -> None:
+    """The init container's command, run as written against the file-rwx pod's files laid out under a temporary
+    root (config, passphrase, client secret at their mount paths), accepts them; an empty passphrase file, which
+    `--offline` cannot see, fails it with keysvc's message naming backend.passphrase_file and status 78."""
+    chart = rendered("file-rwx")
+    check = chart.pod["initContainers"][-1]
+    root = tmp_path / "pod"
+
+    def in_pod(path: str) -> Path:
+        return root / path.lstrip("/")
+
+    mounts = [m["mountPath"] for m in check["volumeMounts"]]
+    text = yaml.safe_dump(chart.config)
+    for mount in sorted(mounts, key=len, reverse=True):
+        text = text.replace(mount, str(in_pod(mount)))
+    config_path = check["args"][check["args"].index("--config") + 1]
+    in_pod(config_path).parent.mkdir(parents=True)
+    in_pod(config_path).write_text(text)
+    config = yaml.safe_load(text)
+    passphrase = Path(config["backend"]["passphrase_file"])
+    secret = Path(config["token_exchange"]["client_secret_file"])
+    for path in (passphrase, secret):
+        assert any(str(path).startswith(str(in_pod(m))) for m in mounts), f"{path} is outside the init mounts"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("a long passphrase or client secret\n")
+    keysvc = REPO / ".venv" / "bin" / "keysvc"
+    args = [str(in_pod(config_path)) if a == config_path else a for a in check["args"]]
+    env = {**os.environ, **{e["name"]: e["value"] for e in check["env"] if "value" in e}}
+    env["KEYSVC_CONFIG"] = str(in_pod(config_path))
+    ok = subprocess.run([str(keysvc), *args], capture_output=True, text=True, timeout=60, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    passphrase.write_text("")
+    refused = subprocess.run([str(keysvc), *args], capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    assert "backend.passphrase_file" in refused.stderr, refused.stderr
+    offline = subprocess.run([str(keysvc), *args, "--offline"], capture_output=True, text=True, timeout=60, env=env)
+    assert offline.returncode == 0, "--offline does not read the files: the pod's check must not use it"

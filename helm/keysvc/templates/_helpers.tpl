@@ -127,6 +127,10 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- end }}
 {{- end }}
 {{- $_ := set $cfg "backend" $backend }}
+{{- /* OpenID discovery names the JWKS by absolute URL: behind the chart's Ingress that is its https host. */}}
+{{- if and $v.ingress.enabled $v.ingress.host (not $v.config.public_url) }}
+{{- $_ := set $cfg "public_url" (printf "https://%s" $v.ingress.host) }}
+{{- end }}
 {{- if $v.config.token_exchange }}
 {{- $tx := deepCopy $v.config.token_exchange }}
 {{- $_ := set $tx "client_secret_file" (printf "%s/%s" (include "keysvc.secretsDir" .) $v.secrets.clientSecretKey) }}
@@ -200,6 +204,110 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- end }}
 {{- if and $v.ingress.enabled (eq $v.service.public.type "LoadBalancer") }}
 {{- fail "service.public.type=LoadBalancer with ingress.enabled exposes the public port twice: pick one" }}
+{{- end }}
+{{- /* Every problem below at once, one per line (helm's `fail` could only name the first). */}}
+{{- $problems := list }}
+{{- range $line := splitList "\n" (print (include "keysvc.validateRequired" .) (include "keysvc.validateTimings" .)) }}
+{{- if trim $line }}{{ $problems = append $problems (trim $line) }}{{ end }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "%d problem(s) in the values:\n  %s" (len $problems) (join "\n  " $problems)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Values without a sane default: the release must set them (the chart's defaults are empty on purpose, so a
+forgotten value fails the install instead of deploying a placeholder). Prints one problem per line;
+keysvc.validate fails with all of them.
+*/}}
+{{- define "keysvc.validateRequired" -}}
+{{- $v := .Values }}
+{{- range $name, $ks := $v.config.keysets }}
+{{- $issuer := (default (dict) $ks).issuer }}
+{{- if not $issuer }}
+{{- printf "%s\n" (printf "config.keysets.%s.issuer is required: the `iss` of the tokens this keyset signs, which verifiers match byte for byte (e.g. https://auth.yourcompany.com). Set it in your values file, or drop the chart's example keyset with `config.keysets.%s: null`" $name $name) }}
+{{- end }}
+{{- if eq $issuer "https://partner.example.com" }}
+{{- printf "%s\n" (printf "config.keysets.%s.issuer is the placeholder %s of older chart versions: set your own issuer" $name $issuer) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $v.backend.type "kms") (not $v.backend.kms.region) }}
+{{- print "backend.kms.region is required with backend.type=kms: the AWS region that holds the signing keys (e.g. eu-west-1)\n" }}
+{{- end }}
+{{- if and $v.ingress.enabled (not $v.ingress.host) }}
+{{- print "ingress.host is required with ingress.enabled: the public host name verifiers fetch the JWKS from (e.g. jwks.yourcompany.com)\n" }}
+{{- end }}
+{{- range $name, $client := $v.config.clients }}
+{{- range $keyset := (default (list) $client.keysets) }}
+{{- if not (hasKey (default (dict) $v.config.keysets) $keyset) }}
+{{- printf "%s\n" (printf "config.clients.%s.keysets: no keyset named %s in config.keysets" $name $keyset) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A duration setting in seconds: (list SECTION KEY DEFAULT), DEFAULT being keysvc's own when KEY is absent.
+*/}}
+{{- define "keysvc.secondsOf" -}}
+{{- $section := default (dict) (index . 0) }}
+{{- $value := index . 2 }}
+{{- if and (hasKey $section (index . 1)) (not (kindIs "invalid" (get $section (index . 1)))) }}
+{{- $value = get $section (index . 1) }}
+{{- end }}
+{{- include "keysvc.seconds" $value }}
+{{- end }}
+
+{{/* Seconds as people write them: 1020, 4.5 (never 2.592e+06). */}}
+{{- define "keysvc.formatSeconds" -}}
+{{- printf "%.3f" (float64 .) | trimSuffix "0" | trimSuffix "0" | trimSuffix "0" | trimSuffix "." }}s
+{{- end }}
+
+{{/*
+keysvc's timing invariants for every keyset, with keysvc's defaults for what the values leave out (the same
+check `keysvc check-config` makes at start-up, moved to install time so a refused config never reaches a pod),
+one problem per line:
+  publish_ahead A >= max(jwks.max_age M + jwks.stale_while_revalidate W, jwks.verifier_cache C)
+                     + backend.refresh_interval I + clock_skew S
+  retain_after R >= max_token_ttl T + I + S;  rotation_period P > A;  1s <= T <= P.
+*/}}
+{{- define "keysvc.validateTimings" -}}
+{{- $c := .Values.config }}
+{{- $jwks := default (dict) $c.jwks }}
+{{- $m := float64 (include "keysvc.secondsOf" (list $jwks "max_age" "5m")) }}
+{{- $w := float64 (include "keysvc.secondsOf" (list $jwks "stale_while_revalidate" "1m")) }}
+{{- $cache := float64 (include "keysvc.secondsOf" (list $jwks "verifier_cache" "10m")) }}
+{{- $i := float64 (include "keysvc.secondsOf" (list $c.backend "refresh_interval" "30s")) }}
+{{- $s := float64 (include "keysvc.secondsOf" (list $c "clock_skew" "60s")) }}
+{{- if le $i 0.0 }}
+{{- print "config.backend.refresh_interval must be greater than 0\n" }}
+{{- end }}
+{{- $cached := addf $m $w }}
+{{- if gt $cache $cached }}{{ $cached = $cache }}{{ end }}
+{{- $needA := addf $cached $i $s }}
+{{- range $name, $ks := $c.keysets }}
+{{- $ks = default (dict) $ks }}
+{{- $path := printf "config.keysets.%s" $name }}
+{{- $p := float64 (include "keysvc.secondsOf" (list $ks "rotation_period" "30d")) }}
+{{- $a := float64 (include "keysvc.secondsOf" (list $ks "publish_ahead" "2d")) }}
+{{- $r := float64 (include "keysvc.secondsOf" (list $ks "retain_after" "1d")) }}
+{{- $t := float64 (include "keysvc.secondsOf" (list $ks "max_token_ttl" "5m")) }}
+{{- if lt $a $needA }}
+{{- printf "%s\n" (printf "%s.publish_ahead (%s) is too short: must be >= max(config.jwks.max_age + config.jwks.stale_while_revalidate, config.jwks.verifier_cache) + config.backend.refresh_interval + config.clock_skew = %s, so that every verifier has the next key cached before it signs" $path (include "keysvc.formatSeconds" $a) (include "keysvc.formatSeconds" $needA)) }}
+{{- end }}
+{{- $needR := addf $t $i $s }}
+{{- if lt $r $needR }}
+{{- printf "%s\n" (printf "%s.retain_after (%s) is too short: must be >= max_token_ttl + config.backend.refresh_interval + config.clock_skew = %s, so that every token stays verifiable until it expires" $path (include "keysvc.formatSeconds" $r) (include "keysvc.formatSeconds" $needR)) }}
+{{- end }}
+{{- if le $p $a }}
+{{- printf "%s\n" (printf "%s.rotation_period (%s) must be greater than publish_ahead (%s)" $path (include "keysvc.formatSeconds" $p) (include "keysvc.formatSeconds" $a)) }}
+{{- end }}
+{{- if gt $t $p }}
+{{- printf "%s\n" (printf "%s.max_token_ttl (%s) must not exceed rotation_period (%s)" $path (include "keysvc.formatSeconds" $t) (include "keysvc.formatSeconds" $p)) }}
+{{- end }}
+{{- if lt $t 1.0 }}
+{{- printf "%s\n" (printf "%s.max_token_ttl (%s) must be at least 1s: tokens carry whole seconds" $path (include "keysvc.formatSeconds" $t)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -283,4 +391,58 @@ alert, runbook links to prometheusRule.runbookBaseUrl, and the canary threshold 
 {{- end }}
 {{- end }}
 {{- toYaml $groups }}
+{{- end }}
+
+{{/* The environment of keysvc, shared by the server and its check-config init container. */}}
+{{- define "keysvc.env" -}}
+- name: KEYSVC_CONFIG
+  value: {{ include "keysvc.configDir" . }}/keysvc.yaml
+- name: TMPDIR
+  value: /tmp
+# keysvc records which pod created a key (created_by).
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: KEYSVC_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+{{- if eq .Values.backend.type "kms" }}
+- name: AWS_REGION
+  value: {{ .Values.backend.kms.region | quote }}
+- name: AWS_STS_REGIONAL_ENDPOINTS
+  value: regional
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ tpl (toYaml .) $ }}
+{{- end }}
+{{- end }}
+
+{{/*
+The files keysvc reads (config, secrets, TLS, the extra mounts) and /tmp, shared by the server and its
+check-config init container; the file backend's key volume is the server's alone.
+*/}}
+{{- define "keysvc.volumeMounts" -}}
+- name: config
+  mountPath: {{ include "keysvc.configDir" . }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- if or (include "keysvc.usesPassphrase" .) (include "keysvc.usesClientSecret" .) }}
+- name: secrets
+  mountPath: {{ include "keysvc.secretsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.internalTls.enabled }}
+- name: internal-tls
+  mountPath: {{ include "keysvc.tlsDir" . }}
+  readOnly: true
+{{- if .Values.internalTls.clientAuth.enabled }}
+- name: client-ca
+  mountPath: {{ include "keysvc.clientCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ tpl (toYaml .) $ }}
+{{- end }}
 {{- end }}
