@@ -20,8 +20,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 from jwcrypto.common import JWException
 from jwcrypto.jwk import JWK
 from jwcrypto.jws import JWS
@@ -31,6 +32,7 @@ from keysvc.errors import KeysvcError
 from keysvc.keyring import Keyring
 from keysvc.logs import LOG
 from keysvc.metrics import Metrics
+from keysvc.tls import outbound_context
 
 CANARY_AUDIENCE = "keysvc-canary"
 CANARY_TTL = 60
@@ -96,21 +98,19 @@ def targets(settings: Settings) -> dict[str, str]:
 
 def _safe_url(url: str) -> str:
     """The URL without userinfo or query, for a log line."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path or "/", "", ""))
 
 
 class Canary:
     """Runs the checks of one replica and exports them."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics) -> None:
         assert settings.canary is not None  # nosec B101 - only called when configured
         self.keyring = keyring
         self.metrics = metrics
         self.timeout = settings.canary.timeout
         self.targets = targets(settings)
-        self.transport = transport
         for keyset in self.targets:  # every series exists from the start, so rate() sees the first failure
             for outcome in OUTCOMES:
                 metrics.canary_runs.labels(keyset, outcome)
@@ -120,8 +120,11 @@ class Canary:
     async def run(self) -> Mapping[str, Verdict]:
         """One round over every target keyset (never raises)."""
         results: dict[str, Verdict] = {}
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, transport=self.transport,
-                                     headers={"User-Agent": "keysvc-canary"}) as client:
+        # aiohttp, the server's one outbound HTTP library: no cookie kept, no redirect followed (below)
+        connector = aiohttp.TCPConnector(ssl=outbound_context())
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                         timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                         headers={"User-Agent": "keysvc-canary"}) as client:
             for keyset, url in self.targets.items():
                 started = time.perf_counter()
                 verdict, etag = await self._check(client, keyset, url)
@@ -134,7 +137,7 @@ class Canary:
                 results[keyset] = verdict
         return results
 
-    async def _check(self, client: httpx.AsyncClient, keyset: str, url: str) -> tuple[Verdict, str | None]:
+    async def _check(self, client: aiohttp.ClientSession, keyset: str, url: str) -> tuple[Verdict, str | None]:
         ttl = int(min(CANARY_TTL, self.keyring.settings.keysets[keyset].max_token_ttl))
         claims = {"sub": "keysvc-canary", "aud": CANARY_AUDIENCE}
         try:
@@ -142,13 +145,14 @@ class Canary:
         except KeysvcError as exc:
             return Verdict("sign_error", type(exc).__name__), None
         try:
-            response = await client.get(url)
-        except httpx.HTTPError as exc:
+            async with client.get(url, allow_redirects=False) as response:
+                status, etag = response.status, response.headers.get("etag")
+                content = await response.read() if status == 200 else b""
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return Verdict("fetch_error", type(exc).__name__), None
-        etag = response.headers.get("etag")
-        if response.status_code != 200:
-            return Verdict("http_error", f"HTTP {response.status_code}"), etag
-        return verify(token.token, response.content, kid=token.kid, alg=token.alg), etag
+        if status != 200:
+            return Verdict("http_error", f"HTTP {status}"), etag
+        return verify(token.token, content, kid=token.kid, alg=token.alg), etag
 
     def _export(self, keyset: str, verdict: Verdict, etag: str | None, seconds: float) -> None:
         m = self.metrics

@@ -209,7 +209,7 @@ class Metrics:
 
 
 class ExchangeMetrics:
-    """The token exchange's observer (keysvc.exchange.partner.ExchangeObserver): upstream calls, cache."""
+    """The token exchange's observer (keysvc.client.token_endpoint.ExchangeObserver): upstream calls, cache."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -225,7 +225,7 @@ class ExchangeMetrics:
 
 
 class PartnerApiMetrics:
-    """The embed gateway's observer (keysvc.zapier.partner_api.ApiObserver): Partner API calls, budget."""
+    """The embed gateway's observer (keysvc.partner.partner_api.ApiObserver): Partner API calls, budget."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics

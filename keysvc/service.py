@@ -30,7 +30,7 @@ from keysvc.metrics import Metrics
 
 if TYPE_CHECKING:  # the mirror loads boto3, the partner side httpx: imported only when configured
     from keysvc.mirror.sync import MirrorSync
-    from keysvc.partner import Partner
+    from keysvc.partner.wiring import Partner
 
 SCHEDULE_SLACK = 0.05  # run just after a lifecycle instant, never just before it
 
@@ -129,7 +129,7 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     features: list[RouteSource] = []
     partner = None
     if settings.token_exchange is not None:
-        from keysvc.partner import build_partner
+        from keysvc.partner.wiring import build_partner
 
         partner = build_partner(settings, keyring, metrics)
         features.append(partner.routes)

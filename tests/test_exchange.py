@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from keysvc.client import ExchangeResult, PartnerError, TokenExchanger
+from keysvc.client.signer import TokenSigner
+from keysvc.client.token_endpoint import token_endpoint_client
 from keysvc.errors import RequestError, Unavailable, UpstreamError
-from keysvc.exchange import ExchangeResult, PartnerError, TokenExchanger
-from keysvc.exchange.partner import token_endpoint_client
-from keysvc.exchange.signer import TokenSigner
 from tests.exchange_support import FakeSigner, World, running_world, serve
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN, EXTERNAL_JWT, GRANT_TYPE
 

@@ -3,7 +3,6 @@ every dependency the service (`keysvc[server]`) declares."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -18,8 +17,13 @@ from tests.helpers import ROOT
 
 SERVER_ONLY = ("starlette", "uvicorn", "uvloop", "httptools", "boto3", "botocore", "apscheduler",
                "prometheus_client", "jwcrypto", "orjson", "aiohttp")
-# keysvc.zapier.client (the gateway's client) joins when its branch is merged
-CLIENT_MODULES = ["keysvc.exchange", *(["keysvc.zapier.client"] if importlib.util.find_spec("keysvc.zapier") else [])]
+# every module of the client folder (keysvc/client/, what `pip install keysvc[client]` ships)
+CLIENT_MODULES = sorted(f"keysvc.client.{p.stem}" if p.stem != "__init__" else "keysvc.client"
+                        for p in (ROOT / "keysvc" / "client").glob("*.py"))
+# the server stack: `keysvc serve`'s modules and the partner package; its one outbound HTTP library is aiohttp
+SERVER_STACK = ["keysvc.serve", "keysvc.service",
+                *sorted(f"keysvc.partner.{p.stem}" for p in (ROOT / "keysvc" / "partner").glob("*.py")
+                        if p.stem != "__init__")]
 
 
 @pytest.mark.system
@@ -34,6 +38,22 @@ def test_client_modules_import_no_server_dependency(module: str) -> None:
     loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
 
     assert sorted(loaded & set(SERVER_ONLY)) == []
+
+
+@pytest.mark.system
+def test_the_server_stack_imports_one_outbound_http_library() -> None:
+    """In a fresh interpreter, importing the server (keysvc.serve, keysvc.service) and every module of the
+    partner package loads aiohttp and never
+    httpx: the token endpoint, the Partner API and the canary all go out over the one aiohttp stack."""
+    probe = ("import json, sys, importlib\n"
+             f"for name in {SERVER_STACK!r}: importlib.import_module(name)\n"
+             "print(json.dumps(sorted(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
+
+    assert "aiohttp" in loaded and "httpx" not in loaded
 
 
 def _project() -> dict[str, object]:

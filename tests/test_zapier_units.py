@@ -17,11 +17,11 @@ from keysvc.errors import (
     Unavailable,
     UpstreamError,
 )
-from keysvc.zapier import requests
-from keysvc.zapier.budget import ApiBudget, Refused
-from keysvc.zapier.gateway import poll_delay
-from keysvc.zapier.partner_api import PartnerUnauthorized, api_error
-from keysvc.zapier.state import StateCodec, state_key
+from keysvc.partner import gateway_inputs as requests
+from keysvc.partner.budget import ApiBudget, Refused
+from keysvc.partner.gateway import poll_delay
+from keysvc.partner.partner_api import PartnerUnauthorized, api_error
+from keysvc.partner.state import StateCodec, state_key
 
 pytestmark = pytest.mark.unit
 

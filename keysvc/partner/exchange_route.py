@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from keysvc.client.exchanger import TokenExchanger
 from keysvc.errors import Forbidden, RequestError
-from keysvc.exchange.client import TokenExchanger
-from keysvc.exchange.requests import allowed_scope, parse_body
 from keysvc.http.context import RouteContext
 from keysvc.logs import audit_request
+from keysvc.partner.exchange_body import allowed_scope, parse_body
 
 
 async def exchange_request(

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from keysvc.client.connect import APP_NAME
 from keysvc.config import parse_duration
 from keysvc.errors import ConfigError, InvalidRequest
-from keysvc.exchange.browser import APP_NAME
 
 IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # as /v1/token-exchange: it ends up in a JWT claim
 PARTNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")  # Zapier's connection, run and input ids

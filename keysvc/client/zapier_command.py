@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from keysvc.client.zapier import SyncZapierClient
 from keysvc.errors import InvalidRequest
-from keysvc.zapier.client import SyncZapierClient
 
 EXIT_RUN_ERROR, EXIT_PENDING = 1, 3
 RUN_EXIT = {"success": 0, "error": EXIT_RUN_ERROR, "pending": EXIT_PENDING}

@@ -18,8 +18,8 @@ from starlette.routing import Route
 from keysvc.config import ClientSettings, TokenExchangeSettings
 from keysvc.errors import Forbidden
 from keysvc.http.context import RouteContext
-from keysvc.zapier import requests
-from keysvc.zapier.gateway import RunAnswer, ZapierGateway
+from keysvc.partner import gateway_inputs as requests
+from keysvc.partner.gateway import RunAnswer, ZapierGateway
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
