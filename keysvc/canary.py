@@ -19,19 +19,20 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from jwcrypto.common import JWException
 from jwcrypto.jwk import JWK
 from jwcrypto.jws import JWS
+from prometheus_client import Counter, Gauge, Info
+from prometheus_client.registry import Collector
 
 from keysvc.config import Settings
 from keysvc.errors import KeysvcError
+from keysvc.feature import Feature, Job
 from keysvc.keyring import Keyring
 from keysvc.logs import LOG
-from keysvc.metrics import Metrics
 from keysvc.tls import outbound_context
 
 CANARY_AUDIENCE = "keysvc-canary"
@@ -41,6 +42,32 @@ CANARY_TTL = 60
 OUTCOMES = (
     "ok", "sign_error", "fetch_error", "http_error", "bad_jwks", "kid_missing", "alg_mismatch", "bad_signature",
 )
+
+
+class CanaryMetrics:
+    """The canary's metrics (registered by the service through Feature.metrics)."""
+
+    def __init__(self) -> None:
+        self.canary_success = Gauge(
+            "keysvc_canary_success", "1 when the last canary verification through the public JWKS URL passed",
+            ["keyset"], registry=None,
+        )
+        self.canary_latency = Gauge(
+            "keysvc_canary_duration_seconds", "Duration of the last canary (sign, fetch, verify)", ["keyset"],
+            registry=None,
+        )
+        self.canary_last_success = Gauge(
+            "keysvc_canary_last_success_timestamp_seconds", "When the canary last passed", ["keyset"], registry=None
+        )
+        self.canary_runs = Counter("keysvc_canary_runs_total", "Canary runs", ["keyset", "outcome"], registry=None)
+        self.canary_etag = Info(
+            "keysvc_canary_observed", "ETag the canary saw at the public URL", ["keyset"], registry=None
+        )
+
+    def collectors(self) -> list[Collector]:
+        """Every metric, for the service's registry."""
+        return [self.canary_success, self.canary_latency, self.canary_last_success, self.canary_runs,
+                self.canary_etag]
 
 
 @dataclass(frozen=True)
@@ -105,7 +132,7 @@ def _safe_url(url: str) -> str:
 class Canary:
     """Runs the checks of one replica and exports them."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, keyring: Keyring, metrics: CanaryMetrics) -> None:
         assert settings.canary is not None  # nosec B101 - only called when configured
         self.keyring = keyring
         self.metrics = metrics
@@ -165,8 +192,10 @@ class Canary:
             m.canary_etag.labels(keyset).info({"etag": etag.removeprefix("W/").strip('"')[:128]})
 
 
-def attach(settings: Settings, keyring: Keyring, metrics: Metrics) -> Any:
-    """The canary's coroutine function for the scheduler, or None when `canary` is not configured."""
-    if settings.canary is None:
-        return None
-    return Canary(settings, keyring, metrics).run
+def canary_feature(settings: Settings, keyring: Keyring) -> Feature:
+    """The canary as a feature of the service: its metrics and its scheduled run (when `canary` is configured)."""
+    assert settings.canary is not None  # nosec B101 - only called when configured
+    metrics = CanaryMetrics()
+    canary = Canary(settings, keyring, metrics)
+    return Feature("canary", metrics=metrics.collectors(),
+                   jobs=[Job("canary", settings.canary.interval, canary.run)], part=canary)

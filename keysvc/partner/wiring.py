@@ -1,10 +1,11 @@
-"""The partner side of one replica, built once: ONE TokenExchanger (one access-token cache) shared by
-`POST /v1/token-exchange` and the embed gateway; the exchanger's httpx client and the gateway's Partner API
-session (keysvc.partner.outbound), both closed by the service.
+"""The partner side of one replica as ONE feature of the service (keysvc.feature): ONE TokenExchanger (one
+access-token cache) shared by `POST /v1/token-exchange` and the embed gateway, both going out through the
+one aiohttp session (keysvc.partner.outbound), closed by the service.
 
-    build_partner(settings, keyring, metrics) -> Partner   (only when `token_exchange` is configured)
-    partner.routes(api) -> the /v1/token-exchange and /v1/zapier/* routes (a RouteSource)
-    await partner.aclose()
+    feature = partner_feature(settings, keyring)    (only when `token_exchange` is configured; no I/O)
+    feature.routes(api)   the /v1/token-exchange and /v1/zapier/* routes (a RouteSource)
+    feature.openapi       their paths and schemas;  feature.metrics  PartnerMetrics' collectors
+    await feature.close() the session's connections to the partner
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from starlette.routing import BaseRoute
 
 from keysvc.client.exchanger import TokenExchanger
 from keysvc.config import Settings, TokenExchangeSettings
+from keysvc.feature import Feature
 from keysvc.http.context import RouteContext
 from keysvc.keyring import Keyring
-from keysvc.metrics import ExchangeMetrics, Metrics, PartnerApiMetrics
+from keysvc.partner.api_contract import partner_openapi
 from keysvc.partner.budget import ApiBudget
 from keysvc.partner.exchange_route import exchange_routes
 from keysvc.partner.gateway import ZapierGateway
 from keysvc.partner.gateway_routes import zapier_routes
 from keysvc.partner.keyring_signer import KeyringSigner
+from keysvc.partner.observers import PartnerMetrics
 from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.state import StateCodec, state_key
@@ -31,12 +34,13 @@ from keysvc.partner.state import StateCodec, state_key
 
 @dataclass
 class Partner:
-    """The exchanger, the gateway over it, the exchanger's HTTP client and the gateway's Partner API session."""
+    """The exchanger, the gateway over it, and the one session to the partner both go out through."""
 
     settings: TokenExchangeSettings
     exchanger: TokenExchanger
     gateway: ZapierGateway
     http: PartnerHttp
+    metrics: PartnerMetrics
 
     def routes(self, api: RouteContext) -> Sequence[BaseRoute]:
         """The internal listener's partner routes."""
@@ -46,22 +50,28 @@ class Partner:
         """Close the session to the partner (the token endpoint's and the Partner API's connections)."""
         await self.http.aclose()
 
+    def feature(self) -> Feature:
+        """This partner side as the service's feature: routes, OpenAPI part, metrics, close hook."""
+        return Feature("partner", routes=self.routes, openapi=partner_openapi(), metrics=self.metrics.collectors(),
+                       close=self.aclose, part=self)
 
-def build_partner(settings: Settings, keyring: Keyring, metrics: Metrics) -> Partner:
+
+def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     """The partner side of this replica, for `settings.token_exchange` (no I/O)."""
     exchange = settings.token_exchange
     assert exchange is not None  # nosec B101 - only called when configured
+    metrics = PartnerMetrics()
     http = PartnerHttp()
     signer = KeyringSigner(keyring, settings.keysets, exchange.keyset)
-    observer = ExchangeMetrics(metrics)
-    endpoint = AiohttpTokenEndpoint(exchange, http, observer=observer)
-    exchanger = TokenExchanger(exchange, signer, endpoint=endpoint, observer=observer)
+    endpoint = AiohttpTokenEndpoint(exchange, http, observer=metrics)
+    exchanger = TokenExchanger(exchange, signer, endpoint=endpoint, observer=metrics)
     limit = exchange.api_rate_limit
-    api = PartnerApi(exchange, http, ApiBudget(limit.per_minute, limit.burst), observer=PartnerApiMetrics(metrics))
+    api = PartnerApi(exchange, http, ApiBudget(limit.per_minute, limit.burst), observer=metrics)
     states = StateCodec(state_key(exchange.client_secret.reveal()))
-    for result in ("waited", "refused", "cooling"):
-        metrics.zapier_budget.labels(result)  # at 0 from the start, so alerts see the first increment
-    for status in ("success", "error", "pending"):
-        metrics.zapier_runs.labels(status)
-    gateway = ZapierGateway(exchanger, api, states, on_run=lambda status: metrics.zapier_runs.labels(status).inc())
-    return Partner(exchange, exchanger, gateway, http)
+    gateway = ZapierGateway(exchanger, api, states, on_run=metrics.run)
+    return Partner(exchange, exchanger, gateway, http, metrics)
+
+
+def partner_feature(settings: Settings, keyring: Keyring) -> Feature:
+    """The partner side as one feature of the service (see the module docstring)."""
+    return build_partner(settings, keyring).feature()
