@@ -1,7 +1,7 @@
 """The server side of the partner (Zapier): the token-exchange endpoint and the embed gateway, one feature of
 the service behind one seam (keysvc.feature), going out to the partner one way (aiohttp, `outbound.py`).
 
-wiring.py          build_partner: the feature (routes, OpenAPI paths, metrics, close hook), built once
+wiring.py          partner_feature / build_partner: the feature (routes, OpenAPI part, metrics, close hook)
 outbound.py        the ONE way out: one aiohttp session for every partner URL, transport failures mapped,
                    the one retry loop (keysvc.client.retry); AiohttpTokenEndpoint (POST /oauth/token)
 partner_api.py     the Partner API client: budget, retries of reads, envelopes, error mapping
@@ -10,7 +10,10 @@ state.py           the Connect flow's sealed `state` (pure)
 keyring_signer.py  KeyringSigner, the TokenSigner over this process's keyring
 exchange_body.py   body contract of POST /v1/token-exchange (pure)
 exchange_route.py  the POST /v1/token-exchange route
+gateway_contract.py each gateway route's contract, written once (fields, schemas; routes and OpenAPI from it)
 gateway_inputs.py  strict parsing of the gateway's query parameters and bodies into typed inputs (pure)
+api_contract.py    the partner's OpenAPI part (the token-exchange path and schemas, the gateway's paths)
+observers.py       PartnerMetrics: the partner side's Prometheus metrics, registered through the seam
 gateway.py         the gateway's flows, framework-free
 gateway_routes.py  the `/v1/zapier/*` routes of the internal listener
 
