@@ -123,11 +123,11 @@ class PartnerHttp:
         return self._session
 
     def _proxy(self, url: str) -> str | None:
-        parts = urlsplit(url)
-        base = f"{parts.scheme}://{parts.netloc}"
-        if base not in self._proxies:
-            self._proxies[base] = env_proxy(url)
-        return self._proxies[base]
+        end = url.find("/", url.find("//") + 2)
+        origin = url if end < 0 else url[:end]  # scheme://host[:port], read from the environment once
+        if origin not in self._proxies:
+            self._proxies[origin] = env_proxy(url)
+        return self._proxies[origin]
 
 
 class AiohttpTokenEndpoint:
