@@ -19,8 +19,9 @@ from keysvc.errors import (
 )
 from keysvc.partner import gateway_inputs as requests
 from keysvc.partner.budget import ApiBudget, Refused
+from keysvc.partner.contracts import EXCHANGE, GATEWAY, Contract
+from keysvc.partner.exchange_body import parse_body
 from keysvc.partner.gateway import poll_delay
-from keysvc.partner.gateway_contract import GATEWAY, Contract
 from keysvc.partner.partner_api import PartnerUnauthorized, api_error
 from keysvc.partner.state import StateCodec, state_key
 
@@ -303,15 +304,16 @@ PARSERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "zapier_choices": (lambda f: requests.choices_body(f, "send_message", "channel"), {}),
     "zapier_run": (lambda f: requests.run_body(f, 30.0), {}),
     "zapier_run_status": (lambda f: requests.run_query(f.items(), "run-1", 30.0), {}),
+    "token_exchange": (parse_body, {}),
 }
 
 
-def test_every_gateway_route_has_a_parser_under_test() -> None:
-    """The table below covers every declared gateway route (a new route cannot skip the agreement test)."""
-    assert sorted(c.name for c in GATEWAY) == sorted(PARSERS)
+def test_every_partner_route_has_a_parser_under_test() -> None:
+    """The table above covers every declared partner route (a new route cannot skip the agreement test)."""
+    assert sorted(c.name for c in (*GATEWAY, EXCHANGE)) == sorted(PARSERS)
 
 
-@pytest.mark.parametrize("contract", GATEWAY, ids=lambda c: c.name)
+@pytest.mark.parametrize("contract", (*GATEWAY, EXCHANGE), ids=lambda c: c.name)
 def test_each_parser_agrees_with_its_declared_contract(contract: Contract) -> None:
     """A route's parser accepts a request made of its contract's required fields (their examples), refuses it
     without any one of them, and refuses a field the contract does not declare: the OpenAPI entry derived from

@@ -10,9 +10,10 @@ state.py           the Connect flow's sealed `state` (pure)
 keyring_signer.py  KeyringSigner, the TokenSigner over this process's keyring
 exchange_body.py   body contract of POST /v1/token-exchange (pure)
 exchange_route.py  the POST /v1/token-exchange route
-gateway_contract.py each gateway route's contract, written once (fields, schemas; routes and OpenAPI from it)
+contracts.py       each partner route's contract, written once (fields, schemas; routes, parsers' field
+                   sets and OpenAPI entries derive from it)
 gateway_inputs.py  strict parsing of the gateway's query parameters and bodies into typed inputs (pure)
-api_contract.py    the partner's OpenAPI part (the token-exchange path and schemas, the gateway's paths)
+openapi_part.py    the partner's OpenAPI part (paths from the contracts, the token exchange's schemas)
 observers.py       PartnerMetrics: the partner side's Prometheus metrics, registered through the seam
 gateway.py         the gateway's flows, framework-free
 gateway_routes.py  the `/v1/zapier/*` routes of the internal listener

@@ -16,8 +16,9 @@ from typing import Any
 from keysvc.client.connect import APP_NAME
 from keysvc.client.exchanger import normalise_scope
 from keysvc.errors import Forbidden, InvalidRequest
+from keysvc.partner.contracts import EXCHANGE
 
-_FIELDS = frozenset({"user_id", "tenant_id", "token", "app", "scope"})
+_FIELDS = frozenset(EXCHANGE.names)  # the route's contract (keysvc.partner.contracts)
 _IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces: ends up in a JWT claim
 
 

@@ -1,7 +1,7 @@
 """Strict parsing of the gateway's inputs (query parameters on GET, JSON body fields on POST) into typed,
 validated values. Every malformed input is an InvalidRequest naming the field: an unknown or repeated
 field, a wrong type, a missing user, an `app` that is not a UUID, a `wait` above `run_wait_max`.
-Nothing here does I/O. Which fields each route accepts is its contract's (keysvc.partner.gateway_contract).
+Nothing here does I/O. Which fields each route accepts is its contract's (keysvc.partner.contracts).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from keysvc.client.connect import APP_NAME
 from keysvc.config import parse_duration
 from keysvc.errors import ConfigError, InvalidRequest
-from keysvc.partner import gateway_contract as contract
+from keysvc.partner import contracts as contract
 
 IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # as /v1/token-exchange: it ends up in a JWT claim
 PARTNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")  # Zapier's connection, run and input ids

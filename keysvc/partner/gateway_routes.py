@@ -18,10 +18,10 @@ from starlette.routing import Route
 from keysvc.config import ClientSettings, TokenExchangeSettings
 from keysvc.errors import Forbidden
 from keysvc.http.context import RouteContext
-from keysvc.partner import gateway_contract as c
+from keysvc.partner import contracts as c
 from keysvc.partner import gateway_inputs as inputs_of
+from keysvc.partner.contracts import Contract
 from keysvc.partner.gateway import RunAnswer, ZapierGateway
-from keysvc.partner.gateway_contract import Contract
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 

@@ -20,13 +20,13 @@ from keysvc.config import Settings, TokenExchangeSettings
 from keysvc.feature import Feature
 from keysvc.http.context import RouteContext
 from keysvc.keyring import Keyring
-from keysvc.partner.api_contract import partner_openapi
 from keysvc.partner.budget import ApiBudget
 from keysvc.partner.exchange_route import exchange_routes
 from keysvc.partner.gateway import ZapierGateway
 from keysvc.partner.gateway_routes import zapier_routes
 from keysvc.partner.keyring_signer import KeyringSigner
 from keysvc.partner.observers import PartnerMetrics
+from keysvc.partner.openapi_part import partner_openapi
 from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.state import StateCodec, state_key

@@ -1,8 +1,9 @@
-"""Each gateway route's contract, written once: its path, method and name, its inputs (query parameters or
-body fields, each with its JSON Schema and whether it is required) and its answers. The route table
-(keysvc.partner.gateway_routes), the parsers' field sets (keysvc.partner.gateway_inputs: an unknown field
-is refused) and the OpenAPI entries (keysvc.partner.api_contract) are all derived from these declarations;
-tests/test_zapier_units.py holds the parsers to the declared required fields.
+"""Each partner route's contract, written once: its path, method and name, its inputs (query parameters or
+body fields, each with its JSON Schema, whether it is required, and an example) and its answers. The route
+tables (keysvc.partner.gateway_routes, keysvc.partner.exchange_route), the parsers' field sets
+(keysvc.partner.gateway_inputs, keysvc.partner.exchange_body: an unknown field is refused) and the OpenAPI
+entries (keysvc.partner.openapi_part) are all derived from these declarations; tests/test_zapier_units.py
+holds every parser to its contract's required fields.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from keysvc.openapi import JsonObject, json_answer, json_body, operation, path_param, query_param
+from keysvc.openapi import BODY_ERRORS, JsonObject, json_answer, json_body, operation, path_param, query_param
 
 _USER_ID = {"type": "string", "pattern": "^[\\x21-\\x7e]{1,256}$"}
 _APP_ID = {"type": "string", "format": "uuid", "description": "Zapier's app id, from /v1/zapier/apps"}
@@ -45,6 +46,10 @@ class Contract:
     body: tuple[Field, ...] | None = None
     path_params: tuple[tuple[str, str], ...] = ()  # (name, description)
     runs: bool = False  # answers an action run: 200 when done, 202 while pending
+    errors: tuple[int, ...] = ERRORS
+    answer: JsonObject | None = None  # the 200 body's schema (default: an object, or RUN when `runs`)
+    answer_description: str = "The answer"
+    body_schema_name: str | None = None  # the body's schema goes to components.schemas under this name
 
     @property
     def fields(self) -> tuple[Field, ...]:
@@ -56,18 +61,24 @@ class Contract:
         """The names of `fields`."""
         return tuple(f.name for f in self.fields)
 
+    def body_schema(self) -> JsonObject:
+        """The JSON Schema of the body: exactly the declared fields, the required ones required."""
+        fields = self.body or ()
+        return {"type": "object", "required": [f.name for f in fields if f.required],
+                "additionalProperties": False, "properties": {f.name: f.schema for f in fields}}
+
     def openapi(self) -> JsonObject:
-        """This route's OpenAPI path item."""
-        answer = RUN if self.runs else {"type": "object"}
+        """This route's OpenAPI path item (its body schema by reference when `body_schema_name` is set)."""
+        answer = self.answer or (RUN if self.runs else {"type": "object"})
         parameters = [query_param(f.name, f.schema, required=f.required) for f in self.query]
         parameters += [path_param(name, description) for name, description in self.path_params]
         body = None
         if self.body is not None:
-            body = json_body({
-                "type": "object", "required": [f.name for f in self.body if f.required],
-                "additionalProperties": False, "properties": {f.name: f.schema for f in self.body},
-            })
-        op = operation(self.name, self.summary, json_answer("The answer", answer), ERRORS, body=body,
+            schema = self.body_schema()
+            if self.body_schema_name is not None:
+                schema = {"$ref": f"#/components/schemas/{self.body_schema_name}"}
+            body = json_body(schema)
+        op = operation(self.name, self.summary, json_answer(self.answer_description, answer), self.errors, body=body,
                        parameters=parameters or None)
         if self.runs:
             op["responses"]["202"] = json_answer("Still pending", RUN)
@@ -110,6 +121,15 @@ RUN_CREATE = Contract("/v1/zapier/action-runs", "POST", "zapier_run",
 RUN_STATUS = Contract("/v1/zapier/action-runs/{run_id}", "GET", "zapier_run_status",
                       "Zapier: an action run's status, waiting up to `wait`",
                       query=(*USER, Field("wait", _STRING)), path_params=(("run_id", "the run's id"),), runs=True)
+
+EXCHANGE = Contract(
+    "/v1/token-exchange", "POST", "token_exchange", "Token exchange: a partner access or connect token (RFC 8693)",
+    body=(*USER, Field("token", {"type": "string", "enum": ["access", "connect"]}, True, "access"),
+          Field("app", {"type": ["string", "null"], "description": "required with token=connect; null = absent"}),
+          Field("scope", {"type": ["string", "null"], "description": "space-separated; null = absent"})),
+    errors=(*BODY_ERRORS, 502, 503), answer={"$ref": "#/components/schemas/ExchangeResponse"},
+    answer_description="The partner's token", body_schema_name="ExchangeRequest",
+)
 
 GATEWAY = (APPS, CONNECTIONS, CONNECT, COMPLETE, ACTIONS, INPUTS, CHOICES, RUN_CREATE, RUN_STATUS)
 
