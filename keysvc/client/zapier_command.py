@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from keysvc.client.zapier import SyncZapierClient
 from keysvc.errors import InvalidRequest
 
 EXIT_RUN_ERROR, EXIT_PENDING = 1, 3
@@ -80,6 +79,8 @@ def api_key(args: argparse.Namespace) -> str:
 
 def zapier_command(args: argparse.Namespace) -> int:
     """Run one `keysvc zapier` command; keysvc's errors propagate (printed by keysvc.cli, exit 1)."""
+    from keysvc.client.zapier import SyncZapierClient  # httpx: loaded when a zapier command runs, not by serve
+
     with SyncZapierClient(args.url, api_key(args)) as zapier:
         command, u, t = args.zapier_command, args.user, args.tenant
         if command == "connections":

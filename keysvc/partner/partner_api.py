@@ -92,9 +92,12 @@ class PartnerApi:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: ApiObserver | None = None,
         backoff: float = 0.25,
+        base_url: str | None = None,
     ) -> None:
+        """`base_url` is `settings.api_url` unless given: another Bearer-token API of the partner (the
+        Trigger Inbox API) is another PartnerApi over the same session, its own budget and base URL."""
         self._settings = settings
-        self._base = settings.api_url.rstrip("/")
+        self._base = (base_url or settings.api_url).rstrip("/")
         self._http = http
         self._budget = budget
         self._clock = clock
