@@ -19,18 +19,21 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 from jwcrypto.common import JWException
 from jwcrypto.jwk import JWK
 from jwcrypto.jws import JWS
+from prometheus_client import Counter, Gauge, Info
+from prometheus_client.registry import Collector
 
 from keysvc.config import Settings
 from keysvc.errors import KeysvcError
+from keysvc.feature import Feature, Job
 from keysvc.keyring import Keyring
 from keysvc.logs import LOG
-from keysvc.metrics import Metrics
+from keysvc.tls import outbound_context
 
 CANARY_AUDIENCE = "keysvc-canary"
 CANARY_TTL = 60
@@ -39,6 +42,32 @@ CANARY_TTL = 60
 OUTCOMES = (
     "ok", "sign_error", "fetch_error", "http_error", "bad_jwks", "kid_missing", "alg_mismatch", "bad_signature",
 )
+
+
+class CanaryMetrics:
+    """The canary's metrics (registered by the service through Feature.metrics)."""
+
+    def __init__(self) -> None:
+        self.canary_success = Gauge(
+            "keysvc_canary_success", "1 when the last canary verification through the public JWKS URL passed",
+            ["keyset"], registry=None,
+        )
+        self.canary_latency = Gauge(
+            "keysvc_canary_duration_seconds", "Duration of the last canary (sign, fetch, verify)", ["keyset"],
+            registry=None,
+        )
+        self.canary_last_success = Gauge(
+            "keysvc_canary_last_success_timestamp_seconds", "When the canary last passed", ["keyset"], registry=None
+        )
+        self.canary_runs = Counter("keysvc_canary_runs_total", "Canary runs", ["keyset", "outcome"], registry=None)
+        self.canary_etag = Info(
+            "keysvc_canary_observed", "ETag the canary saw at the public URL", ["keyset"], registry=None
+        )
+
+    def collectors(self) -> list[Collector]:
+        """Every metric, for the service's registry."""
+        return [self.canary_success, self.canary_latency, self.canary_last_success, self.canary_runs,
+                self.canary_etag]
 
 
 @dataclass(frozen=True)
@@ -96,21 +125,19 @@ def targets(settings: Settings) -> dict[str, str]:
 
 def _safe_url(url: str) -> str:
     """The URL without userinfo or query, for a log line."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path or "/", "", ""))
 
 
 class Canary:
     """Runs the checks of one replica and exports them."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, metrics: Metrics,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings, keyring: Keyring, metrics: CanaryMetrics) -> None:
         assert settings.canary is not None  # nosec B101 - only called when configured
         self.keyring = keyring
         self.metrics = metrics
         self.timeout = settings.canary.timeout
         self.targets = targets(settings)
-        self.transport = transport
         for keyset in self.targets:  # every series exists from the start, so rate() sees the first failure
             for outcome in OUTCOMES:
                 metrics.canary_runs.labels(keyset, outcome)
@@ -120,8 +147,11 @@ class Canary:
     async def run(self) -> Mapping[str, Verdict]:
         """One round over every target keyset (never raises)."""
         results: dict[str, Verdict] = {}
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, transport=self.transport,
-                                     headers={"User-Agent": "keysvc-canary"}) as client:
+        # aiohttp, the server's one outbound HTTP library: no cookie kept, no redirect followed (below)
+        connector = aiohttp.TCPConnector(ssl=outbound_context())
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                         timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                         headers={"User-Agent": "keysvc-canary"}) as client:
             for keyset, url in self.targets.items():
                 started = time.perf_counter()
                 verdict, etag = await self._check(client, keyset, url)
@@ -134,7 +164,7 @@ class Canary:
                 results[keyset] = verdict
         return results
 
-    async def _check(self, client: httpx.AsyncClient, keyset: str, url: str) -> tuple[Verdict, str | None]:
+    async def _check(self, client: aiohttp.ClientSession, keyset: str, url: str) -> tuple[Verdict, str | None]:
         ttl = int(min(CANARY_TTL, self.keyring.settings.keysets[keyset].max_token_ttl))
         claims = {"sub": "keysvc-canary", "aud": CANARY_AUDIENCE}
         try:
@@ -142,13 +172,14 @@ class Canary:
         except KeysvcError as exc:
             return Verdict("sign_error", type(exc).__name__), None
         try:
-            response = await client.get(url)
-        except httpx.HTTPError as exc:
+            async with client.get(url, allow_redirects=False) as response:
+                status, etag = response.status, response.headers.get("etag")
+                content = await response.read() if status == 200 else b""
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return Verdict("fetch_error", type(exc).__name__), None
-        etag = response.headers.get("etag")
-        if response.status_code != 200:
-            return Verdict("http_error", f"HTTP {response.status_code}"), etag
-        return verify(token.token, response.content, kid=token.kid, alg=token.alg), etag
+        if status != 200:
+            return Verdict("http_error", f"HTTP {status}"), etag
+        return verify(token.token, content, kid=token.kid, alg=token.alg), etag
 
     def _export(self, keyset: str, verdict: Verdict, etag: str | None, seconds: float) -> None:
         m = self.metrics
@@ -161,8 +192,10 @@ class Canary:
             m.canary_etag.labels(keyset).info({"etag": etag.removeprefix("W/").strip('"')[:128]})
 
 
-def attach(settings: Settings, keyring: Keyring, metrics: Metrics) -> Any:
-    """The canary's coroutine function for the scheduler, or None when `canary` is not configured."""
-    if settings.canary is None:
-        return None
-    return Canary(settings, keyring, metrics).run
+def canary_feature(settings: Settings, keyring: Keyring) -> Feature:
+    """The canary as a feature of the service: its metrics and its scheduled run (when `canary` is configured)."""
+    assert settings.canary is not None  # nosec B101 - only called when configured
+    metrics = CanaryMetrics()
+    canary = Canary(settings, keyring, metrics)
+    return Feature("canary", metrics=metrics.collectors(),
+                   jobs=[Job("canary", settings.canary.interval, canary.run)], part=canary)

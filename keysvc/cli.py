@@ -21,6 +21,7 @@ import yaml
 
 from keysvc import __version__, lifecycle, operations
 from keysvc.backends.registry import open_backend
+from keysvc.client.zapier_command import add_zapier_parser
 from keysvc.clock import SystemClock
 from keysvc.config import Address, KeysetSettings, ReadOptions, Settings, load_settings, parse_settings
 from keysvc.errors import ConfigError, Conflict, KeysvcError, NotFound, RequestError
@@ -29,7 +30,6 @@ from keysvc.jwks import build
 from keysvc.keyring import Keyring
 from keysvc.logs import setup
 from keysvc.records import KeyRecord
-from keysvc.zapier.cli import add_zapier_parser
 
 DEV_DIR = Path(".keysvc-dev")
 EXIT_FAILED = 1  # the operation failed or was refused
@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audience", action="append", help="audience the client may sign for (repeatable)")
     p.add_argument("--admin", action="store_true", help="may rotate, revoke and list keys")
     p.set_defaults(fn=cmd_client_new)
-    from keysvc.exchange.cli import add_exchange_parser
+    from keysvc.client.exchange_command import add_exchange_parser
 
     with_config(add_exchange_parser(sub)).set_defaults(fn=cmd_exchange)
     add_zapier_parser(sub)
@@ -492,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_exchange(args: argparse.Namespace) -> int:
     """`keysvc exchange`: sign in this process with the configured backend's active key, exchange once."""
-    from keysvc.exchange.cli import run_exchange_async
-    from keysvc.exchange.keyring_signer import KeyringSigner
+    from keysvc.client.exchange_command import run_exchange_async
+    from keysvc.partner.keyring_signer import KeyringSigner
 
     settings = _settings(args)
     exchange = settings.token_exchange

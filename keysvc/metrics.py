@@ -1,4 +1,6 @@
-"""Every Prometheus metric of keysvc, defined in one place, in one registry per process.
+"""keysvc's core Prometheus metrics, in one registry per process. An optional part (the partner side, the
+canary) defines its own metrics and the service registers them through the seam (keysvc.feature:
+`Feature.metrics`), so this module names no feature.
 
 Labels hold only bounded, non-secret values: configured client and keyset names, our own kids, outcomes.
 Never a caller-supplied value, a user id or a token. Keyset gauges are computed at scrape time from the
@@ -19,7 +21,6 @@ from typing import TYPE_CHECKING
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     Info,
     PlatformCollector,
@@ -127,48 +128,6 @@ class Metrics:
         self.rate_limited = Counter(
             "keysvc_rate_limited_total", "Requests refused by rate limit", ["client"], registry=r
         )
-        self.exchange_calls = Counter(
-            "keysvc_token_exchange_upstream_total", "Token-exchange upstream calls", ["outcome"], registry=r
-        )
-        self.exchange_latency = Histogram(
-            "keysvc_token_exchange_upstream_duration_seconds", "Token-exchange upstream latency",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.exchange_cache = Counter(
-            "keysvc_token_exchange_cache_total", "Token-exchange access-token cache lookups", ["result"], registry=r
-        )
-        # the embed gateway (keysvc.zapier): `endpoint` is our fixed name of a Partner API call, never a path
-        self.zapier_calls = Counter(
-            "keysvc_zapier_api_requests_total", "Partner API requests by endpoint (apps, authentications, actions, "
-            "inputs, choices, run_create, run_get) and outcome", ["endpoint", "outcome"], registry=r,
-        )
-        self.zapier_latency = Histogram(
-            "keysvc_zapier_api_duration_seconds", "Partner API request latency", ["endpoint"],
-            buckets=BACKEND_BUCKETS, registry=r,
-        )
-        self.zapier_runs = Counter(
-            "keysvc_zapier_action_runs_total", "Action-run answers by status (success, error, pending)", ["status"],
-            registry=r,
-        )
-        self.zapier_budget = Counter(
-            "keysvc_zapier_api_budget_total", "Partner API requests the replica's budget delayed (waited) or "
-            "refused (refused: api_rate_limit spent; cooling: after a 429)", ["result"], registry=r,
-        )
-        self.canary_success = Gauge(
-            "keysvc_canary_success", "1 when the last canary verification through the public JWKS URL passed",
-            ["keyset"], registry=r,
-        )
-        self.canary_latency = Gauge(
-            "keysvc_canary_duration_seconds", "Duration of the last canary (sign, fetch, verify)", ["keyset"],
-            registry=r,
-        )
-        self.canary_last_success = Gauge(
-            "keysvc_canary_last_success_timestamp_seconds", "When the canary last passed", ["keyset"], registry=r
-        )
-        self.canary_runs = Counter("keysvc_canary_runs_total", "Canary runs", ["keyset", "outcome"], registry=r)
-        self.canary_etag = Info(
-            "keysvc_canary_observed", "ETag the canary saw at the public URL", ["keyset"], registry=r
-        )
         self._keysets: frozenset[str] = frozenset()  # the configured keysets: key event labels stay bounded
 
     def watch(self, keyring: Keyring) -> None:
@@ -206,38 +165,6 @@ class Metrics:
                 self.creation_races_lost.labels(event.keyset).inc(event.report.lost_races)
         elif isinstance(event, ExpBeyondRetention):
             self.token_exp_beyond_retention.labels(event.keyset).inc()
-
-
-class ExchangeMetrics:
-    """The token exchange's observer (keysvc.exchange.partner.ExchangeObserver): upstream calls, cache."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def upstream(self, outcome: str, seconds: float) -> None:
-        """One request to the partner."""
-        self._metrics.exchange_calls.labels(outcome).inc()
-        self._metrics.exchange_latency.observe(seconds)
-
-    def cache(self, result: str) -> None:
-        """One access-token cache lookup."""
-        self._metrics.exchange_cache.labels(result).inc()
-
-
-class PartnerApiMetrics:
-    """The embed gateway's observer (keysvc.zapier.partner_api.ApiObserver): Partner API calls, budget."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def call(self, endpoint: str, outcome: str, seconds: float) -> None:
-        """One Partner API request."""
-        self._metrics.zapier_calls.labels(endpoint, outcome).inc()
-        self._metrics.zapier_latency.labels(endpoint).observe(seconds)
-
-    def budget(self, result: str) -> None:
-        """A request delayed or refused by the replica's budget."""
-        self._metrics.zapier_budget.labels(result).inc()
 
 
 class LoopCounter(Collector):

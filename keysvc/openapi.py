@@ -1,6 +1,8 @@
 """The OpenAPI 3 document of the internal API, served at `GET /openapi.json` on the internal listener.
 
-Built once from the settings (the token-exchange operation is listed only when it is configured). It is
+Built once from the settings and the features' parts (keysvc.feature.OpenApiPart: a feature's paths and
+schemas, listed only when it is configured; this module names no feature, and offers the builders below,
+`operation`, `json_answer`, `json_body`, `path_param`, `query_param`, to write them). It is
 the contract the fuzz test (tests/test_fuzz_api.py, schemathesis) holds the live service to: every
 documented status, header and body schema, and nothing undocumented — so each status an operation can
 answer is listed here, with the error body every 4xx/5xx carries.
@@ -9,7 +11,7 @@ answer is listed here, with the error body every 4xx/5xx carries.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -17,6 +19,7 @@ from starlette.responses import Response
 
 from keysvc import __version__
 from keysvc.config import Settings
+from keysvc.feature import OpenApiPart
 from keysvc.tokens import RESERVED_CLAIMS
 
 JsonObject = dict[str, Any]
@@ -30,13 +33,14 @@ _ERROR_TEXT = {
     413: "payload_too_large: bodies are limited to 64 KiB",
     415: "unsupported_media_type: bodies must be application/json (UTF-8)",
     429: "rate_limited: the client's token bucket is empty (`Retry-After`)",
-    502: "upstream_error: the partner's token endpoint failed",
-    503: "unavailable: the key store or the partner cannot serve now (`Retry-After`)",
+    502: "upstream_error: a service keysvc called failed or answered something malformed",
+    503: "unavailable: the key store or a service keysvc calls cannot serve now (`Retry-After`)",
 }
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
+BODY_ERRORS = (400, 401, 403, 413, 415, 429)  # what any authenticated JSON-body route can answer
 
 
-def _error(status: int) -> JsonObject:
+def error_answer(status: int) -> JsonObject:
     headers: JsonObject = {}
     if status == 401:
         headers["WWW-Authenticate"] = {"required": True, "schema": {"type": "string"}}
@@ -51,20 +55,20 @@ def _error(status: int) -> JsonObject:
     return response
 
 
-def _json(description: str, schema: JsonObject) -> JsonObject:
+def json_answer(description: str, schema: JsonObject) -> JsonObject:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _body(schema: JsonObject, *, required: bool = True) -> JsonObject:
+def json_body(schema: JsonObject, *, required: bool = True) -> JsonObject:
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
-def _operation(op_id: str, summary: str, ok: JsonObject, errors: tuple[int, ...], *, secured: bool = True,
+def operation(op_id: str, summary: str, ok: JsonObject, errors: tuple[int, ...], *, secured: bool = True,
                body: JsonObject | None = None, parameters: list[JsonObject] | None = None) -> JsonObject:
     op: JsonObject = {
         "operationId": op_id,
         "summary": summary,
-        "responses": {"200": ok, **{str(s): _error(s) for s in errors}},
+        "responses": {"200": ok, **{str(s): error_answer(s) for s in errors}},
         # a client certificate mapped by listen.tls is the alternative to the key (see the scheme)
         "security": [{"apiKey": []}] if secured else [],
     }
@@ -75,7 +79,12 @@ def _operation(op_id: str, summary: str, ok: JsonObject, errors: tuple[int, ...]
     return op
 
 
-def _path_param(name: str, description: str) -> JsonObject:
+def query_param(name: str, schema: JsonObject, *, required: bool = False) -> JsonObject:
+    """A query parameter."""
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+def path_param(name: str, description: str) -> JsonObject:
     return {"name": name, "in": "path", "required": True, "description": description,
             "schema": {"type": "string", "minLength": 1}}
 
@@ -135,90 +144,67 @@ def _schemas() -> JsonObject:
             },
             "additionalProperties": False,
         },
-        "ExchangeRequest": {
-            "type": "object",
-            "required": ["user_id", "tenant_id", "token"],
-            "properties": {
-                "user_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,256}$"},
-                "tenant_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,256}$"},
-                "token": {"type": "string", "enum": ["access", "connect"]},
-                "app": {"type": ["string", "null"], "description": "required with token=connect; null = absent"},
-                "scope": {"type": ["string", "null"], "description": "space-separated; null = absent"},
-            },
-            "additionalProperties": False,
-        },
-        "ExchangeResponse": {
-            "type": "object",
-            "required": ["access_token", "issued_token_type"],
-            "properties": {
-                "access_token": {"type": "string"},
-                "issued_token_type": {"type": "string"},
-                "expires_in": {"type": "integer"},
-                "connect_url": {"type": "string"},
-            },
-            "additionalProperties": True,
-        },
     }
 
 
-def build_openapi(settings: Settings) -> JsonObject:
-    """The OpenAPI 3.1 document of the internal listener for these settings."""
-    body_errors = (400, 401, 403, 413, 415, 429)
+def build_openapi(settings: Settings, parts: Sequence[OpenApiPart] = ()) -> JsonObject:
+    """The OpenAPI 3.1 document of the internal listener for these settings: the core's routes, and the
+    paths and schemas of each feature's part (keysvc.feature.OpenApiPart)."""
+    body_errors = BODY_ERRORS
     paths: JsonObject = {
-        "/v1/sign": {"post": _operation(
+        "/v1/sign": {"post": operation(
             "sign", "Sign: a JWT with the keyset's active key",
-            _json("The signed token", {"$ref": "#/components/schemas/SignResponse"}),
-            (*body_errors, 503), body=_body({"$ref": "#/components/schemas/SignRequest"}),
+            json_answer("The signed token", {"$ref": "#/components/schemas/SignResponse"}),
+            (*body_errors, 503), body=json_body({"$ref": "#/components/schemas/SignRequest"}),
         )},
-        "/v1/keys": {"get": _operation(
+        "/v1/keys": {"get": operation(
             "list_keys", "List keys: every key of the keysets this client administers (admin)",
-            _json("Keys", {"type": "object", "required": ["keys"], "additionalProperties": False,
+            json_answer("Keys", {"type": "object", "required": ["keys"], "additionalProperties": False,
                            "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}}}),
             (401, 403, 429),
         )},
-        "/v1/keysets/{name}/rotate": {"post": _operation(
+        "/v1/keysets/{name}/rotate": {"post": operation(
             "rotate", "Rotate: promote the pending key now (admin of the keyset)",
-            _json("The newly active key", {
+            json_answer("The newly active key", {
                 "type": "object", "required": ["keyset", "active_kid", "activated_at"], "additionalProperties": False,
                 "properties": {"keyset": {"type": "string"}, "active_kid": {"type": "string"},
                                "activated_at": {"type": "number"}},
             }),
             (*body_errors, 404, 409, 503),
-            body=_body({"type": "object", "properties": {"force": {"type": "boolean"}}, "additionalProperties": False},
-                       required=False),
-            parameters=[_path_param("name", "keyset name")],
+            body=json_body({"type": "object", "properties": {"force": {"type": "boolean"}},
+                            "additionalProperties": False}, required=False),
+            parameters=[path_param("name", "keyset name")],
         )},
-        "/v1/keys/{kid}/revoke": {"post": _operation(
+        "/v1/keys/{kid}/revoke": {"post": operation(
             "revoke", "Revoke: a key at once (admin of its keyset; any other kid is not_found)",
-            _json("The revoked key", {
+            json_answer("The revoked key", {
                 "type": "object", "required": ["keyset", "kid", "revoked_at"], "additionalProperties": False,
                 "properties": {"keyset": {"type": "string"}, "kid": {"type": "string"},
                                "revoked_at": {"type": "number"}},
             }),
             (*body_errors, 404, 503),
-            parameters=[_path_param("kid", "the key's RFC 7638 thumbprint")],
+            parameters=[path_param("kid", "the key's RFC 7638 thumbprint")],
         )},
-        "/metrics": {"get": _operation(
+        "/metrics": {"get": operation(
             "metrics", "Metrics: Prometheus exposition",
             {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
             (), secured=False,
         )},
-        "/healthz": {"get": _operation(
+        "/healthz": {"get": operation(
             "healthz", "Health: the process is alive",
-            _json("Alive", {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}),
+            json_answer("Alive", {"type": "object", "required": ["status"],
+                                  "properties": {"status": {"type": "string"}}}),
             (), secured=False,
         )},
-        "/openapi.json": {"get": _operation(
-            "openapi", "OpenAPI: this document", _json("OpenAPI 3.1 document", {"type": "object"}), (), secured=False,
+        "/openapi.json": {"get": operation(
+            "openapi", "OpenAPI: this document", json_answer("OpenAPI 3.1 document", {"type": "object"}), (),
+            secured=False,
         )},
     }
-    if settings.token_exchange is not None:
-        paths["/v1/token-exchange"] = {"post": _operation(
-            "token_exchange", "Token exchange: a partner access or connect token (RFC 8693)",
-            _json("The partner's token", {"$ref": "#/components/schemas/ExchangeResponse"}),
-            (*body_errors, 502, 503), body=_body({"$ref": "#/components/schemas/ExchangeRequest"}),
-        )}
-        paths.update(_zapier_paths())
+    schemas = _schemas()
+    for part in parts:
+        paths.update(part.paths)
+        schemas.update(part.schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -229,7 +215,7 @@ def build_openapi(settings: Settings) -> JsonObject:
         },
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
+            "schemas": schemas,
             "securitySchemes": {
                 "apiKey": {
                     "type": "http", "scheme": "bearer",
@@ -241,82 +227,9 @@ def build_openapi(settings: Settings) -> JsonObject:
     }
 
 
-_USER_ID = {"type": "string", "pattern": "^[\\x21-\\x7e]{1,256}$"}
-_APP_ID = {"type": "string", "format": "uuid", "description": "Zapier's app id, from /v1/zapier/apps"}
-_OBJECT = {"type": "object"}
-
-
-def _query(name: str, schema: JsonObject, *, required: bool = False) -> JsonObject:
-    return {"name": name, "in": "query", "required": required, "schema": schema}
-
-
-def _zapier_body(properties: JsonObject, required: tuple[str, ...]) -> JsonObject:
-    return _body({
-        "type": "object", "required": ["user_id", "tenant_id", *required], "additionalProperties": False,
-        "properties": {"user_id": _USER_ID, "tenant_id": _USER_ID, **properties},
-    })
-
-
-def _zapier_paths() -> JsonObject:
-    """The embed gateway's routes (client flag `zapier`); every call names the user."""
-    user = [_query("user_id", _USER_ID, required=True), _query("tenant_id", _USER_ID, required=True)]
-    app = _query("app", _APP_ID, required=True)
-    wait = {"description": "seconds (or a duration such as 10s) to wait for the run, at most run_wait_max",
-            "oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}
-    call = {"app": _APP_ID, "action_type": {"type": "string"}, "connection": {"type": ["string", "null"]},
-            "inputs": _OBJECT}
-    errors = (400, 401, 403, 404, 409, 413, 415, 429, 502, 503)
-    run = {"type": "object", "required": ["id", "status"], "properties": {
-        "id": {"type": "string"}, "status": {"type": "string", "enum": ["success", "error", "pending"]},
-        "results": {}, "errors": {"type": "array", "items": _OBJECT}}}
-
-    def op(op_id: str, summary: str, answer: JsonObject, **kw: Any) -> JsonObject:
-        return _operation(op_id, summary, _json("The answer", answer), errors, **kw)
-
-    def run_op(op_id: str, summary: str, **kw: Any) -> JsonObject:
-        operation = op(op_id, summary, run, **kw)
-        operation["responses"]["202"] = _json("Still pending", run)
-        return operation
-
-    listing = {"type": "object"}
-    return {
-        "/v1/zapier/apps": {"get": op("zapier_apps", "Zapier: apps for the app picker", listing, parameters=[
-            *user, _query("query", {"type": "string"}), _query("limit", {"type": "integer", "minimum": 1,
-                                                                         "maximum": 100}),
-            _query("offset", {"type": "integer", "minimum": 0})])},
-        "/v1/zapier/connections": {"get": op(
-            "zapier_connections", "Zapier: the user's connections of an app, and a usable one", listing,
-            parameters=[*user, app])},
-        "/v1/zapier/connect": {"post": op(
-            "zapier_connect", "Zapier: a Connect URL with a fresh connect token, and its state", listing,
-            body=_zapier_body({"app": _APP_ID, "connect_app": {"type": "string"}, "redirect_uri": {"type": "string"},
-                               "reconnect_id": {"type": "string"}}, ("app",)))},
-        "/v1/zapier/connect/complete": {"post": op(
-            "zapier_complete", "Zapier: check the state and the returned connection", listing,
-            body=_zapier_body({"state": {"type": "string"}, "authentication_id": {"type": "string"},
-                               "error": {"type": "string"}, "error_description": {"type": "string"},
-                               "redirect_uri": {"type": "string"}}, ("state",)))},
-        "/v1/zapier/actions": {"get": op("zapier_actions", "Zapier: an app's actions by stable key", listing,
-                                         parameters=[*user, app, _query("action_type", {"type": "string"})])},
-        "/v1/zapier/actions/{key}/inputs": {"post": op(
-            "zapier_inputs", "Zapier: an action's input fields", listing,
-            body=_zapier_body(call, ("app", "action_type")), parameters=[_path_param("key", "action key")])},
-        "/v1/zapier/actions/{key}/inputs/{input_id}/choices": {"post": op(
-            "zapier_choices", "Zapier: one page of a dynamic input's choices", listing,
-            body=_zapier_body({**call, "page": {"type": "integer", "minimum": 1}}, ("app", "action_type")),
-            parameters=[_path_param("key", "action key"), _path_param("input_id", "input field id")])},
-        "/v1/zapier/action-runs": {"post": run_op(
-            "zapier_run", "Zapier: run an action (created once), waiting up to `wait` for its result",
-            body=_zapier_body({**call, "action": {"type": "string"}, "wait": wait}, ("app", "action", "action_type")))},
-        "/v1/zapier/action-runs/{run_id}": {"get": run_op(
-            "zapier_run_status", "Zapier: an action run's status, waiting up to `wait`",
-            parameters=[*user, _query("wait", {"type": "string"}), _path_param("run_id", "the run's id")])},
-    }
-
-
-def openapi_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
+def openapi_endpoint(settings: Settings, parts: Sequence[OpenApiPart] = ()) -> Callable[[Request], Awaitable[Response]]:
     """A route handler serving the document (serialised once)."""
-    body = json.dumps(build_openapi(settings), separators=(",", ":")).encode("utf-8")
+    body = json.dumps(build_openapi(settings, parts), separators=(",", ":")).encode("utf-8")
 
     async def openapi(request: Request) -> Response:
         """GET /openapi.json"""

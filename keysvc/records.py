@@ -1,6 +1,6 @@
 """The domain's records: a key as stored, a signed token, and `SigningKey`, the private-key operation a key
 store hands out. Stdlib only, imported by every layer (the pure lifecycle, JWKS and token modules, the
-backends, the keyring, and the Python clients of keysvc.exchange): backends depend on these types, never
+backends, the keyring, and the Python clients of keysvc.client): backends depend on these types, never
 the other way round.
 
 Times are float seconds since the epoch (UTC).

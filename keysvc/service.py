@@ -1,18 +1,20 @@
-"""One replica's parts, wired: backend, keyring, its observers (audit log, metrics, the optional S3
-mirror), both ASGI apps, the partner side (one token exchanger shared by the exchange route and the
-gateway), the schedule and the optional canary. `build_service` builds them (no I/O), `Service.start`
-loads keys and starts the schedule, `Service.aclose` releases everything that was built. The listeners
-are keysvc.serve's."""
+"""One replica's parts, wired: backend, keyring, its observers (audit log, metrics), both ASGI apps, the
+schedule, and the optional parts, each a `Feature` (keysvc.feature: the S3 mirror, the partner side, the
+canary), built by the functions of FEATURES when configured. `build_service` builds them (no I/O) and
+keeps what it opened in `Resources`, closed in reverse order if building fails halfway; `Service.start`
+loads keys and starts the schedule; `Service.aclose` stops the schedule and closes everything opened, last
+first, every close tried. The listeners are keysvc.serve's."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -21,16 +23,12 @@ from keysvc.audit import AuditLog
 from keysvc.backends.registry import open_backend
 from keysvc.clock import Clock, SystemClock
 from keysvc.config import Settings
-from keysvc.events import Observer, Observers
-from keysvc.http.context import RouteSource
+from keysvc.events import Event, Observer, Observers
+from keysvc.feature import Feature, Resources, sync_hook
 from keysvc.http.internal import build_internal_app
 from keysvc.http.public import PublicApp
 from keysvc.keyring import Keyring
 from keysvc.metrics import Metrics
-
-if TYPE_CHECKING:  # the mirror loads boto3, the partner side httpx: imported only when configured
-    from keysvc.mirror.sync import MirrorSync
-    from keysvc.partner import Partner
 
 SCHEDULE_SLACK = 0.05  # run just after a lifecycle instant, never just before it
 
@@ -44,10 +42,13 @@ class Service:
     metrics: Metrics
     public_app: Any
     internal_app: Any
+    features: list[Feature]
+    resources: Resources
     scheduler: AsyncIOScheduler | None = None
-    canary: Any = None  # keysvc.canary.Canary.run when `canary` is configured
-    mirror: MirrorSync | None = None  # when `mirror` is configured
-    partner: Partner | None = None  # when `token_exchange` is configured
+
+    def feature(self, name: str) -> Feature | None:
+        """The feature called `name` when it is configured."""
+        return next((f for f in self.features if f.name == name), None)
 
     async def start(self) -> None:
         """Load keys (creating the first ones if needed) and start the schedule."""
@@ -57,10 +58,10 @@ class Service:
             self._tick, "interval", seconds=self.settings.backend.refresh_interval, id="refresh",
             max_instances=1, coalesce=True, misfire_grace_time=None,
         )
-        if self.canary is not None and self.settings.canary is not None:
+        for job in (job for feature in self.features for job in feature.jobs):
             # first run one interval after start: the listeners are not serving yet at this point
             scheduler.add_job(
-                self.canary, "interval", seconds=self.settings.canary.interval, id="canary",
+                job.run, "interval", seconds=job.interval, id=job.name,
                 max_instances=1, coalesce=True, misfire_grace_time=None,
             )
         scheduler.start()
@@ -89,16 +90,28 @@ class Service:
                                misfire_grace_time=None)
 
     async def aclose(self) -> None:
-        """Stop the schedule, then release what was built: the partner side's HTTP client, the mirror's
-        writer and S3 client, the keyring's I/O pool and backend."""
+        """Stop the schedule, then close everything that was opened, last first (the features, then the
+        keyring's I/O pool and backend); a failing close is logged and the rest still close."""
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
-        if self.partner is not None:
-            await self.partner.aclose()
-        if self.mirror is not None:
-            self.mirror.close()
-        self.keyring.close()
+        await self.resources.aclose()
+
+
+class FeatureObservers:
+    """The features' keyring observers, told after the audit log and metrics (the keyring is built before
+    the features that need it, so they join here once built)."""
+
+    def __init__(self) -> None:
+        self.observers: list[Observer] = []
+
+    def __repr__(self) -> str:
+        return f"FeatureObservers({', '.join(type(o).__name__ for o in self.observers)})"
+
+    def notify(self, event: Event) -> None:
+        """Tell each feature's observer, in order."""
+        for observer in self.observers:
+            observer.notify(event)
 
 
 def instance_id() -> str:
@@ -106,39 +119,69 @@ def instance_id() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _mirror(settings: Settings, keyring: Keyring) -> Feature:
+    from keysvc.mirror.sync import mirror_feature  # boto3: loaded only when configured
+
+    return mirror_feature(settings)
+
+
+def _partner(settings: Settings, keyring: Keyring) -> Feature:
+    from keysvc.partner.wiring import partner_feature  # aiohttp: loaded only when configured
+
+    return partner_feature(settings, keyring)
+
+
+def _canary(settings: Settings, keyring: Keyring) -> Feature:
+    from keysvc.canary import canary_feature
+
+    return canary_feature(settings, keyring)
+
+
+# the optional parts, in the order they are built (and told keyring events); closed in reverse
+FEATURES: tuple[tuple[str, Callable[[Settings, Keyring], Feature]], ...] = (
+    ("mirror", _mirror), ("token_exchange", _partner), ("canary", _canary),
+)
+
+
 def build_service(settings: Settings, clock: Clock | None = None) -> Service:
-    """Wire settings, backend, keyring, metrics and both apps (no I/O yet)."""
+    """Wire settings, backend, keyring, metrics, the configured features and both apps (no I/O yet). If
+    building fails halfway, what was already built is closed (last first) before the error propagates."""
+    resources = Resources()
+    try:
+        return _build(settings, clock, resources)
+    except BaseException:
+        resources.close_from_sync()
+        raise
+
+
+def _build(settings: Settings, clock: Clock | None, resources: Resources) -> Service:
     ident = instance_id()
     backend = open_backend(settings.backend, ident)
+    resources.push("backend", sync_hook(backend.close))
     # one I/O thread per pooled backend connection (KMS: botocore's pool), so a burst of remote signatures
     # queues in the pool instead of waiting on connections
     workers = int(getattr(backend, "max_workers", 8))
     metrics = Metrics()
     metrics.build_info.info({"version": __version__, "backend": settings.backend.type})
     metrics.prime(settings.keysets)
-    observers: list[Observer] = [AuditLog(), metrics]  # the audit line first: it precedes the answer
-    mirror = None
-    if settings.mirror is not None:
-        from keysvc.mirror.sync import build_mirror
-
-        mirror = build_mirror(settings)
-        observers.append(mirror)
-    keyring = Keyring(settings, backend, clock or SystemClock(), ident, ThreadPoolExecutor(workers, "keysvc-io"),
-                      Observers(*observers))
+    late = FeatureObservers()
+    observers: list[Observer] = [AuditLog(), metrics, late]  # the audit line first: it precedes the answer
+    executor = ThreadPoolExecutor(workers, "keysvc-io")
+    resources.push("keyring I/O pool", sync_hook(lambda: executor.shutdown(wait=False, cancel_futures=True)))
+    keyring = Keyring(settings, backend, clock or SystemClock(), ident, executor, Observers(*observers))
     metrics.watch(keyring)
-    features: list[RouteSource] = []
-    partner = None
-    if settings.token_exchange is not None:
-        from keysvc.partner import build_partner
-
-        partner = build_partner(settings, keyring, metrics)
-        features.append(partner.routes)
+    features: list[Feature] = []
+    for section, build in FEATURES:
+        if getattr(settings, section) is None:
+            continue
+        feature = build(settings, keyring)
+        if feature.close is not None:
+            resources.push(feature.name, feature.close)
+        features.append(feature)
+        for collector in feature.metrics:
+            metrics.registry.register(collector)
+        if feature.observer is not None:
+            late.observers.append(feature.observer)
     internal_app = build_internal_app(settings, keyring, metrics, features)
     public_app = PublicApp(keyring, metrics)
-    canary = None
-    if settings.canary is not None:
-        from keysvc.canary import attach
-
-        canary = attach(settings, keyring, metrics)
-    return Service(settings, keyring, metrics, public_app, internal_app, canary=canary, mirror=mirror, partner=partner)
-
+    return Service(settings, keyring, metrics, public_app, internal_app, features, resources)

@@ -1,4 +1,5 @@
-"""Optional TLS on the internal listener, and client certificates (mTLS) as an alternative to API keys.
+"""Optional TLS on the internal listener, client certificates (mTLS) as an alternative to API keys, and the
+trust of keysvc's outbound calls (`outbound_context`).
 
     listen:
       tls:
@@ -21,9 +22,12 @@ or names two different clients, gets 401, as a wrong API key does.
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Mapping
 from typing import Any
+
+import certifi
 
 from keysvc.config import TlsSettings, typed_subject
 
@@ -68,3 +72,13 @@ def client_identities(scope: Mapping[str, Any]) -> tuple[str, ...]:
     """The verified client-certificate identities of a request (empty without TLS or a client cert)."""
     tls = scope.get("extensions", {}).get("tls", {})
     return tuple(tls.get(SCOPE_KEY, ()))
+
+
+def outbound_context() -> ssl.SSLContext:
+    """The trust of keysvc's outbound calls (the partner, the canary), as httpx gives keysvc's clients:
+    `SSL_CERT_FILE`, else `SSL_CERT_DIR`, else certifi's bundle."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    return ssl.create_default_context(cafile=certifi.where())

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from keysvc.client import TokenExchanger
 from keysvc.config import (
     DURATION_PATTERN,
     ApiRateLimit,
@@ -27,7 +28,6 @@ from keysvc.config import (
     parse_yaml,
 )
 from keysvc.errors import ConfigError
-from keysvc.exchange import TokenExchanger
 from tests.exchange_support import World, running_world
 from tests.helpers import ROOT, base_config, sha256_hex
 

@@ -1,6 +1,10 @@
 """TokenExchanger end to end: a partner token server on 127.0.0.1 that fetches the JWKS over HTTP and
 verifies the partner JWT with PyJWT, as Zapier would. The signer is the in-test stand-in for keysvc;
 tests/test_exchange_keysvc.py repeats the essentials against a real `keysvc serve`.
+
+Every test that builds its exchanger with `exchanger()` runs twice: over the clients' httpx token endpoint
+(keysvc.client.token_endpoint) and over the server's aiohttp one (keysvc.partner.outbound), which share
+the OAuth rules and the retry loop: both keep every behaviour below.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from keysvc.client import ExchangeResult, PartnerError, TokenExchanger
+from keysvc.client.signer import TokenSigner
+from keysvc.client.token_endpoint import token_endpoint_client
+from keysvc.config import TokenExchangeSettings
 from keysvc.errors import RequestError, Unavailable, UpstreamError
-from keysvc.exchange import ExchangeResult, PartnerError, TokenExchanger
-from keysvc.exchange.partner import token_endpoint_client
-from keysvc.exchange.signer import TokenSigner
+from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from tests.exchange_support import FakeSigner, World, running_world, serve
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN, EXTERNAL_JWT, GRANT_TYPE
 
@@ -41,8 +47,12 @@ def world_once() -> Iterator[World]:
         yield world
 
 
-@pytest.fixture
-def world(world_once: World) -> World:
+TRANSPORTS: dict[int, str] = {}  # id(world) -> the transport its exchangers use in the current test
+
+
+@pytest.fixture(params=["httpx", "aiohttp"])
+def world(world_once: World, request: pytest.FixtureRequest) -> World:
+    TRANSPORTS[id(world_once)] = request.param
     world_once.partner.reset()
     for signer in world_once.signers.values():
         signer.calls.clear()
@@ -59,10 +69,24 @@ class RecordingSleep:
         self.delays.append(delay)
 
 
+class ServerSideExchanger(TokenExchanger):
+    """The server's way: a TokenExchanger over the aiohttp token endpoint, closing its session with it."""
+
+    def __init__(self, settings: TokenExchangeSettings, signer: TokenSigner, **kw: Any) -> None:
+        self._http = PartnerHttp()
+        endpoint = AiohttpTokenEndpoint(settings, self._http, clock=kw["clock"], sleep=kw["sleep"])
+        super().__init__(settings, signer, endpoint=endpoint, **kw)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._http.aclose()
+
+
 def exchanger(world: World, signer: TokenSigner | None = None, **overrides: Any) -> TokenExchanger:
     sleep = overrides.pop("sleep", asyncio.sleep)
     clock = overrides.pop("clock", time.monotonic)
-    return TokenExchanger(world.settings(**overrides), signer or world.signers["ES256"], sleep=sleep, clock=clock)
+    kind = ServerSideExchanger if TRANSPORTS.get(id(world)) == "aiohttp" else TokenExchanger
+    return kind(world.settings(**overrides), signer or world.signers["ES256"], sleep=sleep, clock=clock)
 
 
 async def access(world: World, *args: str, **overrides: Any) -> ExchangeResult:

@@ -6,8 +6,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from keysvc.client.connect import CallbackResult, connect_url, parse_callback
 from keysvc.errors import InvalidRequest
-from keysvc.exchange.browser import CallbackResult, connect_url, parse_callback
 
 pytestmark = pytest.mark.unit
 

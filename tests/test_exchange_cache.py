@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from keysvc.exchange.cache import SingleFlightCache
+from keysvc.client.cache import SingleFlightCache
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from keysvc.exchange.cli import add_exchange_parser, run_exchange
+from keysvc.client.exchange_command import add_exchange_parser, run_exchange
 from tests.exchange_support import World, running_world
 
 

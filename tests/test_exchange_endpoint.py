@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from keysvc.client import TokenExchanger, TokenExchangeSettings
 from keysvc.config import Secret
 from keysvc.errors import Forbidden, InvalidRequest, RequestError
-from keysvc.exchange import TokenExchanger, TokenExchangeSettings
-from keysvc.exchange.requests import allowed_scope, parse_body
-from keysvc.exchange.routes import exchange_request
+from keysvc.partner.exchange_body import allowed_scope, parse_body
+from keysvc.partner.exchange_route import exchange_request
 from keysvc.records import SignedToken
 
 pytestmark = pytest.mark.unit

@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from keysvc.cli import cmd_exchange
+from keysvc.client import RemoteSigner, SignedToken, TokenExchanger
 from keysvc.config import Secret
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import Forbidden, RequestError, UpstreamError
-from keysvc.exchange import RemoteSigner, SignedToken, TokenExchanger
 from tests.exchange_support import serve
 from tests.helpers import (
     KeysvcProcess,

@@ -1,22 +1,21 @@
-"""The mapping of the partner's answers onto keysvc's errors (pure: httpx.Response values, no network)."""
+"""The mapping of the partner's answers onto keysvc's errors (pure: Answer values, no network)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 
+from keysvc.client.oauth import Answer, PartnerError, oauth_text, parse_retry_after, partner_error, token_response
 from keysvc.errors import RequestError, Unavailable, UpstreamError
-from keysvc.exchange.errors import PartnerError, oauth_text, parse_retry_after
-from keysvc.exchange.partner import partner_error, token_response
 
 pytestmark = pytest.mark.unit
 
 
-def answer(status: int, body: Any = None, **headers: str) -> httpx.Response:
-    return httpx.Response(status, json=body, headers=headers) if body is not None else httpx.Response(status)
+def answer(status: int, body: Any = None, **headers: str) -> Answer:
+    return Answer(status, headers.get("Retry-After"), b"" if body is None else json.dumps(body).encode())
 
 
 @pytest.mark.parametrize(
@@ -42,7 +41,7 @@ def answer(status: int, body: Any = None, **headers: str) -> httpx.Response:
         (answer(400, {"error": "bad code with spaces"}), (UpstreamError, 502, "upstream_error")),
     ],
 )
-def test_partner_error_mapping(response: httpx.Response, expected: tuple[type, int, str]) -> None:
+def test_partner_error_mapping(response: Answer, expected: tuple[type, int, str]) -> None:
     """Each partner answer becomes the documented keysvc error: caller codes pass through as 400, 401/403
     as 403, our credentials and registration as 502, overload as 503, never a 500."""
     error = partner_error(response)

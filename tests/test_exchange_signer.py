@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from keysvc.client import RemoteSigner, SignedToken
 from keysvc.errors import Forbidden, InvalidRequest, RateLimited, RequestError, Unavailable, UpstreamError
-from keysvc.exchange import RemoteSigner, SignedToken
 
 pytestmark = pytest.mark.unit
 

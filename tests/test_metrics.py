@@ -44,10 +44,18 @@ class Scrape:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
-    """One server for the module (30-day keys, refreshing every 500 ms so a backend failure shows fast)."""
+    """One server for the module (30-day keys, refreshing every 500 ms so a backend failure shows fast), with
+    every feature that defines metrics configured (the partner side and the canary register theirs through
+    the seam: an unconfigured feature exports nothing); the canary checks once an hour, never in this run."""
     tmp = tmp_path_factory.mktemp("metrics")
     config = base_config(tmp / "keys")
     config["backend"]["refresh_interval"] = "500ms"
+    secret = tmp / "client-secret"
+    secret.write_text("s3cr3t\n")
+    config["token_exchange"] = {"keyset": "zapier", "token_url": "http://127.0.0.1:9/oauth/token",
+                                "api_url": "http://127.0.0.1:9", "client_id": "keysvc",
+                                "client_secret_file": str(secret)}
+    config["canary"] = {"jwks_url": "http://127.0.0.1:9/.well-known/jwks.json", "interval": "1h"}
     proc = KeysvcProcess(write_config(tmp / "metrics.yaml", config), name="metrics")
     proc.start()
     yield proc

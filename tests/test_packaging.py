@@ -3,23 +3,28 @@ every dependency the service (`keysvc[server]`) declares."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, base_config
 
 SERVER_ONLY = ("starlette", "uvicorn", "uvloop", "httptools", "boto3", "botocore", "apscheduler",
                "prometheus_client", "jwcrypto", "orjson", "aiohttp", "psycopg")
-# keysvc.zapier.client (the gateway's client) joins when its branch is merged
-CLIENT_MODULES = ["keysvc.exchange", *(["keysvc.zapier.client"] if importlib.util.find_spec("keysvc.zapier") else [])]
+# every module of the client folder (keysvc/client/, what `pip install keysvc[client]` ships)
+CLIENT_MODULES = sorted(f"keysvc.client.{p.stem}" if p.stem != "__init__" else "keysvc.client"
+                        for p in (ROOT / "keysvc" / "client").glob("*.py"))
+# the server stack: `keysvc serve`'s modules and the partner package; its one outbound HTTP library is aiohttp
+SERVER_STACK = ["keysvc.cli", "keysvc.serve", "keysvc.service",
+                *sorted(f"keysvc.partner.{p.stem}" for p in (ROOT / "keysvc" / "partner").glob("*.py")
+                        if p.stem != "__init__")]
 
 
 @pytest.mark.system
@@ -34,6 +39,40 @@ def test_client_modules_import_no_server_dependency(module: str) -> None:
     loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
 
     assert sorted(loaded & set(SERVER_ONLY)) == []
+
+
+PROBE = """
+import importlib, json, sys
+for name in NAMES:
+    importlib.import_module(name)
+from keysvc.config import parse_settings
+from keysvc.service import build_service
+service = build_service(parse_settings(json.loads(sys.stdin.read())))
+assert [f.name for f in service.features] == ["partner", "canary"], service.features
+service.resources.close_from_sync()
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.system
+def test_the_server_stack_imports_one_outbound_http_library(tmp_path: Path) -> None:
+    """In a fresh interpreter, importing the server (`keysvc serve` is keysvc.cli, then keysvc.serve and
+    keysvc.service) and every module of the partner package, then building a service with the partner side
+    and the canary configured, loads aiohttp and never httpx: the token endpoint, the Partner API and the
+    canary all go out over the one aiohttp stack."""
+    (tmp_path / "secret").write_text("s3cr3t")
+    config = base_config(tmp_path / "keys")  # built here: tests.helpers itself imports httpx
+    config["token_exchange"] = {"keyset": "zapier", "token_url": "http://127.0.0.1:9/oauth/token",
+                                "api_url": "http://127.0.0.1:9", "client_id": "keysvc",
+                                "client_secret_file": str(tmp_path / "secret")}
+    config["canary"] = {"jwks_url": "http://127.0.0.1:9/.well-known/jwks.json", "interval": "1h"}
+    probe = f"NAMES = {SERVER_STACK!r}\n{PROBE}"
+    result = subprocess.run([sys.executable, "-c", probe], input=json.dumps(config), capture_output=True, text=True,
+                            cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
+
+    assert "aiohttp" in loaded and "httpx" not in loaded
 
 
 def _project() -> dict[str, object]:

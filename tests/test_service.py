@@ -6,11 +6,16 @@ import asyncio
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
-from keysvc.config import parse_settings
+from keysvc import service as service_module
+from keysvc.config import Settings, parse_settings
+from keysvc.feature import Feature
+from keysvc.keyring import Keyring
+from keysvc.partner.wiring import Partner
 from keysvc.service import build_service
 from tests.helpers import base_config, wait_for
 from tests.kms_server import AWS_ENV, REGION, MotoServer
@@ -61,11 +66,48 @@ def test_close_releases_the_partner_sides_http_client(tmp_path: Path) -> None:
                                 "api_url": "http://127.0.0.1:9", "client_id": "keysvc",
                                 "client_secret_file": str(secret)}
     service = build_service(parse_settings(config))
-    assert service.partner is not None and not service.partner.http.is_closed
+    feature = service.feature("partner")
+    assert feature is not None and isinstance(feature.part, Partner)
+    partner = feature.part
+    assert not partner.http.is_closed
 
     async def run() -> None:
         await service.start()
         await service.aclose()
 
     asyncio.run(run())
-    assert service.partner.http.is_closed and service.scheduler is None
+    assert partner.http.is_closed and service.scheduler is None
+
+
+def _partner_config(tmp_path: Path) -> dict[str, Any]:
+    secret = tmp_path / "client-secret"
+    secret.write_text("s3cr3t\n")
+    config = base_config(tmp_path / "keys")
+    config["token_exchange"] = {"keyset": "zapier", "token_url": "http://127.0.0.1:9/oauth/token",
+                                "api_url": "http://127.0.0.1:9", "client_id": "keysvc",
+                                "client_secret_file": str(secret)}
+    return config
+
+
+def test_a_build_failing_halfway_closes_what_it_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a feature fails to build after others were built, build_service closes what it had opened (the
+    partner side's session, the keyring's I/O pool) before the error propagates: nothing leaks."""
+    built: list[tuple[Feature, Keyring]] = []
+    build_partner = dict(service_module.FEATURES)["token_exchange"]
+
+    def partner(settings: Settings, keyring: Keyring) -> Feature:
+        feature = build_partner(settings, keyring)
+        built.append((feature, keyring))
+        return feature
+
+    def broken(settings: Settings, keyring: Keyring) -> Feature:
+        raise RuntimeError("this feature cannot be built")
+
+    monkeypatch.setattr(service_module, "FEATURES", (("token_exchange", partner), ("token_exchange", broken)))
+    with pytest.raises(RuntimeError, match="cannot be built"):
+        build_service(parse_settings(_partner_config(tmp_path)))
+
+    feature, keyring = built[0]
+    assert isinstance(feature.part, Partner) and feature.part.http.is_closed
+    with pytest.raises(RuntimeError):  # shut down: it takes no more work
+        keyring.executor.submit(print)

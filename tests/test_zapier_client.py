@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from keysvc.client.zapier import SyncZapierClient, ZapierClient
 from keysvc.errors import Forbidden, InvalidRequest, UpstreamError
-from keysvc.zapier.client import SyncZapierClient, ZapierClient
 from tests.helpers import ROOT, KeysvcProcess, api_key, base_config, remember_secret, run_cli, sha256_hex, write_config
 from tests.zapier_fake import InputField, RunBehaviour, ZapierFake, running_zapier
 
@@ -45,9 +45,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeysvcPro
 
 
 def test_client_imports_without_the_server_stack() -> None:
-    """Importing keysvc.zapier.client loads neither starlette, uvicorn nor boto3 (nor keysvc's config)."""
+    """Importing keysvc.client.zapier loads neither starlette, uvicorn nor boto3 (nor keysvc's config)."""
     code = (
-        "import sys, keysvc.zapier.client\n"
+        "import sys, keysvc.client.zapier\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'boto3', 'botocore',"
         " 'yaml') or m in ('keysvc.config', 'keysvc.service', 'keysvc.serve'))\n"
         "print(','.join(bad))\n"

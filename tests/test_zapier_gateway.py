@@ -13,17 +13,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from keysvc.client.exchanger import TokenExchanger
+from keysvc.client.oauth import PartnerError
 from keysvc.config import Secret
 from keysvc.config.exchange import ApiRateLimit, TokenExchangeSettings
 from keysvc.errors import Forbidden, InvalidRequest, NotFound, RequestError, Unavailable
-from keysvc.exchange.client import TokenExchanger
-from keysvc.exchange.errors import PartnerError
-from keysvc.zapier import requests
-from keysvc.zapier.budget import ApiBudget
-from keysvc.zapier.gateway import ZapierGateway
-from keysvc.zapier.partner_api import PartnerApi
-from keysvc.zapier.partner_http import PartnerHttp
-from keysvc.zapier.state import StateCodec, state_key
+from keysvc.partner import gateway_inputs as requests
+from keysvc.partner.budget import ApiBudget
+from keysvc.partner.gateway import ZapierGateway
+from keysvc.partner.outbound import PartnerHttp
+from keysvc.partner.partner_api import PartnerApi
+from keysvc.partner.state import StateCodec, state_key
 from tests.exchange_support import ISSUER, FakeJwks, FakeSigner, serve
 from tests.helpers import SteppedTime
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN
@@ -58,7 +58,7 @@ class Rig:
 
         async def go() -> T:
             limit = settings.api_rate_limit
-            http = PartnerHttp(settings.api_url)
+            http = PartnerHttp()
             try:
                 async with TokenExchanger(settings, self.signer) as exchanger:
                     api = PartnerApi(settings, http, ApiBudget(limit.per_minute, limit.burst), clock=self.time,

@@ -19,9 +19,9 @@ from starlette.routing import Route
 from keysvc.config import Secret
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError, Unavailable, UpstreamError
-from keysvc.zapier.budget import ApiBudget
-from keysvc.zapier.partner_api import PartnerApi, PartnerUnauthorized
-from keysvc.zapier.partner_http import MAX_ANSWER, PartnerHttp, env_proxy
+from keysvc.partner.budget import ApiBudget
+from keysvc.partner.outbound import MAX_ANSWER, PartnerHttp, env_proxy
+from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
 from tests.exchange_support import serve
 from tests.helpers import SteppedTime
 
@@ -72,7 +72,7 @@ def call(url: str, method: str, clock: SteppedTime | None = None, budget: ApiBud
     clock = clock or SteppedTime(0.0)
 
     async def go() -> dict[str, Any]:
-        http = PartnerHttp(settings.api_url)
+        http = PartnerHttp()
         try:
             api = PartnerApi(settings, http, budget or ApiBudget(6000, 100), clock=clock, sleep=clock.sleep)
             for _ in range(times):
@@ -159,7 +159,7 @@ def test_a_token_unfit_for_a_header_is_a_502_and_nothing_is_sent(script: tuple[S
     settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), api_url=url, max_attempts=4)
 
     async def go() -> None:
-        http = PartnerHttp(url)
+        http = PartnerHttp()
         try:
             await PartnerApi(settings, http, ApiBudget(6000, 100)).get("authentications", "/v2/x", token)
         finally:

@@ -17,11 +17,13 @@ from keysvc.errors import (
     Unavailable,
     UpstreamError,
 )
-from keysvc.zapier import requests
-from keysvc.zapier.budget import ApiBudget, Refused
-from keysvc.zapier.gateway import poll_delay
-from keysvc.zapier.partner_api import PartnerUnauthorized, api_error
-from keysvc.zapier.state import StateCodec, state_key
+from keysvc.partner import gateway_inputs as requests
+from keysvc.partner.budget import ApiBudget, Refused
+from keysvc.partner.contracts import EXCHANGE, GATEWAY, Contract
+from keysvc.partner.exchange_body import parse_body
+from keysvc.partner.gateway import poll_delay
+from keysvc.partner.partner_api import PartnerUnauthorized, api_error
+from keysvc.partner.state import StateCodec, state_key
 
 pytestmark = pytest.mark.unit
 
@@ -287,3 +289,40 @@ def test_poll_delay_grows_from_one_to_eight_seconds_and_honours_hints() -> None:
     assert [poll_delay(n, None) for n in range(6)] == [1, 2, 4, 8, 8, 8]
     assert poll_delay(0, 5.0) == 5.0
     assert poll_delay(3, 2.0) == 8.0
+
+
+REDIRECT = "https://app.example/zapier/callback"
+# each gateway route's parser, with what it needs besides the fields (and, for complete, the one of
+# authentication_id / error it needs, which a list of required fields cannot say)
+PARSERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "zapier_apps": (lambda f: requests.apps_query(f.items()), {}),
+    "zapier_connections": (lambda f: requests.connections_query(f.items()), {}),
+    "zapier_actions": (lambda f: requests.actions_query(f.items()), {}),
+    "zapier_connect": (lambda f: requests.connect_body(f, (REDIRECT,)), {}),
+    "zapier_complete": (requests.complete_body, {"authentication_id": "conn-1"}),
+    "zapier_inputs": (lambda f: requests.inputs_body(f, "send_message"), {}),
+    "zapier_choices": (lambda f: requests.choices_body(f, "send_message", "channel"), {}),
+    "zapier_run": (lambda f: requests.run_body(f, 30.0), {}),
+    "zapier_run_status": (lambda f: requests.run_query(f.items(), "run-1", 30.0), {}),
+    "token_exchange": (parse_body, {}),
+}
+
+
+def test_every_partner_route_has_a_parser_under_test() -> None:
+    """The table above covers every declared partner route (a new route cannot skip the agreement test)."""
+    assert sorted(c.name for c in (*GATEWAY, EXCHANGE)) == sorted(PARSERS)
+
+
+@pytest.mark.parametrize("contract", (*GATEWAY, EXCHANGE), ids=lambda c: c.name)
+def test_each_parser_agrees_with_its_declared_contract(contract: Contract) -> None:
+    """A route's parser accepts a request made of its contract's required fields (their examples), refuses it
+    without any one of them, and refuses a field the contract does not declare: the OpenAPI entry derived from
+    the contract and the parser say the same thing."""
+    parse, extra = PARSERS[contract.name]
+    required = {f.name: f.example for f in contract.fields if f.required}
+    parse({**required, **extra})
+    for name in required:
+        with pytest.raises(InvalidRequest):
+            parse({k: v for k, v in {**required, **extra}.items() if k != name})
+    with pytest.raises(InvalidRequest, match="unknown"):
+        parse({**required, **extra, "undeclared": "x"})

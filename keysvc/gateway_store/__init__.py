@@ -46,7 +46,7 @@ __all__ = [
 def _sqlite(settings: StoreSettings, clock: Clock | None) -> GatewayStore:
     from .sqlite import SqliteStore
 
-    assert settings.path is not None  # from_url sets it for sqlite
+    assert settings.path is not None  # nosec B101 - from_url sets it for sqlite
     return SqliteStore(settings.path, timeout=settings.timeout, clock=clock)
 
 

@@ -1,8 +1,9 @@
 """What every internal route gets from the listener: who calls (authenticated, rate-limited), and the
 strict JSON body they sent.
 
-A feature module (token exchange, the Zapier gateway) adds its routes through one seam: a `RouteSource`,
-a function from the `RouteContext` to its routes, passed to `build_internal_app(..., features=[...])`:
+A feature (keysvc.feature: the partner side's token exchange and gateway) adds its routes through one seam:
+its `Feature.routes`, a `RouteSource` (a function from the `RouteContext` to its routes), which
+`build_internal_app(..., features=[...])` calls:
 
     def zapier_routes(ctx: RouteContext) -> list[BaseRoute]:
         async def apps(request: Request) -> Response:

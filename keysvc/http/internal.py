@@ -23,10 +23,11 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keysvc.config import Settings
+from keysvc.feature import Feature
 from keysvc.http.access_log import AccessLog
 from keysvc.http.admin import AdminRoutes
 from keysvc.http.common import refuse_websocket
-from keysvc.http.context import InternalApi, RouteSource
+from keysvc.http.context import InternalApi
 from keysvc.http.errors import STARLETTE_HANDLERS
 from keysvc.http.sign import SignEndpoint
 from keysvc.keyring import Keyring
@@ -72,9 +73,10 @@ async def healthz(request: Request) -> Response:
 
 
 def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
-                       features: Sequence[RouteSource] = ()) -> ASGIApp:
-    """The internal ASGI app. Each of `features` adds its routes, built on the listener's RouteContext
-    (authentication, rate limits, strict JSON bodies); see keysvc.http.context."""
+                       features: Sequence[Feature] = ()) -> ASGIApp:
+    """The internal ASGI app. Each of `features` (keysvc.feature) adds its routes, built on the listener's
+    RouteContext (authentication, rate limits, strict JSON bodies; see keysvc.http.context), and its
+    OpenAPI part to /openapi.json."""
     api = InternalApi(settings, metrics)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -85,8 +87,8 @@ def build_internal_app(settings: Settings, keyring: Keyring, metrics: Metrics,
         *AdminRoutes(api, settings, keyring).routes(),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint(settings), methods=["GET"]),
-        *(route for feature in features for route in feature(api)),
+        Route("/openapi.json", openapi_endpoint(settings, [f.openapi for f in features]), methods=["GET"]),
+        *(route for feature in features if feature.routes is not None for route in feature.routes(api)),
     ]
     app = Starlette(routes=routes, exception_handlers=STARLETTE_HANDLERS)
     no_slash_redirects(app.router)

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from keysvc.config import Settings
 from keysvc.errors import BackendError
 from keysvc.events import Event, JwksChanged, Reconciled
+from keysvc.feature import Feature, sync_hook
 from keysvc.jwks import JwksDocument
 from keysvc.logs import LOG
 from keysvc.mirror.s3 import S3Mirror
@@ -69,3 +70,9 @@ def build_mirror(settings: Settings) -> MirrorSync:
     m = settings.mirror
     mirror = S3Mirror(m.bucket, m.key_prefix, m.region, m.endpoint_url)
     return MirrorSync(mirror, settings.jwks.cache_control())
+
+
+def mirror_feature(settings: Settings) -> Feature:
+    """The mirror as a feature of the service: a keyring observer, closed with the service."""
+    mirror = build_mirror(settings)
+    return Feature("mirror", observer=mirror, close=sync_hook(mirror.close), part=mirror)

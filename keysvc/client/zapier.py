@@ -132,7 +132,7 @@ def read_answer(response: httpx.Response) -> dict[str, Any]:
         raise UpstreamError("keysvc rejected this service's API key (invalid_client); check its configuration")
     error_class = _ERRORS.get(response.status_code, UpstreamError)
     retry_after = response.headers.get("Retry-After", "")
-    error = error_class(f"keysvc: {text}", retry_after=int(retry_after) if retry_after.isdigit() else None)
+    error = error_class(text, retry_after=int(retry_after) if retry_after.isdigit() else None)
     code = said.get("error")
     if isinstance(code, str) and code.isascii() and 0 < len(code) <= 64:
         error.code = code  # the answer's own code, e.g. access_denied from the Connect flow

@@ -1,7 +1,7 @@
 """Strict parsing of the gateway's inputs (query parameters on GET, JSON body fields on POST) into typed,
 validated values. Every malformed input is an InvalidRequest naming the field: an unknown or repeated
 field, a wrong type, a missing user, an `app` that is not a UUID, a `wait` above `run_wait_max`.
-Nothing here does I/O.
+Nothing here does I/O. Which fields each route accepts is its contract's (keysvc.partner.contracts).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from keysvc.client.connect import APP_NAME
 from keysvc.config import parse_duration
 from keysvc.errors import ConfigError, InvalidRequest
-from keysvc.exchange.browser import APP_NAME
+from keysvc.partner import contracts as contract
 
 IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # as /v1/token-exchange: it ends up in a JWT claim
 PARTNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")  # Zapier's connection, run and input ids
@@ -183,13 +184,12 @@ def body_fields(body: Any, known: Iterable[str]) -> Fields:
     return Fields(body, known, "field")
 
 
-_USER = ("user_id", "tenant_id")
 _CONNECTION = "a Zapier connection id (letters, digits, _ . : -), or null for an app without authentication"
 
 
 def apps_query(items: Iterable[tuple[str, str]]) -> AppsQuery:
     """GET /v1/zapier/apps"""
-    f = query_fields(items, (*_USER, "query", "limit", "offset"))
+    f = query_fields(items, contract.APPS.names)
     query = f.raw.get("query")
     if query is not None and (not query.isprintable() or len(query) > MAX_QUERY):
         raise InvalidRequest(f"query parameter query must be printable text of at most {MAX_QUERY} characters")
@@ -198,20 +198,20 @@ def apps_query(items: Iterable[tuple[str, str]]) -> AppsQuery:
 
 def connections_query(items: Iterable[tuple[str, str]]) -> AppQuery:
     """GET /v1/zapier/connections"""
-    f = query_fields(items, (*_USER, "app"))
+    f = query_fields(items, contract.CONNECTIONS.names)
     return AppQuery(f.user(), f.app())
 
 
 def actions_query(items: Iterable[tuple[str, str]]) -> ActionsQuery:
     """GET /v1/zapier/actions"""
-    f = query_fields(items, (*_USER, "app", "action_type"))
+    f = query_fields(items, contract.ACTIONS.names)
     action_type = f.text("action_type", ACTION_TYPE, "an action type such as READ, WRITE or SEARCH")
     return ActionsQuery(f.user(), f.app(), action_type)
 
 
 def connect_body(body: Any, redirect_uris: tuple[str, ...]) -> ConnectBody:
     """POST /v1/zapier/connect; `redirect_uri` must be one of the registered ones, exactly."""
-    f = body_fields(body, (*_USER, "app", "connect_app", "redirect_uri", "reconnect_id"))
+    f = body_fields(body, contract.CONNECT.names)
     user, app = f.user(), f.app()
     connect_app = f.text("connect_app", APP_NAME, "the Connect URL's app segment (letters, digits, _ . -)")
     redirect_uri = f.raw.get("redirect_uri")
@@ -223,7 +223,7 @@ def connect_body(body: Any, redirect_uris: tuple[str, ...]) -> ConnectBody:
 
 def complete_body(body: Any) -> CompleteBody:
     """POST /v1/zapier/connect/complete: the redirect's query or the popup's message, and the state."""
-    f = body_fields(body, (*_USER, "state", "authentication_id", "error", "error_description", "redirect_uri"))
+    f = body_fields(body, contract.COMPLETE.names)
     user = f.user()
     state = f.raw.get("state")
     if not isinstance(state, str) or not state:
@@ -258,17 +258,14 @@ def action_call(f: Fields, action: str | None) -> ActionCall:
     return ActionCall(user, app, action, action_type, connection, inputs)
 
 
-_CALL = (*_USER, "app", "action_type", "connection", "inputs")
-
-
 def inputs_body(body: Any, action: str) -> ActionCall:
     """POST /v1/zapier/actions/{key}/inputs"""
-    return action_call(body_fields(body, _CALL), action)
+    return action_call(body_fields(body, contract.INPUTS.names), action)
 
 
 def choices_body(body: Any, action: str, input_id: str) -> ChoicesCall:
     """POST /v1/zapier/actions/{key}/inputs/{input_id}/choices"""
-    f = body_fields(body, (*_CALL, "page"))
+    f = body_fields(body, contract.CHOICES.names)
     if not PARTNER_ID.fullmatch(input_id):
         raise InvalidRequest("the input id in the path is malformed")
     return ChoicesCall(action_call(f, action), input_id, f.integer("page", 1, MAX_OFFSET))
@@ -276,13 +273,13 @@ def choices_body(body: Any, action: str, input_id: str) -> ChoicesCall:
 
 def run_body(body: Any, wait_max: float) -> RunBody:
     """POST /v1/zapier/action-runs"""
-    f = body_fields(body, (*_CALL, "action", "wait"))
+    f = body_fields(body, contract.RUN_CREATE.names)
     return RunBody(action_call(f, None), f.wait(wait_max))
 
 
 def run_query(items: Iterable[tuple[str, str]], run_id: str, wait_max: float) -> RunQuery:
     """GET /v1/zapier/action-runs/{id}"""
-    f = query_fields(items, (*_USER, "wait"))
+    f = query_fields(items, contract.RUN_STATUS.names)
     if not PARTNER_ID.fullmatch(run_id):
         raise InvalidRequest("the run id in the path is malformed")
     return RunQuery(f.user(), run_id, f.wait(wait_max))

@@ -11,10 +11,10 @@ import json
 import sys
 from typing import Any, TextIO
 
+from keysvc.client.exchanger import TokenExchanger
+from keysvc.client.signer import TokenSigner
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError
-from keysvc.exchange.client import TokenExchanger
-from keysvc.exchange.signer import TokenSigner
 
 
 def add_exchange_parser(subparsers: Any) -> argparse.ArgumentParser:

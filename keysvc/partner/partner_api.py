@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
+from keysvc.client.oauth import Answer, oauth_text, parse_retry_after
+from keysvc.client.retry import Failure, with_retries
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import (
     Conflict,
@@ -39,13 +38,11 @@ from keysvc.errors import (
     Unavailable,
     UpstreamError,
 )
-from keysvc.exchange.errors import oauth_text, parse_retry_after
-from keysvc.zapier.budget import ApiBudget, Refused
-from keysvc.zapier.partner_http import Answer, AnswerTooLarge, PartnerHttp
+from keysvc.partner.budget import ApiBudget, Refused
+from keysvc.partner.outbound import PartnerHttp
 
 RETRYABLE = frozenset({500, 502, 503, 504})
 DEFAULT_RETRY_AFTER = 5
-MAX_BACKOFF = 5.0
 MAX_BUDGET_WAIT = 5.0  # the longest a request waits for a token of the budget before answering 503
 BEARER = re.compile(r"[\x21-\x7e]+")  # visible ASCII (RFC 6750's b64token is a subset): safe in a header
 
@@ -82,13 +79,6 @@ class NullApiObserver:
         """Drop it."""
 
 
-@dataclass(frozen=True)
-class _Failure:
-    error: RequestError
-    retryable: bool
-    outcome: str
-
-
 class PartnerApi:
     """Requests to the Partner API for one replica, within one `ApiBudget`."""
 
@@ -102,8 +92,12 @@ class PartnerApi:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: ApiObserver | None = None,
         backoff: float = 0.25,
+        base_url: str | None = None,
     ) -> None:
+        """`base_url` is `settings.api_url` unless given: another Bearer-token API of the partner (the
+        Trigger Inbox API) is another PartnerApi over the same session, its own budget and base URL."""
         self._settings = settings
+        self._base = (base_url or settings.api_url).rstrip("/")
         self._http = http
         self._budget = budget
         self._clock = clock
@@ -126,25 +120,24 @@ class PartnerApi:
 
     async def request(self, method: str, endpoint: str, path: str, token: str, *, retry: bool,
                       params: Mapping[str, str] | None = None, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """One call, with its retries; `endpoint` is our fixed name for it (metrics, logs)."""
-        deadline = self._clock() + self._settings.total_timeout
-        attempts = self._settings.max_attempts if retry else 1
-        for attempt in range(1, attempts + 1):
-            await self._admit(deadline)
-            started = time.perf_counter()
-            outcome = await self._attempt(method, path, token, params, body, deadline)
-            label = outcome.outcome if isinstance(outcome, _Failure) else "ok"
-            self._observer.call(endpoint, label, time.perf_counter() - started)
-            if not isinstance(outcome, _Failure):
-                return outcome
+        retry_reads = retry
+        """One call, with its retries (keysvc.client.retry); `endpoint` is our fixed name for it (metrics, logs)."""
+
+        def observe(outcome: str, seconds: float) -> None:
+            self._observer.call(endpoint, outcome, seconds)
+
+        def failed(attempt: int, failure: Failure) -> None:
             log.warning("partner API call failed", extra={
-                "endpoint": endpoint, "attempt": attempt, "outcome": label, "reason": outcome.error.description,
+                "endpoint": endpoint, "attempt": attempt, "outcome": failure.outcome,
+                "reason": failure.error.description,
             })
-            delay = max(float(outcome.error.retry_after or 0), self._pause(attempt))
-            if attempt == attempts or not outcome.retryable or self._clock() + delay >= deadline:
-                raise outcome.error
-            await self._sleep(delay)
-        raise AssertionError("unreachable: attempts >= 1")
+
+        async def attempt(deadline: float) -> dict[str, Any] | Failure:
+            return await self._attempt(method, path, token, params, body, deadline)
+
+        return await with_retries(attempt, tries=self._settings.max_attempts if retry_reads else 1,
+                                  total_timeout=self._settings.total_timeout, clock=self._clock, sleep=self._sleep,
+                                  backoff=self._backoff, admit=self._admit, observe=observe, failed=failed)
 
     async def _admit(self, deadline: float) -> None:
         now = self._clock()
@@ -158,40 +151,31 @@ class PartnerApi:
             await self._sleep(decision)
 
     async def _attempt(self, method: str, path: str, token: str, params: Mapping[str, str] | None,
-                       body: Mapping[str, Any] | None, deadline: float) -> dict[str, Any] | _Failure:
+                       body: Mapping[str, Any] | None, deadline: float) -> dict[str, Any] | Failure:
         if not BEARER.fullmatch(token):
             malformed = UpstreamError("the partner issued an access token that cannot be sent in a header")
-            return _Failure(malformed, False, "malformed")
+            return Failure(malformed, False, "malformed")
         s = self._settings
-        remaining = max(0.001, deadline - self._clock())
-        content = None if body is None else orjson.dumps(body)
-        try:
-            async with asyncio.timeout(remaining):
-                answer = await self._http.send(method, path, token, params=params, body=content,
-                                               connect=min(s.connect_timeout, remaining),
-                                               read=min(s.read_timeout, remaining))
-        except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors too
-            return _Failure(Unavailable("the Zapier Partner API timed out", retry_after=1), True, "timeout")
-        except aiohttp.ClientError as exc:
-            unreachable = Unavailable(f"the Zapier Partner API is unreachable ({type(exc).__name__})", retry_after=1)
-            return _Failure(unreachable, True, "unreachable")
-        except AnswerTooLarge:
-            return _Failure(UpstreamError("the Zapier Partner API answered more than 4 MiB"), False, "malformed")
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        content = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            content = orjson.dumps(body)
+        answer = await self._http.attempt("the Zapier Partner API", method, self._base + path, headers=headers,
+                                          params=params, body=content, deadline=deadline,
+                                          connect=s.connect_timeout, read=s.read_timeout, clock=self._clock)
+        if isinstance(answer, Failure):
+            return answer
         if 200 <= answer.status < 300:
             try:
                 return envelope(answer)
             except UpstreamError as exc:
-                return _Failure(exc, False, "malformed")
+                return Failure(exc, False, "malformed")
         error = api_error(answer.status, answer.retry_after, _json(answer.content))
         if answer.status == 429:
             self._budget.cool_down(self._clock(), float(error.retry_after or DEFAULT_RETRY_AFTER))
         outcome = _OUTCOMES.get(answer.status, "upstream_error")
-        return _Failure(error, answer.status in RETRYABLE, outcome)
-
-    def _pause(self, attempt: int) -> float:
-        # Jitter spreads replicas' retries apart; it is not a security decision.
-        jitter = random.uniform(0.5, 1.0)  # noqa: S311  # nosec B311 - retry jitter, not a secret
-        return min(self._backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * jitter
+        return Failure(error, answer.status in RETRYABLE, outcome)
 
 
 def _json(content: bytes) -> Any:

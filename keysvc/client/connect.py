@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from keysvc.client.oauth import oauth_code, oauth_text
 from keysvc.errors import InvalidRequest
-from keysvc.exchange.errors import oauth_code, oauth_text
 
 DEFAULT_CONNECT_URL = "https://connect.zapier.com/to/{app}"
 APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from keysvc.errors import InvalidRequest
-from keysvc.zapier.client import SyncZapierClient
+from keysvc.errors import InvalidRequest, RequestError
 
 EXIT_RUN_ERROR, EXIT_PENDING = 1, 3
 RUN_EXIT = {"success": 0, "error": EXIT_RUN_ERROR, "pending": EXIT_PENDING}
@@ -80,7 +80,20 @@ def api_key(args: argparse.Namespace) -> str:
 
 def zapier_command(args: argparse.Namespace) -> int:
     """Run one `keysvc zapier` command; keysvc's errors propagate (printed by keysvc.cli, exit 1)."""
-    with SyncZapierClient(args.url, api_key(args)) as zapier:
+    from keysvc.client.zapier import SyncZapierClient  # httpx: loaded when a zapier command runs, not by serve
+
+    try:
+        answer = _call(SyncZapierClient, args)
+    except RequestError as exc:  # the running keysvc's answer: its code matters to the operator
+        print(f"keysvc: {exc.code}: {exc.description}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2))
+    command = args.zapier_command
+    return RUN_EXIT.get(str(answer.get("status")), 0) if command in ("run", "status") else 0
+
+
+def _call(client: Any, args: argparse.Namespace) -> dict[str, Any]:
+    with client(args.url, api_key(args)) as zapier:
         command, u, t = args.zapier_command, args.user, args.tenant
         if command == "connections":
             answer = zapier.connections(u, t, args.app)
@@ -93,8 +106,7 @@ def zapier_command(args: argparse.Namespace) -> int:
                                 _inputs(args.inputs), wait=args.wait)
         else:
             answer = zapier.run_status(u, t, args.run_id, wait=args.wait)
-    print(json.dumps(answer, indent=2))
-    return RUN_EXIT.get(str(answer.get("status")), 0) if command in ("run", "status") else 0
+    return dict(answer)
 
 
 def _inputs(text: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Who signs the partner JWT: a `TokenSigner`. keysvc itself signs in-process over its keyring
-(keysvc.exchange.service.KeyringSigner);
+(keysvc.partner.keyring_signer.KeyringSigner);
 any other service calls keysvc's `POST /v1/sign` through `RemoteSigner` and never holds a private key.
 
 A signer sets `iss`, `iat`, `nbf` (= iat), `exp`, `jti` and the `kid` header; callers pass the rest.
@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import httpx
 
+from keysvc.client.oauth import json_object, oauth_text, parse_retry_after
 from keysvc.config import Secret
 from keysvc.errors import Forbidden, InvalidRequest, RateLimited, RequestError, Unavailable, UpstreamError
-from keysvc.exchange.errors import json_object, oauth_text, parse_retry_after
 from keysvc.records import SignedToken
 
 
@@ -82,7 +82,7 @@ class RemoteSigner:
 
 
 def _signed_token(response: httpx.Response) -> SignedToken:
-    body = json_object(response)
+    body = json_object(response.content)
     token, kid, alg, expires_at = (body.get(k) for k in ("token", "kid", "alg", "expires_at"))
     if not (isinstance(token, str) and token and isinstance(kid, str) and isinstance(alg, str)):
         raise UpstreamError("keysvc /v1/sign answered 200 without token, kid and alg")
@@ -92,7 +92,7 @@ def _signed_token(response: httpx.Response) -> SignedToken:
 
 
 def _sign_error(response: httpx.Response) -> RequestError:
-    body = json_object(response)
+    body = json_object(response.content)
     status = response.status_code
     text = oauth_text(body.get("error_description")) or f"HTTP {status}"
     if status == 401:

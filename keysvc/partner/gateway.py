@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
+from keysvc.client.connect import connect_url
+from keysvc.client.exchanger import TokenExchanger
+from keysvc.client.oauth import PartnerError, oauth_code, oauth_text
 from keysvc.errors import Forbidden, NotFound, RequestError, Unavailable, UpstreamError
-from keysvc.exchange.browser import connect_url
-from keysvc.exchange.client import TokenExchanger
-from keysvc.exchange.errors import PartnerError, oauth_code, oauth_text
 from keysvc.logs import audit_request
-from keysvc.zapier.partner_api import PartnerApi, PartnerUnauthorized
-from keysvc.zapier.requests import (
+from keysvc.partner.gateway_inputs import (
     ActionCall,
     ActionsQuery,
     AppQuery,
@@ -43,7 +42,8 @@ from keysvc.zapier.requests import (
     User,
     is_uuid,
 )
-from keysvc.zapier.state import StateCodec
+from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
+from keysvc.partner.state import StateCodec
 
 T = TypeVar("T")
 FINAL = frozenset({"success", "error"})

@@ -1,5 +1,5 @@
 """`KeyringSigner`: the `TokenSigner` keysvc itself uses, over its own keyring (the private key never leaves
-the process). Server side: it imports the keyring, so the Python clients of keysvc.exchange never load it."""
+the process). Server side: it imports the keyring, so the Python clients (keysvc.client) never load it."""
 
 from __future__ import annotations
 

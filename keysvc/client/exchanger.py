@@ -13,23 +13,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from keysvc.client.cache import SingleFlightCache
+from keysvc.client.connect import connect_url, resource_url
+from keysvc.client.oauth import ExchangeObserver, NullObserver, PartnerError, TokenEndpoint, TokenResponse
 from keysvc.config.exchange import SCOPE_TOKEN, TokenExchangeSettings
 from keysvc.errors import InvalidRequest
-from keysvc.exchange.browser import connect_url, resource_url
-from keysvc.exchange.cache import SingleFlightCache
-from keysvc.exchange.errors import PartnerError
-from keysvc.exchange.partner import (
-    ExchangeObserver,
-    NullObserver,
-    PartnerClient,
-    TokenResponse,
-    token_endpoint_client,
-)
-from keysvc.exchange.signer import TokenSigner
+
+if TYPE_CHECKING:
+    import httpx
+
+    from keysvc.client.signer import TokenSigner
 
 CacheKey = tuple[str, str, str, str]  # user, tenant, scope, audience
 
@@ -74,17 +69,24 @@ class TokenExchanger:
         signer: TokenSigner,
         *,
         client: httpx.AsyncClient | None = None,
+        endpoint: TokenEndpoint | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: ExchangeObserver | None = None,
     ) -> None:
+        """`endpoint` carries the requests (the server passes its aiohttp one); without it, an httpx
+        PartnerClient over `client` (or over a client of its own, closed by `aclose`)."""
         self.settings = settings
         self._signer = signer
         self._clock = clock
-        self._owns_client = client is None
-        self._client = client if client is not None else token_endpoint_client()
         observer = observer or NullObserver()
-        self._partner = PartnerClient(settings, self._client, clock=clock, sleep=sleep, observer=observer)
+        self._owns_endpoint = endpoint is None and client is None
+        if endpoint is None:
+            from keysvc.client.token_endpoint import PartnerClient, token_endpoint_client  # httpx: clients only
+
+            endpoint = PartnerClient(settings, client or token_endpoint_client(), clock=clock, sleep=sleep,
+                                     observer=observer)
+        self._partner: TokenEndpoint = endpoint
         self._cache: SingleFlightCache[CacheKey, tuple[TokenResponse, float | None]] = SingleFlightCache(
             clock=clock, on_lookup=observer.cache
         )
@@ -121,9 +123,9 @@ class TokenExchanger:
         return ExchangeResult(response.access_token, response.issued_token_type, response.expires_in, url)
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this exchanger created it."""
-        if self._owns_client:
-            await self._client.aclose()
+        """Close the token endpoint's HTTP client if this exchanger created it."""
+        if self._owns_endpoint:
+            await self._partner.aclose()
 
     async def __aenter__(self) -> TokenExchanger:
         return self

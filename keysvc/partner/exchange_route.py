@@ -12,11 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from keysvc.client.exchanger import TokenExchanger
 from keysvc.errors import Forbidden, RequestError
-from keysvc.exchange.client import TokenExchanger
-from keysvc.exchange.requests import allowed_scope, parse_body
 from keysvc.http.context import RouteContext
 from keysvc.logs import audit_request
+from keysvc.partner.contracts import EXCHANGE
+from keysvc.partner.exchange_body import allowed_scope, parse_body
 
 
 async def exchange_request(
@@ -58,4 +59,4 @@ def exchange_routes(exchanger: TokenExchanger, api: RouteContext) -> list[Route]
         answer = await exchange_request(exchanger, client.name, scopes, await api.body(request))
         return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
-    return [Route("/v1/token-exchange", token_exchange, methods=["POST"])]
+    return [Route(EXCHANGE.path, token_exchange, methods=[EXCHANGE.method])]

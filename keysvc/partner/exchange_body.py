@@ -1,5 +1,5 @@
 """PURE: the body contract of `POST /v1/token-exchange`: strict parsing of the body into an `ExchangeBody`,
-and the scope a client may ask for. The route (keysvc.exchange.routes) authenticates the client, checks
+and the scope a client may ask for. The route (keysvc.partner.exchange_route) authenticates the client, checks
 its `token_exchange` flag, runs the exchange and writes its audit line.
 
     {"user_id": "u-1", "tenant_id": "t-9", "token": "access"}
@@ -13,11 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from keysvc.client.connect import APP_NAME
+from keysvc.client.exchanger import normalise_scope
 from keysvc.errors import Forbidden, InvalidRequest
-from keysvc.exchange.browser import APP_NAME
-from keysvc.exchange.client import normalise_scope
+from keysvc.partner.contracts import EXCHANGE
 
-_FIELDS = frozenset({"user_id", "tenant_id", "token", "app", "scope"})
+_FIELDS = frozenset(EXCHANGE.names)  # the route's contract (keysvc.partner.contracts)
 _IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces: ends up in a JWT claim
 
 

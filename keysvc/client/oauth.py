@@ -1,0 +1,212 @@
+"""The partner's OAuth rules, transport-free: shared by the clients' httpx token endpoint
+(keysvc.client.token_endpoint) and the server's aiohttp way out (keysvc.partner.outbound).
+
+What an answer is (`Answer`: status, Retry-After, body bytes), the token-endpoint form (`token_form`), the
+reading of a 2xx (`token_response`), the mapping of a refusal onto keysvc's errors (`partner_error`), the
+helpers that make a partner's text safe to repeat, and the error of the exchange:
+
+    RequestError (keysvc.errors)
+    └── PartnerError      the partner refused for a reason that is the caller's: carries the partner's
+                          RFC 6749 `error` code (invalid_grant, invalid_scope, ...) and our status (400/403)
+
+Every other upstream failure uses keysvc's own classes: UpstreamError (502) when the fault is ours or the
+partner's (bad client credentials, malformed answers, 5xx), Unavailable (503, Retry-After) when trying
+again later helps (timeouts, 429, 503).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote_plus
+
+from keysvc.client.retry import Failure
+from keysvc.errors import RequestError, Unavailable, UpstreamError
+
+if TYPE_CHECKING:
+    from keysvc.config.exchange import TokenExchangeSettings
+
+MAX_RETRY_AFTER = 3600
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+RETRYABLE = frozenset({429, 500, 502, 503, 504})  # the token endpoint's statuses worth another attempt
+CALLER_CODES = frozenset({"invalid_request", "invalid_grant", "invalid_target", "invalid_scope"})
+CONFIG_CODES = frozenset({"unauthorized_client", "unsupported_grant_type"})
+DEFAULT_RETRY_AFTER = 5
+# RFC 6749 §5.2: error and error_description are limited to %x20-21 / %x23-5B / %x5D-7E.
+_OAUTH_CODE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
+_NOT_OAUTH_TEXT = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+# Anything shaped like a JWS or a long opaque token is cut out of text we repeat.
+_TOKENISH = re.compile(r"[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}(\.[A-Za-z0-9_\-]*)?|[A-Za-z0-9_\-+/=]{40,}")
+
+
+class PartnerError(RequestError):
+    """The partner refused the exchange for a reason the caller can act on; `code` is the partner's."""
+
+    def __init__(self, status: int, code: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.code = code
+
+
+def json_object(content: bytes) -> dict[str, Any]:
+    """An upstream answer's JSON object, or {} when the body is not JSON or not an object."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def oauth_code(value: object) -> str | None:
+    """The partner's `error` if it is a well-formed RFC 6749 code, else None."""
+    return value if isinstance(value, str) and _OAUTH_CODE.fullmatch(value) else None
+
+
+def oauth_text(value: object, limit: int = 200) -> str:
+    """The partner's `error_description`, reduced to RFC 6749 characters, token-like runs redacted."""
+    if not isinstance(value, str):
+        return ""
+    text = _TOKENISH.sub("[redacted]", _NOT_OAUTH_TEXT.sub("", value))
+    return text[:limit]
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> int | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(int(value), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(0, round(seconds)), MAX_RETRY_AFTER)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A partner's answer, whatever carried it: status, its Retry-After header, the body (read whole)."""
+
+    status: int
+    retry_after: str | None
+    content: bytes
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """The partner's successful answer (RFC 8693 §2.2.1); `expires_in` is None when not given."""
+
+    access_token: str = field(repr=False)
+    issued_token_type: str
+    expires_in: int | None
+
+
+def token_form(settings: TokenExchangeSettings, form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The form and headers of one exchange request: the grant type and keysvc's client authentication."""
+    data = {"grant_type": GRANT_TYPE, **form}
+    headers = {"Accept": "application/json"}
+    if settings.client_auth == "client_secret_basic":
+        # RFC 6749 §2.3.1: both parts are form-urlencoded before the Basic encoding.
+        pair = f"{quote_plus(settings.client_id)}:{quote_plus(settings.client_secret.reveal())}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    else:
+        data |= {"client_id": settings.client_id, "client_secret": settings.client_secret.reveal()}
+    return data, headers
+
+
+def token_response(answer: Answer, requested_type: str) -> TokenResponse:
+    """Read a 2xx answer; anything malformed is the partner's fault (502)."""
+    body = json_object(answer.content)
+    token = body.get("access_token")
+    issued = body.get("issued_token_type", requested_type)
+    expires_in = body.get("expires_in")
+    if not isinstance(token, str) or not token or not isinstance(issued, str):
+        raise UpstreamError(f"the partner answered HTTP {answer.status} without an access_token")
+    if expires_in is not None and (not isinstance(expires_in, int) or isinstance(expires_in, bool)):
+        raise UpstreamError("the partner answered with a non-integer expires_in")
+    return TokenResponse(token, issued, None if expires_in is None else max(0, expires_in))
+
+
+def partner_error(answer: Answer) -> RequestError:
+    """Map a token endpoint's non-2xx answer onto keysvc's errors (the table of keysvc.client.token_endpoint)."""
+    body = json_object(answer.content)
+    status = answer.status
+    code = oauth_code(body.get("error"))
+    said = oauth_text(body.get("error_description"))
+    detail = f"{code}: {said}" if code and said else code or f"HTTP {status}"
+    if code == "invalid_client":
+        return UpstreamError(
+            "the partner rejected keysvc's own client credentials (invalid_client); the caller is not at "
+            "fault: check token_exchange.client_id, the client secret and client_auth"
+        )
+    if code in CONFIG_CODES:
+        return UpstreamError(f"the partner refuses keysvc's client registration ({detail})")
+    if status == 400 and code in CALLER_CODES:
+        return PartnerError(400, code, f"the partner refused the exchange ({detail})")
+    if status in (401, 403) or code == "access_denied":
+        return PartnerError(403, code or "access_denied", f"the partner denied the exchange ({detail})")
+    if status in (429, 503):
+        retry_after = parse_retry_after(answer.retry_after) or DEFAULT_RETRY_AFTER
+        return Unavailable(f"the partner's token endpoint is busy ({detail})", retry_after=retry_after)
+    if status >= 500:
+        return UpstreamError(f"the partner's token endpoint failed ({detail})")
+    return UpstreamError(f"the partner's token endpoint answered an unexpected error ({detail})")
+
+
+def token_outcome(answer: Answer, requested_type: str) -> TokenResponse | Failure:
+    """One token-endpoint answer read: the token, or why it failed (retryable on 429/5xx; the label)."""
+    error: RequestError
+    try:
+        if 200 <= answer.status < 300:
+            return token_response(answer, requested_type)
+        error = partner_error(answer)
+    except RequestError as exc:
+        error = exc
+    label = {400: "rejected", 403: "denied"}.get(error.status, error.code)
+    return Failure(error, answer.status in RETRYABLE, label)
+
+
+FormBuilder = Callable[[], Awaitable[dict[str, str]]]
+
+
+class TokenEndpoint(Protocol):
+    """The partner's token endpoint, whatever carries the request: the clients' httpx one
+    (keysvc.client.token_endpoint.PartnerClient) or the server's aiohttp one (keysvc.partner.outbound).
+    TokenExchanger (keysvc.client.exchanger) speaks through it."""
+
+    async def exchange(self, build_form: FormBuilder, requested_type: str) -> TokenResponse:
+        """One exchange with its retries; `build_form` is called per attempt (a fresh JWT each time)."""
+
+    async def aclose(self) -> None:
+        """Release the connections."""
+
+
+class ExchangeObserver(Protocol):
+    """Where the exchange reports what it does (keysvc feeds Prometheus; the default drops it)."""
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """One request to the partner: outcome ok|rejected|denied|upstream_error|unavailable|timeout|
+        unreachable, and its latency."""
+
+    def cache(self, result: str) -> None:
+        """One access-token cache lookup: hit|miss|joined (waited for a request already in flight)."""
+
+
+class NullObserver:
+    """Reports nothing."""
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """Drop it."""
+
+    def cache(self, result: str) -> None:
+        """Drop it."""

@@ -1,0 +1,23 @@
+"""The server side of the partner (Zapier): the token-exchange endpoint and the embed gateway, one feature of
+the service behind one seam (keysvc.feature), going out to the partner one way (aiohttp, `outbound.py`).
+
+wiring.py          partner_feature / build_partner: the feature (routes, OpenAPI part, metrics, close hook)
+outbound.py        the ONE way out: one aiohttp session for every partner URL, transport failures mapped,
+                   the one retry loop (keysvc.client.retry); AiohttpTokenEndpoint (POST /oauth/token)
+partner_api.py     the Partner API client: budget, retries of reads, envelopes, error mapping
+budget.py          this replica's token bucket towards the Partner API, and the cooldown after a 429 (pure)
+state.py           the Connect flow's sealed `state` (pure)
+keyring_signer.py  KeyringSigner, the TokenSigner over this process's keyring
+exchange_body.py   body contract of POST /v1/token-exchange (pure)
+exchange_route.py  the POST /v1/token-exchange route
+contracts.py       each partner route's contract, written once (fields, schemas; routes, parsers' field
+                   sets and OpenAPI entries derive from it)
+gateway_inputs.py  strict parsing of the gateway's query parameters and bodies into typed inputs (pure)
+openapi_part.py    the partner's OpenAPI part (paths from the contracts, the token exchange's schemas)
+observers.py       PartnerMetrics: the partner side's Prometheus metrics, registered through the seam
+gateway.py         the gateway's flows, framework-free
+gateway_routes.py  the `/v1/zapier/*` routes of the internal listener
+
+The Python clients (TokenExchanger, RemoteSigner, ZapierClient, their CLIs) are keysvc.client: this package
+imports their transport-free modules (oauth, retry, cache, connect, exchanger), never the reverse.
+"""

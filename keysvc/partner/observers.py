@@ -1,0 +1,78 @@
+"""The partner side's Prometheus metrics, defined here and registered through the seam (Feature.metrics):
+one object is the token exchange's observer (upstream calls, the access-token cache), the Partner API's
+(calls by endpoint, the budget) and the gateway's (action-run answers).
+
+Labels hold only bounded, non-secret values: outcomes, cache results, our fixed endpoint names (never a
+path), run statuses.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.registry import Collector
+
+from keysvc.metrics import BACKEND_BUCKETS, LATENCY_BUCKETS
+
+
+class PartnerMetrics:
+    """The partner side's metrics (an ExchangeObserver, an ApiObserver and the gateway's `on_run`)."""
+
+    def __init__(self) -> None:
+        self.exchange_calls = Counter(
+            "keysvc_token_exchange_upstream_total", "Token-exchange upstream calls", ["outcome"], registry=None
+        )
+        self.exchange_latency = Histogram(
+            "keysvc_token_exchange_upstream_duration_seconds", "Token-exchange upstream latency",
+            buckets=LATENCY_BUCKETS, registry=None,
+        )
+        self.exchange_cache = Counter(
+            "keysvc_token_exchange_cache_total", "Token-exchange access-token cache lookups", ["result"], registry=None
+        )
+        # `endpoint` is our fixed name of a Partner API call, never a path
+        self.zapier_calls = Counter(
+            "keysvc_zapier_api_requests_total", "Partner API requests by endpoint (apps, authentications, actions, "
+            "inputs, choices, run_create, run_get) and outcome", ["endpoint", "outcome"], registry=None,
+        )
+        self.zapier_latency = Histogram(
+            "keysvc_zapier_api_duration_seconds", "Partner API request latency", ["endpoint"],
+            buckets=BACKEND_BUCKETS, registry=None,
+        )
+        self.zapier_runs = Counter(
+            "keysvc_zapier_action_runs_total", "Action-run answers by status (success, error, pending)", ["status"],
+            registry=None,
+        )
+        self.zapier_budget = Counter(
+            "keysvc_zapier_api_budget_total", "Partner API requests the replica's budget delayed (waited) or "
+            "refused (refused: api_rate_limit spent; cooling: after a 429)", ["result"], registry=None,
+        )
+        for result in ("waited", "refused", "cooling"):
+            self.zapier_budget.labels(result)  # at 0 from the start, so alerts see the first increment
+        for status in ("success", "error", "pending"):
+            self.zapier_runs.labels(status)
+
+    def collectors(self) -> list[Collector]:
+        """Every metric, for the service's registry."""
+        return [self.exchange_calls, self.exchange_latency, self.exchange_cache, self.zapier_calls,
+                self.zapier_latency, self.zapier_runs, self.zapier_budget]
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """One request to the partner's token endpoint."""
+        self.exchange_calls.labels(outcome).inc()
+        self.exchange_latency.observe(seconds)
+
+    def cache(self, result: str) -> None:
+        """One access-token cache lookup."""
+        self.exchange_cache.labels(result).inc()
+
+    def call(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """One Partner API request."""
+        self.zapier_calls.labels(endpoint, outcome).inc()
+        self.zapier_latency.labels(endpoint).observe(seconds)
+
+    def budget(self, result: str) -> None:
+        """A request delayed or refused by the replica's budget."""
+        self.zapier_budget.labels(result).inc()
+
+    def run(self, status: str) -> None:
+        """One action-run answer of the gateway."""
+        self.zapier_runs.labels(status).inc()
