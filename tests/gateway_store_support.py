@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from keysvc.clock import Clock
-from keysvc.gateway_store import GatewayStore, StoreSettings, open_store
+from keysvc.partner.store import GatewayStore, StoreSettings, open_store
 from tests.postgres_server import PostgresServer
 
 T = TypeVar("T")

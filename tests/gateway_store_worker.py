@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from keysvc.gateway_store import Limit, Refused, StoreSettings, open_store
+from keysvc.partner.store import Limit, Refused, StoreSettings, open_store
 
 
 async def main(argv: list[str]) -> None:

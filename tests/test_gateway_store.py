@@ -14,7 +14,7 @@ import time
 import pytest
 
 from keysvc.clock import FixedClock
-from keysvc.gateway_store import (
+from keysvc.partner.store import (
     Connection,
     GatewayStore,
     InboxRecord,
@@ -23,7 +23,7 @@ from keysvc.gateway_store import (
     SharedBudget,
     state_digest,
 )
-from keysvc.gateway_store.schema import VERSION
+from keysvc.partner.store.schema import VERSION
 from tests.gateway_store_support import Engine, pg_engine, run, store_engine
 from tests.helpers import ROOT
 

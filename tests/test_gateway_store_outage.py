@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from keysvc.gateway_store import GatewayStore, Limit, Refused, SharedBudget, StoreSettings, StoreUnavailable, open_store
+from keysvc.partner.store import GatewayStore, Limit, Refused, SharedBudget, StoreSettings, StoreUnavailable, open_store
 from tests.gateway_store_support import Engine, pg_engine, run, store_engine
 from tests.postgres_server import PostgresServer, free_port
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import keysvc.gateway_store
+import keysvc.partner.store
 from keysvc.errors import KeysvcError
-from keysvc.gateway_store import (
+from keysvc.partner.store import (
     LocalBudget,
     SharedBudget,
     StoreSettings,
@@ -21,8 +21,8 @@ from keysvc.gateway_store import (
     read_password,
     state_digest,
 )
-from keysvc.gateway_store.base import check_digest
-from keysvc.gateway_store.gcra import BudgetState, Limit, Refused, admit, cool_down
+from keysvc.partner.store.base import check_digest
+from keysvc.partner.store.gcra import BudgetState, Limit, Refused, admit, cool_down
 
 pytestmark = pytest.mark.unit
 
@@ -198,10 +198,10 @@ def test_a_store_shows_where_it_is_never_its_password(tmp_path: Path) -> None:
 
 
 def test_the_package_imports_only_errors_clock_the_stdlib_and_psycopg() -> None:
-    """keysvc.gateway_store moves under the partner package as it is: it imports, even lazily, nothing of
+    """keysvc.partner.store moves under the partner package as it is: it imports, even lazily, nothing of
     keysvc but keysvc.errors and keysvc.clock (and itself, relatively), and no third-party library but
     psycopg (only in the PostgreSQL engine)."""
-    package = Path(keysvc.gateway_store.__file__).parent
+    package = Path(keysvc.partner.store.__file__).parent
     found: dict[str, set[str]] = {}
     for path in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -1,4 +1,4 @@
-"""Parsing Zapier's Trigger Inbox answers (keysvc.trigger_inbox.answers): published shapes come out
+"""Parsing Zapier's Trigger Inbox answers (keysvc.partner.triggers.answers): published shapes come out
 typed; anything else -- and any JSON at all, by the property test -- is one BadPartnerAnswer (502)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keysvc.errors import UpstreamError
-from keysvc.trigger_inbox.answers import (
+from keysvc.partner.triggers.answers import (
     BadPartnerAnswer,
     Inbox,
     InboxPage,

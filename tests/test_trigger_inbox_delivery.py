@@ -1,5 +1,5 @@
-"""What keysvc answers and pushes about trigger inboxes (keysvc.trigger_inbox.delivery), and the layering
-of keysvc.trigger_inbox: pure, importing only keysvc.errors, keysvc.config and its own modules."""
+"""What keysvc answers and pushes about trigger inboxes (keysvc.partner.triggers.delivery), and the layering
+of keysvc.partner.triggers: pure, importing only keysvc.errors, keysvc.config and its own modules."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from keysvc.trigger_inbox.answers import parse_inbox, parse_lease
-from keysvc.trigger_inbox.delivery import delivery, inbox_view, lease_view
-from keysvc.trigger_inbox.signing import WebhookSecret
+from keysvc.partner.triggers.answers import parse_inbox, parse_lease
+from keysvc.partner.triggers.delivery import delivery, inbox_view, lease_view
+from keysvc.partner.triggers.signing import WebhookSecret
 from tests.test_architecture import IO_LIBRARIES, closure, edges, modules, under
 from tests.test_trigger_inbox_answers import INBOX, LEASED, MSG
 
@@ -43,11 +43,11 @@ def test_a_push_delivery_verifies_and_carries_the_message_id_for_deduplication()
     assert event["inbox"]["trigger"] == "new_message"
 
 
-@pytest.mark.parametrize("module", sorted(m for m in modules() if m.startswith("keysvc.trigger_inbox")))
+@pytest.mark.parametrize("module", sorted(m for m in modules() if m.startswith("keysvc.partner.triggers")))
 def test_the_trigger_inbox_package_stays_pure(module: str) -> None:
     """It moves under the partner package later: until then (and after) it imports only errors, config and
     itself, and loads no I/O library at import (HTTP, AWS, the server)."""
     direct = {e.target for e in edges() if e.source == module and e.target.startswith("keysvc")}
-    allowed = ("keysvc.errors", "keysvc.config", "keysvc.trigger_inbox")
+    allowed = ("keysvc.errors", "keysvc.config", "keysvc.partner.triggers")
     assert sorted(t for t in direct if not under(t, allowed)) == []
     assert sorted(t for t in closure(module, lazy=False) if under(t, IO_LIBRARIES)) == []

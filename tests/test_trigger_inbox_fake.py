@@ -1,7 +1,7 @@
 """The Trigger Inbox fake (tests/trigger_inbox_fake) behaves like Zapier's published API: test
 infrastructure, so a few fast checks that its behaviour and its request validation are what the tests of
 keysvc will rely on. Its answers are checked against the published answer shapes and read back with
-keysvc's own parsers (keysvc.trigger_inbox.answers), so fake and parsers agree on the document."""
+keysvc's own parsers (keysvc.partner.triggers.answers), so fake and parsers agree on the document."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from keysvc.trigger_inbox.answers import parse_inbox, parse_inbox_page, parse_lease, parse_problem, parse_settled
+from keysvc.partner.triggers.answers import parse_inbox, parse_inbox_page, parse_lease, parse_problem, parse_settled
 from tests.exchange_support import serve
 from tests.helpers import wait_for
 from tests.partner_server import ACCESS_TOKEN, Grant, PartnerState

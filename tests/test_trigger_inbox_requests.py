@@ -1,4 +1,4 @@
-"""Strict parsing of the trigger-inbox routes' inputs (keysvc.trigger_inbox.requests): good requests come
+"""Strict parsing of the trigger-inbox routes' inputs (keysvc.partner.triggers.inputs): good requests come
 out typed with their defaults; each malformed field is a 400 InvalidRequest naming it."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from keysvc.errors import InvalidRequest
-from keysvc.trigger_inbox.requests import (
+from keysvc.partner.triggers.inputs import (
     EnsureInbox,
     InboxRef,
     LeaseCall,

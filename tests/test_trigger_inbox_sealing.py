@@ -1,4 +1,4 @@
-"""The sealed notification token (keysvc.trigger_inbox.sealing): it round-trips, and every token it did
+"""The sealed notification token (keysvc.partner.triggers.sealing): it round-trips, and every token it did
 not make -- tampered, truncated, extended, sealed under another secret, or spelt non-canonically -- is
 refused the same way (404), while a rotated secret is still accepted during its overlap."""
 
@@ -9,7 +9,7 @@ import base64
 import pytest
 
 from keysvc.errors import NotFound
-from keysvc.trigger_inbox.sealing import MAX_TOKEN_CHARS, BadSealedToken, NotificationSealer, Sealed
+from keysvc.partner.triggers.sealing import MAX_TOKEN_CHARS, BadSealedToken, NotificationSealer, Sealed
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Standard Webhooks signing (keysvc.trigger_inbox.signing), checked by an independent verifier: the
+"""Standard Webhooks signing (keysvc.partner.triggers.signing), checked by an independent verifier: the
 `standardwebhooks` package from PyPI, the reference implementation's Python library."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from keysvc.trigger_inbox.signing import WebhookSecret, WebhookSecretError, webhook_headers
+from keysvc.partner.triggers.signing import WebhookSecret, WebhookSecretError, webhook_headers
 
 pytestmark = pytest.mark.unit
 

@@ -17,6 +17,10 @@ openapi_part.py    the partner's OpenAPI part (paths from the contracts, the tok
 observers.py       PartnerMetrics: the partner side's Prometheus metrics, registered through the seam
 gateway.py         the gateway's flows, framework-free
 gateway_routes.py  the `/v1/zapier/*` routes of the internal listener
+store/             the gateway store: shared state across replicas (SQLite or PostgreSQL): one Partner API
+                   budget and cooldown, the connection registry, single-use Connect states, known inboxes
+triggers/          Zapier's Trigger Inbox: typed answers, route inputs, Standard Webhooks signing, the sealed
+                   notification token (pure pieces)
 
 The Python clients (TokenExchanger, RemoteSigner, ZapierClient, their CLIs) are keysvc.client: this package
 imports their transport-free modules (oauth, retry, cache, connect, exchanger), never the reverse.

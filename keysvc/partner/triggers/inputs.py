@@ -15,8 +15,8 @@ from typing import Any
 
 from keysvc.config import parse_duration
 from keysvc.errors import ConfigError, InvalidRequest
-from keysvc.trigger_inbox.answers import MAX_DEPTH, MAX_INPUTS_BYTES, STATUSES, is_uuid
-from keysvc.trigger_inbox.json_bounds import JsonBoundsError, check_json
+from keysvc.partner.triggers.answers import MAX_DEPTH, MAX_INPUTS_BYTES, STATUSES, is_uuid
+from keysvc.partner.triggers.json_bounds import JsonBoundsError, check_json
 
 IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # user_id and tenant_id, as /v1/token-exchange
 # the inbox key: Zapier allows 100 characters; keysvc keeps them URL-path safe and unambiguous

@@ -27,7 +27,7 @@ from .errors import StoreUnavailable
 from .gcra import BudgetState, Limit, Refused
 from .settings import DEFAULT_FALLBACK_DIVISOR
 
-log = logging.getLogger("keysvc.gateway_store")
+log = logging.getLogger("keysvc.partner.store")
 PROBE_INTERVAL = 5.0
 BUDGET_NAME = "partner-api"
 

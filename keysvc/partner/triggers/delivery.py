@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from keysvc.trigger_inbox.answers import Inbox, Lease, Message
-from keysvc.trigger_inbox.signing import WebhookSecret, webhook_headers
+from keysvc.partner.triggers.answers import Inbox, Lease, Message
+from keysvc.partner.triggers.signing import WebhookSecret, webhook_headers
 
 EVENT_TYPE = "zapier.trigger"
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from keysvc.errors import UpstreamError
-from keysvc.trigger_inbox.json_bounds import JsonBoundsError, check_json
+from keysvc.partner.triggers.json_bounds import JsonBoundsError, check_json
 
 STATUSES = ("initializing", "active", "paused", "deleting", "initialization_failure")
 PAUSED_REASONS = ("user", "authentication", "authentication_access_revoked", "partner_revoked",
