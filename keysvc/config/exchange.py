@@ -71,6 +71,8 @@ class TokenExchangeSettings:
     redirect_uris: tuple[str, ...] = ()  # exact-match allow-list of Connect redirects
     api_rate_limit: ApiRateLimit = ApiRateLimit()
     run_wait_max: float = 60.0  # the longest a caller may ask keysvc to wait for an action run
+    trigger_inbox_url: str = "https://api.zapier.com/trigger-inbox/v1"  # Zapier's Trigger Inbox API
+    lease_wait_max: float = 30.0  # the longest a caller may ask keysvc to wait for inbox messages
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -129,6 +131,8 @@ def read_token_exchange(
         redirect_uris=lambda: _redirect_uris(sec),
         api_rate_limit=lambda: _api_rate_limit(sec.section("api_rate_limit")),
         run_wait_max=lambda: _run_wait_max(sec, d.run_wait_max),
+        trigger_inbox_url=lambda: _url(sec, "trigger_inbox_url", d.trigger_inbox_url),
+        lease_wait_max=lambda: _wait_max(sec, "lease_wait_max", d.lease_wait_max),
     )
     settings = TokenExchangeSettings(**v)
     if settings.keyset not in unchecked:
@@ -148,6 +152,13 @@ def _run_wait_max(sec: Section, default: float) -> float:
     if run_wait_max > MAX_RUN_WAIT:
         raise ConfigError(sec.name("run_wait_max"), f"must be at most {MAX_RUN_WAIT:g}s (10m)")
     return run_wait_max
+
+
+def _wait_max(sec: Section, key: str, default: float) -> float:
+    wait_max = sec.positive_duration(key, default)
+    if wait_max > MAX_RUN_WAIT:
+        raise ConfigError(sec.name(key), f"must be at most {MAX_RUN_WAIT:g}s (10m)")
+    return wait_max
 
 
 def _cache_margin(sec: Section, default: int) -> int:

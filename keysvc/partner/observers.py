@@ -12,6 +12,9 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.registry import Collector
 
 from keysvc.metrics import BACKEND_BUCKETS, LATENCY_BUCKETS
+from keysvc.partner.triggers.answers import RECONNECT_REASONS, STATUSES
+
+INBOX_STATUSES = (*STATUSES, "paused_authentication", "other")
 
 
 class PartnerMetrics:
@@ -45,6 +48,18 @@ class PartnerMetrics:
             "keysvc_zapier_api_budget_total", "Partner API requests the replica's budget delayed (waited) or "
             "refused (refused: api_rate_limit spent; cooling: after a 429)", ["result"], registry=None,
         )
+        self.inbox_messages = Counter(
+            "keysvc_zapier_inbox_messages_total", "Trigger-inbox messages leased, acked and released through keysvc",
+            ["event"], registry=None,
+        )
+        self.inboxes_seen = Counter(
+            "keysvc_zapier_inboxes_seen_total", "Trigger inboxes keysvc saw in Zapier's answers, by status "
+            "(paused_authentication: paused until the user reconnects)", ["status"], registry=None,
+        )
+        for event in ("leased", "acked", "released"):
+            self.inbox_messages.labels(event)
+        for status in INBOX_STATUSES:
+            self.inboxes_seen.labels(status)
         for result in ("waited", "refused", "cooling"):
             self.zapier_budget.labels(result)  # at 0 from the start, so alerts see the first increment
         for status in ("success", "error", "pending"):
@@ -53,7 +68,7 @@ class PartnerMetrics:
     def collectors(self) -> list[Collector]:
         """Every metric, for the service's registry."""
         return [self.exchange_calls, self.exchange_latency, self.exchange_cache, self.zapier_calls,
-                self.zapier_latency, self.zapier_runs, self.zapier_budget]
+                self.zapier_latency, self.zapier_runs, self.zapier_budget, self.inbox_messages, self.inboxes_seen]
 
     def upstream(self, outcome: str, seconds: float) -> None:
         """One request to the partner's token endpoint."""
@@ -76,3 +91,13 @@ class PartnerMetrics:
     def run(self, status: str) -> None:
         """One action-run answer of the gateway."""
         self.zapier_runs.labels(status).inc()
+
+    def messages(self, event: str, count: int) -> None:
+        """`count` trigger-inbox messages leased, acked or released."""
+        self.inbox_messages.labels(event).inc(count)
+
+    def inbox_seen(self, status: str, paused_reason: str | None = None) -> None:
+        """One inbox in an answer, by status (an unknown word is `other`: the label stays bounded)."""
+        if status == "paused" and paused_reason in RECONNECT_REASONS:
+            status = "paused_authentication"
+        self.inboxes_seen.labels(status if status in INBOX_STATUSES else "other").inc()

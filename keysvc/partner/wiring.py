@@ -30,6 +30,8 @@ from keysvc.partner.openapi_part import partner_openapi
 from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.state import StateCodec, state_key
+from keysvc.partner.trigger_inboxes import REAUTH_CODES, TRIGGER_INBOX_API, TriggerInboxes
+from keysvc.partner.trigger_routes import trigger_routes
 
 
 @dataclass
@@ -41,10 +43,12 @@ class Partner:
     gateway: ZapierGateway
     http: PartnerHttp
     metrics: PartnerMetrics
+    inboxes: TriggerInboxes
 
     def routes(self, api: RouteContext) -> Sequence[BaseRoute]:
         """The internal listener's partner routes."""
-        return [*exchange_routes(self.exchanger, api), *zapier_routes(self.gateway, self.settings, api)]
+        return [*exchange_routes(self.exchanger, api), *zapier_routes(self.gateway, self.settings, api),
+                *trigger_routes(self.inboxes, self.settings, api)]
 
     async def aclose(self) -> None:
         """Close the session to the partner (the token endpoint's and the Partner API's connections)."""
@@ -66,10 +70,15 @@ def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     endpoint = AiohttpTokenEndpoint(exchange, http, observer=metrics)
     exchanger = TokenExchanger(exchange, signer, endpoint=endpoint, observer=metrics)
     limit = exchange.api_rate_limit
-    api = PartnerApi(exchange, http, ApiBudget(limit.per_minute, limit.burst), observer=metrics)
+    budget = ApiBudget(limit.per_minute, limit.burst)
+    api = PartnerApi(exchange, http, budget, observer=metrics)
+    # the Trigger Inbox API: same session, same budget (every call counts against the Partner API's limit)
+    inbox_api = PartnerApi(exchange, http, budget, observer=metrics, base_url=exchange.trigger_inbox_url,
+                           name=TRIGGER_INBOX_API, reauth_codes=REAUTH_CODES)
+    inboxes = TriggerInboxes(exchanger, inbox_api, observer=metrics)
     states = StateCodec(state_key(exchange.client_secret.reveal()))
     gateway = ZapierGateway(exchanger, api, states, on_run=metrics.run)
-    return Partner(exchange, exchanger, gateway, http, metrics)
+    return Partner(exchange, exchanger, gateway, http, metrics, inboxes)
 
 
 def partner_feature(settings: Settings, keyring: Keyring) -> Feature:

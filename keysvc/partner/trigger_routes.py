@@ -1,0 +1,93 @@
+"""The `/v1/zapier/trigger-inboxes*` routes of the internal listener: thin handlers over TriggerInboxes,
+declared in keysvc.partner.contracts (TRIGGERS). The client API key (Bearer) must belong to a client with
+`zapier` set (else 403); authentication, the client's rate limit and strict JSON bodies are the internal
+API's own (keysvc.http.context.RouteContext). User fields come in the body on PUT and POST, in the query on
+GET and DELETE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from keysvc.config import ClientSettings, TokenExchangeSettings
+from keysvc.errors import Forbidden
+from keysvc.http.context import RouteContext
+from keysvc.partner import contracts as c
+from keysvc.partner.contracts import Contract
+from keysvc.partner.trigger_inboxes import TriggerInboxes
+from keysvc.partner.triggers import inputs as inputs_of
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+NO_CONTENT = object()  # a handler's answer for 204
+
+
+def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api: RouteContext) -> list[Route]:
+    """The trigger-inbox routes (longest waits from `exchange`: run_wait_max, lease_wait_max)."""
+    Handler = Callable[[Request, ClientSettings], Awaitable[Any]]
+
+    def route(contract: Contract, handle: Handler) -> Route:
+        async def endpoint(request: Request) -> Response:
+            client = api.client(request)
+            if not client.zapier:
+                raise Forbidden("this client may not call /v1/zapier/* (zapier is not set)")
+            answer = await handle(request, client)
+            if answer is NO_CONTENT:
+                return Response(status_code=204, headers=_NO_STORE)
+            return Response(orjson.dumps(answer), status_code=200, media_type="application/json", headers=_NO_STORE)
+
+        endpoint.__name__ = contract.name  # the access log's and http_requests_total's bounded route label
+        return Route(contract.path, endpoint, methods=[contract.method])
+
+    def query(request: Request) -> list[tuple[str, str]]:
+        return request.query_params.multi_items()
+
+    def inbox(request: Request) -> str:
+        return str(request.path_params["inbox"])
+
+    async def ensure(request: Request, client: ClientSettings) -> Any:
+        body = inputs_of.ensure_body(inbox(request), await api.body(request), exchange.run_wait_max)
+        return await inboxes.ensure(client.name, body)
+
+    async def listing(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.inboxes(inputs_of.list_query(query(request)))
+
+    async def one(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.inbox(inputs_of.inbox_query(query(request), inbox(request)))
+
+    async def delete(request: Request, client: ClientSettings) -> Any:
+        await inboxes.delete(client.name, inputs_of.inbox_query(query(request), inbox(request)))
+        return NO_CONTENT
+
+    async def pause(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.pause(client.name, inputs_of.inbox_body(await api.body(request), inbox(request)))
+
+    async def resume(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.resume(client.name, inputs_of.inbox_body(await api.body(request), inbox(request)))
+
+    async def lease(request: Request, client: ClientSettings) -> Any:
+        body = inputs_of.lease_body(await api.body(request), inbox(request), exchange.lease_wait_max)
+        return await inboxes.lease(body)
+
+    async def ack(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.ack(client.name, inputs_of.settle_body(await api.body(request), inbox(request)))
+
+    async def release(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.release(client.name, inputs_of.settle_body(await api.body(request), inbox(request)))
+
+    return [
+        route(c.INBOX_LIST, listing),
+        route(c.INBOX_ENSURE, ensure),
+        route(c.INBOX_GET, one),
+        route(c.INBOX_DELETE, delete),
+        route(c.INBOX_PAUSE, pause),
+        route(c.INBOX_RESUME, resume),
+        route(c.INBOX_LEASE, lease),
+        route(c.INBOX_ACK, ack),
+        route(c.INBOX_RELEASE, release),
+    ]
