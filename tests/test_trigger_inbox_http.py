@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from keysvc.client.zapier import SyncZapierClient
+from keysvc.errors import Conflict, NotFound
 from tests.helpers import KeysvcProcess, api_key, base_config, remember_secret, sha256_hex, write_config
 from tests.partner_server import ACCESS_TOKEN
 from tests.trigger_inbox_fake import TriggerInboxFake, partner_tokens, running_trigger_inbox
@@ -72,7 +74,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "keyset": "zapier", "token_url": zapier.token_url, "api_url": zapier.api_url,
             "trigger_inbox_url": inbox_api.api_url, "client_id": zapier.partner.client_id,
             "client_secret_file": str(secret_file), "run_wait_max": "10s", "lease_wait_max": "5s",
-            "total_timeout": "5s",
+            "total_timeout": "5s", "api_rate_limit": {"per_minute": 6000, "burst": 100},
         }
         path = write_config(tmp / "keysvc.yaml", config)
         with KeysvcProcess(path, name="trigger-inbox") as keysvc:
@@ -221,6 +223,31 @@ def test_a_refused_token_is_exchanged_again_once(setup: Setup) -> None:
     assert got.status_code == 200, got.text
     assert setup.inbox_api.count("GET /inboxes/{id}", 400) == refused + 1
     assert setup.zapier.partner.calls_for(ACCESS_TOKEN) == exchanges + 1
+
+
+def test_the_python_client_drives_the_whole_loop(setup: Setup) -> None:
+    """SyncZapierClient's inbox methods: ensure (wait), list, get, lease with wait, release, lease, ack,
+    pause, resume, delete; keysvc errors come back as keysvc.errors classes."""
+    with SyncZapierClient(setup.keysvc.internal, api_key("web")) as zapier:
+        made = zapier.ensure_inbox("u-1", "t-9", "client-loop", SUB["app"], SUB["trigger"], SUB["connection"],
+                                   SUB["inputs"], wait=5)
+        inbox_id = made["inbox"]["id"]
+        assert made["inbox"]["status"] == "active"
+        assert inbox_id in [i["id"] for i in zapier.inboxes("u-1", "t-9", status="active")["inboxes"]]
+        assert zapier.inbox("u-1", "t-9", inbox_id)["inbox"]["key"] == "client-loop"
+        [message_id] = setup.inbox_api.inject(inbox_id, {"text": "one"})
+        lease = zapier.lease("u-1", "t-9", inbox_id, limit=5, lease=60, wait=2)
+        assert [m["id"] for m in lease["messages"]] == [message_id]
+        assert zapier.release("u-1", "t-9", inbox_id, lease["lease_id"]) == {"released": [message_id]}
+        again = zapier.lease("u-1", "t-9", inbox_id)
+        assert zapier.ack("u-1", "t-9", inbox_id, again["lease_id"], [message_id]) == {"acked": [message_id]}
+        assert zapier.pause_inbox("u-1", "t-9", inbox_id)["inbox"]["status"] == "paused"
+        assert zapier.resume_inbox("u-1", "t-9", inbox_id)["inbox"]["status"] in ("initializing", "active")
+        zapier.delete_inbox("u-1", "t-9", inbox_id)
+        with pytest.raises(NotFound):
+            zapier.inbox("u-1", "t-9", inbox_id)
+        with pytest.raises(Conflict):
+            zapier.ensure_inbox("u-1", "t-9", "orders", SUB["app"], "other_trigger")
 
 
 def test_zz_429_is_503_with_retry_after_and_the_budget_cools(setup: Setup) -> None:
