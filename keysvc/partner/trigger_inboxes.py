@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
-from keysvc.client.exchanger import TokenExchanger
 from keysvc.errors import RequestError, UpstreamError
 from keysvc.logs import audit_request
 from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
@@ -49,6 +48,22 @@ FIRST_POLL, MAX_POLL = 0.25, 4.0
 def poll_delay(polls: int) -> float:
     """Seconds before the next look at an inbox (activation, messages): 0.25, 0.5, 1, 2, 4, 4, ..."""
     return float(min(FIRST_POLL * 2.0**polls, MAX_POLL))
+
+
+class AccessToken(Protocol):
+    @property
+    def access_token(self) -> str:
+        """The bearer token."""
+
+
+class AccessTokens(Protocol):
+    """Where the user's access token comes from (keysvc's TokenExchanger: cached, exchanged on a miss)."""
+
+    async def access_token(self, user_id: str, tenant_id: str, scope: str | None = None) -> AccessToken:
+        """The user's access token."""
+
+    def forget_access_token(self, user_id: str, tenant_id: str, scope: str | None = None) -> None:
+        """Drop the cached token (the partner refused it)."""
 
 
 class InboxObserver(Protocol):
@@ -81,7 +96,7 @@ class TriggerInboxes:
 
     def __init__(
         self,
-        exchanger: TokenExchanger,
+        exchanger: AccessTokens,
         api: PartnerApi,
         *,
         clock: Callable[[], float] = time.monotonic,
