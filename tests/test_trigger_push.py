@@ -269,3 +269,59 @@ def test_a_notification_token_names_the_inbox_and_a_forged_one_is_refused(world:
 
 
     run_with_store(tmp_path, scenario)
+
+
+def test_the_notification_route_answers_202_at_once_and_delivers(world: World, tmp_path: Path) -> None:
+    """POST {public_url}/zapier/inbox-notifications/{sealed}: 202 and the inbox delivered in the background;
+    the URL keysvc gives the inbox is that route; a forged token is 404, another method 405, a body over
+    64 KiB 413 (the listener answers those errors as JSON)."""
+    from keysvc.config.exchange import TriggerDeliverySettings
+    from keysvc.errors import MethodNotAllowed, NotFound, PayloadTooLarge
+    from keysvc.partner.trigger_notify import PREFIX, Push
+
+    inbox_api, receiver, url = world
+
+    async def call(push: Push, method: str, path: str, body: bytes = b"{}") -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        chunks = [body[i:i + 4096] for i in range(0, len(body), 4096)] or [b""]
+
+        async def receive() -> dict[str, Any]:
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        status = await push.route().handle({"type": "http", "method": method, "path": path}, receive, send)
+        assert status == sent[0]["status"]
+        return sent
+
+    async def scenario(store: GatewayStore) -> None:
+        record = await active_inbox(inbox_api, store, "push-route")
+        [message_id] = inbox_api.inject(record.inbox_id, {"via": "notification"})
+        one, http = deliverer(inbox_api, url, store)
+        settings = TriggerDeliverySettings(url, Secret(SECRET), "https://keys.example.com", lease=60)
+        push = Push(settings, one._inboxes, http, store)
+        try:
+            notification_url = push.notification_url(record.inbox_id, record.user_id, record.tenant_id)
+            assert notification_url.startswith("https://keys.example.com" + PREFIX)
+            assert record.user_id not in notification_url and record.inbox_id not in notification_url
+            path = notification_url.removeprefix("https://keys.example.com")
+            answer = await call(push, "POST", path, b'{"inbox_id": "x", "received_message_count": 1}')
+            assert answer[0]["status"] == 202
+            for _ in range(100):
+                if message_id in receiver.delivered and not inbox_api.pending(record.inbox_id):
+                    break
+                await asyncio.sleep(0.05)
+            with pytest.raises(NotFound):
+                await call(push, "POST", PREFIX + "A" * 80)
+            with pytest.raises(MethodNotAllowed):
+                await call(push, "GET", path)
+            with pytest.raises(PayloadTooLarge):
+                await call(push, "POST", path, b"x" * (65 << 10))
+            await push.delivery.aclose()
+        finally:
+            await http.aclose()
+        assert receiver.delivered == [message_id]
+
+    run_with_store(tmp_path, scenario)

@@ -56,6 +56,17 @@ class PartnerMetrics:
             "keysvc_zapier_inboxes_seen_total", "Trigger inboxes keysvc saw in Zapier's answers, by status "
             "(paused_authentication: paused until the user reconnects)", ["status"], registry=None,
         )
+        self.push_deliveries = Counter(
+            "keysvc_zapier_push_deliveries_total", "Trigger-inbox messages POSTed to trigger_delivery.url: "
+            "delivered (2xx, then acked), refused (another status, released), failed (no answer, left leased)",
+            ["outcome"], registry=None,
+        )
+        self.push_latency = Histogram(
+            "keysvc_zapier_push_duration_seconds", "One POST to trigger_delivery.url", buckets=BACKEND_BUCKETS,
+            registry=None,
+        )
+        for outcome in ("delivered", "refused", "failed"):
+            self.push_deliveries.labels(outcome)
         for event in ("leased", "acked", "released"):
             self.inbox_messages.labels(event)
         for status in INBOX_STATUSES:
@@ -68,7 +79,8 @@ class PartnerMetrics:
     def collectors(self) -> list[Collector]:
         """Every metric, for the service's registry."""
         return [self.exchange_calls, self.exchange_latency, self.exchange_cache, self.zapier_calls,
-                self.zapier_latency, self.zapier_runs, self.zapier_budget, self.inbox_messages, self.inboxes_seen]
+                self.zapier_latency, self.zapier_runs, self.zapier_budget, self.inbox_messages, self.inboxes_seen,
+                self.push_deliveries, self.push_latency]
 
     def upstream(self, outcome: str, seconds: float) -> None:
         """One request to the partner's token endpoint."""
@@ -101,3 +113,8 @@ class PartnerMetrics:
         if status == "paused" and paused_reason in RECONNECT_REASONS:
             status = "paused_authentication"
         self.inboxes_seen.labels(status if status in INBOX_STATUSES else "other").inc()
+
+    def pushed(self, outcome: str, seconds: float) -> None:
+        """One POST of push delivery to the partner's service."""
+        self.push_deliveries.labels(outcome).inc()
+        self.push_latency.observe(seconds)

@@ -26,6 +26,7 @@ from urllib.parse import quote
 from keysvc.errors import RequestError, UpstreamError
 from keysvc.logs import audit_request
 from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
+from keysvc.partner.store.base import InboxRecord
 from keysvc.partner.triggers.answers import (
     Inbox,
     Lease,
@@ -64,6 +65,16 @@ class AccessTokens(Protocol):
 
     def forget_access_token(self, user_id: str, tenant_id: str, scope: str | None = None) -> None:
         """Drop the cached token (the partner refused it)."""
+
+
+class InboxRecorder(Protocol):
+    """Where push delivery keeps the inboxes keysvc ensured (the gateway store)."""
+
+    async def record_inbox(self, inbox: InboxRecord) -> None:
+        """Record (or replace) an inbox."""
+
+    async def delete_inbox(self, inbox_id: str) -> bool:
+        """Forget an inbox."""
 
 
 class InboxObserver(Protocol):
@@ -108,13 +119,19 @@ class TriggerInboxes:
         self._clock = clock
         self._sleep = sleep
         self._observer = observer or NullInboxObserver()
+        self._recorder: InboxRecorder | None = None
+        self._notification_url: Callable[[str, str, str], str] | None = None
 
     def __repr__(self) -> str:
         return f"TriggerInboxes({self._api!r})"
 
+    def push_to(self, recorder: InboxRecorder, notification_url: Callable[[str, str, str], str]) -> None:
+        """Push delivery is on: record every ensured inbox, give it `notification_url(inbox, user, tenant)`."""
+        self._recorder, self._notification_url = recorder, notification_url
+
     # ---------------------------------------------------------------------------------- inboxes
 
-    async def ensure(self, client: str, e: EnsureInbox, notification_url: str | None = None) -> dict[str, Any]:
+    async def ensure(self, client: str, e: EnsureInbox) -> dict[str, Any]:
         """The user's inbox with this key for this subscription (created when missing; 409 when the key
         names another subscription), waiting up to `e.wait` for it to turn `active`."""
         deadline = self._clock() + e.wait
@@ -122,14 +139,16 @@ class TriggerInboxes:
         if e.connection is not None:
             subscription["connection_id"] = e.connection
         body: dict[str, Any] = {"key": e.key, "subscription": subscription}
-        if notification_url is not None:
-            body["notification_url"] = notification_url
         fields = _audit(client, e.user, key=e.key, app=e.app, trigger=e.trigger, outcome="ok")
         try:
             inbox = parse_inbox(await self._with_token(e.user, lambda token: self._api.request(
                 "PUT", "inbox_ensure", "/inboxes", token, body=body, retry=True)))
-            if notification_url is not None and inbox.notification_url != notification_url:
-                inbox = await self._patch_notification_url(e.user, inbox.id, notification_url)
+            if self._notification_url is not None and self._recorder is not None:
+                url = self._notification_url(inbox.id, e.user.user_id, e.user.tenant_id)
+                if inbox.notification_url != url:  # the 409 compares the subscription, never this URL
+                    inbox = await self._patch_notification_url(e.user, inbox.id, url)
+                await self._recorder.record_inbox(InboxRecord(inbox.id, e.user.tenant_id, e.user.user_id, e.key,
+                                                              e.app, e.trigger))
             polls = 0
             while inbox.status == "initializing" and (remaining := deadline - self._clock()) > 0:
                 await self._sleep(min(poll_delay(polls), remaining))
@@ -200,6 +219,8 @@ class TriggerInboxes:
         try:
             await self._with_token(r.user, lambda token: self._api.request(
                 "DELETE", "inbox_delete", path, token, retry=True))
+            if self._recorder is not None:
+                await self._recorder.delete_inbox(r.inbox_id)
         except RequestError as exc:
             audit_request("zapier.inbox.delete", {**fields, "outcome": exc.code})
             raise

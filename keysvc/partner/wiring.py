@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.routing import BaseRoute
 
 from keysvc.client.exchanger import TokenExchanger
 from keysvc.config import Settings, TokenExchangeSettings
+from keysvc.errors import ConfigError
 from keysvc.feature import Feature
 from keysvc.http.context import RouteContext
 from keysvc.keyring import Keyring
@@ -30,8 +32,14 @@ from keysvc.partner.openapi_part import partner_openapi
 from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.state import StateCodec, state_key
-from keysvc.partner.trigger_inboxes import REAUTH_CODES, TRIGGER_INBOX_API, TriggerInboxes
+from keysvc.partner.trigger_inboxes import REAUTH_CODES, TRIGGER_INBOX_API, InboxRecorder, TriggerInboxes
+from keysvc.partner.trigger_notify import Push, build_push
+from keysvc.partner.trigger_push import InboxDirectory
 from keysvc.partner.trigger_routes import trigger_routes
+
+
+class InboxStore(InboxDirectory, InboxRecorder, Protocol):
+    """The gateway store's trigger-inbox part (keysvc.partner.store.GatewayStore)."""
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Partner:
     http: PartnerHttp
     metrics: PartnerMetrics
     inboxes: TriggerInboxes
+    push: Push | None = None  # push delivery of trigger-inbox messages (trigger_delivery and a store)
 
     def routes(self, api: RouteContext) -> Sequence[BaseRoute]:
         """The internal listener's partner routes."""
@@ -51,17 +60,23 @@ class Partner:
                 *trigger_routes(self.inboxes, self.settings, api)]
 
     async def aclose(self) -> None:
-        """Close the session to the partner (the token endpoint's and the Partner API's connections)."""
+        """Stop push deliveries in flight, then close the session to the partner (the token endpoint's and
+        the Partner API's connections)."""
+        if self.push is not None:
+            await self.push.delivery.aclose()
         await self.http.aclose()
 
     def feature(self) -> Feature:
         """This partner side as the service's feature: routes, OpenAPI part, metrics, close hook."""
+        push = self.push
         return Feature("partner", routes=self.routes, openapi=partner_openapi(), metrics=self.metrics.collectors(),
+                       jobs=() if push is None else (push.job(),), public=None if push is None else push.route(),
                        close=self.aclose, part=self)
 
 
-def build_partner(settings: Settings, keyring: Keyring) -> Partner:
-    """The partner side of this replica, for `settings.token_exchange` (no I/O)."""
+def build_partner(settings: Settings, keyring: Keyring, directory: InboxStore | None = None) -> Partner:
+    """The partner side of this replica, for `settings.token_exchange` (no I/O). `directory`: the gateway
+    store, where push delivery (`trigger_delivery`) records the inboxes keysvc ensured."""
     exchange = settings.token_exchange
     assert exchange is not None  # nosec B101 - only called when configured
     metrics = PartnerMetrics()
@@ -78,9 +93,16 @@ def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     inboxes = TriggerInboxes(exchanger, inbox_api, observer=metrics)
     states = StateCodec(state_key(exchange.client_secret.reveal()))
     gateway = ZapierGateway(exchanger, api, states, on_run=metrics.run)
-    return Partner(exchange, exchanger, gateway, http, metrics, inboxes)
+    push = build_push(exchange, inboxes, http, directory, observer=metrics)
+    if push is not None and directory is not None:
+        inboxes.push_to(directory, push.notification_url)
+    return Partner(exchange, exchanger, gateway, http, metrics, inboxes, push)
 
 
 def partner_feature(settings: Settings, keyring: Keyring) -> Feature:
     """The partner side as one feature of the service (see the module docstring)."""
+    exchange = settings.token_exchange
+    if exchange is not None and exchange.trigger_delivery is not None:
+        # push delivery records the inboxes it serves in the gateway store, which is not configurable yet
+        raise ConfigError("token_exchange.trigger_delivery", "needs the gateway store (token_exchange.store)")
     return build_partner(settings, keyring).feature()
