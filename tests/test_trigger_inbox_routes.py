@@ -72,3 +72,42 @@ def test_trigger_inbox_errors_name_their_api() -> None:
 def test_poll_delay_grows_and_is_capped() -> None:
     """Back-off between looks at an inbox: 0.25 s doubling to at most 4 s."""
     assert [poll_delay(n) for n in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def _exchange(**extra: Any) -> Any:
+    from keysvc.config.exchange import parse_token_exchange
+
+    raw = {"client_id": "c", "client_secret_env": "ZS", **extra}
+    return parse_token_exchange(raw, {"zapier": "ES256"}, environ={"ZS": "s", "WH": SECRET})
+
+
+SECRET = "whsec_" + "a2V5c3ZjLXRlc3Qtd2ViaG9vay1zZWNyZXQtMzI="  # base64 of 29 bytes (24 to 64)
+
+
+def test_trigger_settings_defaults_and_limits() -> None:
+    """trigger_inbox_url defaults to Zapier's and is https (plain http only to loopback); lease_wait_max
+    defaults to 30 s and is at most 10 minutes; trigger_delivery is off unless configured."""
+    from keysvc.errors import ConfigError
+
+    d = _exchange()
+    assert d.trigger_inbox_url == "https://api.zapier.com/trigger-inbox/v1" and d.lease_wait_max == 30.0
+    assert d.trigger_delivery is None
+    assert _exchange(trigger_inbox_url="http://127.0.0.1:9/ti", lease_wait_max="2m").lease_wait_max == 120.0
+    for bad in ({"trigger_inbox_url": "http://zapier.example/ti"}, {"lease_wait_max": "11m"},
+                {"lease_wait_max": "0s"}):
+        with pytest.raises(ConfigError):
+            _exchange(**bad)
+
+
+def test_trigger_delivery_settings_are_checked() -> None:
+    """trigger_delivery needs url, a whsec_ secret and public_url; lease is whole seconds within 1 s..1 h."""
+    from keysvc.errors import ConfigError
+
+    good = {"url": "https://events.example.com/z", "secret_env": "WH", "public_url": "https://keys.example.com/"}
+    t = _exchange(trigger_delivery=good).trigger_delivery
+    assert t.url == good["url"] and t.public_url == "https://keys.example.com" and t.lease == 300.0
+    assert t.sweep_interval == 300.0 and SECRET not in repr(t)
+    for bad in ({"url": "http://events.example.com"}, {"secret_env": "ZS"}, {"lease": "2h"}, {"lease": "1.5s"},
+                {"public_url": None}, {"surprise": 1}):
+        with pytest.raises(ConfigError):
+            _exchange(trigger_delivery={k: v for k, v in {**good, **bad}.items() if v is not None})
