@@ -5,6 +5,7 @@ the Trigger Inbox API's errors name it, not the Partner API."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,3 +112,34 @@ def test_trigger_delivery_settings_are_checked() -> None:
                 {"public_url": None}, {"surprise": 1}):
         with pytest.raises(ConfigError):
             _exchange(trigger_delivery={k: v for k, v in {**good, **bad}.items() if v is not None})
+
+
+def test_a_features_public_route_is_served_by_the_public_listener(tmp_path: Path) -> None:
+    """Feature.public: the public listener hands requests under the route's prefix to its handler (raw
+    ASGI), answers a RequestError it raises as JSON (404 for a forged token, 405 with Allow), counts it
+    under the route's bounded name, and leaves every other path as before."""
+    from keysvc.errors import MethodNotAllowed, NotFound
+    from keysvc.feature import PublicRoute
+    from keysvc.http.public import PublicApp
+    from keysvc.metrics import Metrics
+    from tests.test_discovery import SettingsOnly, ask, settings_with
+
+    async def handle(scope: Any, receive: Any, send: Any) -> int:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("only POST", allow="POST")
+        if not scope["path"].endswith("/good"):
+            raise NotFound("no such resource")
+        await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+        return 202
+
+    metrics = Metrics()
+    route = PublicRoute("/zapier/inbox-notifications/", "zapier_inbox_notification", handle)
+    app = PublicApp(SettingsOnly(settings_with(tmp_path)), metrics, [route])  # type: ignore[arg-type]
+    assert ask(app, "POST", "/zapier/inbox-notifications/good").status_code == 202
+    forged = ask(app, "POST", "/zapier/inbox-notifications/forged")
+    assert forged.status_code == 404 and forged.json()["error"] == "not_found"
+    wrong = ask(app, "GET", "/zapier/inbox-notifications/good")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert ask(app, "POST", "/somewhere-else").status_code == 404
+    assert ask(app, "GET", "/healthz").status_code == 200
