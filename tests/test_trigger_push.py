@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -325,3 +329,68 @@ def test_the_notification_route_answers_202_at_once_and_delivers(world: World, t
         assert receiver.delivered == [message_id]
 
     run_with_store(tmp_path, scenario)
+
+
+def _worker(inbox_api: TriggerInboxFake, url: str, db: Path, lease: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KEYSVC_TEST_INBOX_TOKEN": inbox_api.issue_token(USER)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.trigger_push_worker", inbox_api.api_url, url,
+                             f"sqlite:///{db}", str(lease)], env=env, stdout=subprocess.PIPE,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"sweeping"
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_kill_9_of_a_replica_mid_delivery_and_two_replicas_at_once(world: World, tmp_path: Path) -> None:
+    """Real processes on one SQLite store: replica A leases (3 s) and is killed with SIGKILL while the
+    receiver holds its first POST; the messages come back when the lease expires and replicas B and C,
+    sweeping at the same time while more messages arrive, deliver every one; nothing was acked before its
+    2xx and every signature verified."""
+    inbox_api, receiver, url = world
+    db = tmp_path / "gateway.db"
+
+    async def prepare(store: GatewayStore) -> list[InboxRecord]:
+        return [await active_inbox(inbox_api, store, f"push-kill-{n}") for n in range(2)]
+
+    records: list[InboxRecord] = []
+
+    async def scenario(store: GatewayStore) -> None:
+        records.extend(await prepare(store))
+
+    run_with_store(tmp_path, scenario)
+    ids = inbox_api.inject(records[0].inbox_id, {"n": 1}, {"n": 2})
+    receiver.hang = set(ids)
+    a = _worker(inbox_api, url, db, 3)
+    try:
+        deadline = time.monotonic() + 10
+        while not receiver.attempts and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert receiver.attempts, "replica A never POSTed"
+        a.kill()  # SIGKILL, mid-delivery: no ack, no release
+        a.wait()
+        assert a.returncode == -9
+        assert inbox_api.pending(records[0].inbox_id) == 2 and receiver.delivered == []
+        receiver.hang = set()
+        b, c = _worker(inbox_api, url, db, 3), _worker(inbox_api, url, db, 3)
+        try:
+            for n in range(3):
+                ids += inbox_api.inject(records[n % 2].inbox_id, *({"more": n, "i": i} for i in range(5)))
+                time.sleep(0.2)
+            deadline = time.monotonic() + 20
+            while any(inbox_api.pending(r.inbox_id) for r in records) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            for proc in (b, c):
+                _stop(proc)
+    finally:
+        _stop(a)
+    assert not any(inbox_api.pending(r.inbox_id) for r in records)
+    assert sorted(set(receiver.delivered)) == sorted(ids) and len(ids) == 17
+    assert receiver.acked_early == [] and receiver.bad_signatures == 0
