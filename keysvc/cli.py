@@ -44,8 +44,9 @@ logging: --log-level or $KEYSVC_LOG_LEVEL: debug, info (default), warning, error
 running replicas: `keys rotate/revoke --server URL` act through a running replica (served at once); without
   --server they write the backend, which running replicas read within backend.refresh_interval.
 exit status: 0 success; 1 the operation failed or was refused (a rotation not yet safe, an unknown keyset
-  or kid, an address in use, a server unreachable, the server extra not installed); 2 usage error (bad
-  arguments, --dev with --config); 78 configuration error (EX_CONFIG: the configuration is invalid or
+  or kid, an address in use, a server unreachable, a zapier call refused or a zapier run that ended in
+  error, the server extra not installed); 2 usage error (bad arguments, --dev with --config, no API key);
+  3 a zapier run still pending; 78 configuration error (EX_CONFIG: the configuration is invalid or
   unreadable, or a --pem or --api-key-file file cannot be read).
 """
 DEV_PUBLIC = Address("127.0.0.1", 8080)
@@ -411,8 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"keysvc {__version__}")
-    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
-                        help="debug, info, warning, error or critical (default: $KEYSVC_LOG_LEVEL or info)")
+    add_log_level(parser, None)
     add_config_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -487,7 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(add_exchange_parser(sub)).set_defaults(fn=cmd_exchange)
     add_zapier_parser(sub)
+    for leaf in leaf_parsers(parser):  # a global option goes after the command too (SUPPRESS: keep one before it)
+        add_log_level(leaf, argparse.SUPPRESS)
     return parser
+
+
+def add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
+    """--log-level, on the top-level parser (`default` None) and on each command (SUPPRESS)."""
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL", default=default,
+                        help="debug, info, warning, error or critical (default: $KEYSVC_LOG_LEVEL or info)")
+
+
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of the commands that run something (`keys rotate`, `zapier run`, ...), depth first."""
+    children = [choice for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                for choice in dict.fromkeys(action.choices.values())]
+    return [leaf for child in children for leaf in leaf_parsers(child)] if children else [parser]
 
 
 def cmd_exchange(args: argparse.Namespace) -> int:

@@ -197,7 +197,7 @@ def test_exchange_and_check_config_connect_print_no_library_log_lines(
     served: tuple[KeysvcProcess, ZapierFake]
 ) -> None:
     """`keysvc exchange` and `keysvc check-config --connect` (HTTP to the partner) print no httpx/aiohttp
-    INFO lines at the default level; --log-level debug shows them (the quieting is real, not absent calls)."""
+    INFO lines at the default level; --log-level debug (after the command too) shows them: the quieting is real."""
     proc, _ = served
     exchanged = run_cli("exchange", "--user", U, "--tenant", T, config=proc.config_path)
     assert exchanged.returncode == 0, exchanged.stderr
@@ -207,5 +207,5 @@ def test_exchange_and_check_config_connect_print_no_library_log_lines(
     for result in (exchanged, checked):
         assert not re.search(r'"logger":"(httpx|httpcore|aiohttp)', result.stderr), result.stderr
         assert "HTTP Request" not in result.stderr
-    loud = run_cli("--log-level", "debug", "exchange", "--user", U, "--tenant", T, config=proc.config_path)
+    loud = run_cli("exchange", "--user", U, "--tenant", T, "--log-level", "debug", config=proc.config_path)
     assert re.search(r'"logger":"(httpx|httpcore|aiohttp)', loud.stderr), loud.stderr
