@@ -250,7 +250,15 @@ def _refused(exc: RequestError) -> Failed:
     return Failed(f"rotation refused: {exc.description.replace(lifecycle.FORCE_IT, 'pass --force')}")
 
 
+def _key_file_needs_server(args: argparse.Namespace) -> None:
+    """--api-key-file without --server would be ignored while the command writes the backend: a usage error."""
+    if args.api_key_file and not args.server:
+        raise argparse.ArgumentTypeError("--api-key-file needs --server URL (without --server the command writes "
+                                         "the backend directly and uses no API key)")
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    _key_file_needs_server(args)
     if args.server:
         body: dict[str, object] = {"force": True} if args.force else {}
         try:
@@ -270,6 +278,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    _key_file_needs_server(args)
     if args.server:
         try:
             _print_result(_admin_call(args, f"/v1/keys/{args.kid}/revoke", {}))
