@@ -39,8 +39,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 T = TypeVar("T")
 EPILOG = """configuration: --config FILE or $KEYSVC_CONFIG (YAML), or --dev for the embedded development default
   (not both); --config and --dev go before or after the command. `keysvc config example` prints a starter file.
-logging: --log-level or $KEYSVC_LOG_LEVEL: debug, info (default), warning, error, critical (any case);
-  the libraries' own log lines (HTTP, AWS) only with debug. Times are ISO 8601 UTC.
+logging: --log-level (before or after the command) or $KEYSVC_LOG_LEVEL: debug, info (default), warning,
+  error, critical (any case); the libraries' own log lines (HTTP, AWS) only with debug. Times are ISO 8601 UTC.
 running replicas: `keys rotate/revoke --server URL` act through a running replica (served at once); without
   --server they write the backend, which running replicas read within backend.refresh_interval.
 exit status: 0 success; 1 the operation failed or was refused (a rotation not yet safe, an unknown keyset
