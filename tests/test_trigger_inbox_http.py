@@ -7,6 +7,7 @@ an access token."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from keysvc.client.zapier import SyncZapierClient
 from keysvc.errors import Conflict, NotFound
-from tests.helpers import KeysvcProcess, api_key, base_config, remember_secret, sha256_hex, write_config
+from tests.helpers import KeysvcProcess, api_key, base_config, remember_secret, run_cli, sha256_hex, write_config
 from tests.partner_server import ACCESS_TOKEN
 from tests.trigger_inbox_fake import TriggerInboxFake, partner_tokens, running_trigger_inbox
 from tests.zapier_fake import ZapierFake, running_zapier
@@ -248,6 +249,35 @@ def test_the_python_client_drives_the_whole_loop(setup: Setup) -> None:
             zapier.inbox("u-1", "t-9", inbox_id)
         with pytest.raises(Conflict):
             zapier.ensure_inbox("u-1", "t-9", "orders", SUB["app"], "other_trigger")
+
+
+def test_the_cli_drives_an_inbox(setup: Setup) -> None:
+    """`keysvc zapier ensure-inbox`, `inboxes`, `lease`, `ack`, `release`, `pause-inbox`, `resume-inbox`,
+    `delete-inbox` print JSON and exit 0; a refused call is one `keysvc: CODE: ...` line and exit 1."""
+    env = {"KEYSVC_API_KEY": api_key("web")}
+    base = ("zapier", "--url", setup.keysvc.internal)
+    who = ("--user", "u-cli", "--tenant", "t-9")
+
+    def cli(*args: str) -> Any:
+        done = run_cli(*base, *args, *who, env=env)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    made = cli("ensure-inbox", "--key", "cli", "--app", "SlackCLIAPI", "--trigger", "new_message",
+               "--connection", "4711", "--inputs", '{"channel": "C1"}', "--wait", "5")
+    inbox_id = made["inbox"]["id"]
+    assert made["inbox"]["status"] == "active"
+    assert [i["id"] for i in cli("inboxes", "--status", "active")["inboxes"]] == [inbox_id]
+    [first, second] = setup.inbox_api.inject(inbox_id, {"n": 1}, {"n": 2})
+    lease = cli("lease", inbox_id, "--limit", "5", "--lease", "60")
+    assert sorted(m["id"] for m in lease["messages"]) == sorted([first, second])
+    assert cli("release", inbox_id, "--lease-id", lease["lease_id"], "--message-id", second) == {"released": [second]}
+    assert cli("ack", inbox_id, "--lease-id", lease["lease_id"], "--message-id", first) == {"acked": [first]}
+    assert cli("pause-inbox", inbox_id)["inbox"]["status"] == "paused"
+    assert cli("resume-inbox", inbox_id)["inbox"]["status"] in ("initializing", "active")
+    assert cli("delete-inbox", inbox_id) == {"deleted": inbox_id}
+    gone = run_cli(*base, "inbox", inbox_id, *who, env=env)
+    assert gone.returncode == 1 and gone.stderr.startswith("keysvc: not_found: ")
 
 
 def test_zz_429_is_503_with_retry_after_and_the_budget_cools(setup: Setup) -> None:
