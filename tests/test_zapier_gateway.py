@@ -17,7 +17,7 @@ from keysvc.client.exchanger import TokenExchanger
 from keysvc.client.oauth import PartnerError
 from keysvc.config import Secret
 from keysvc.config.exchange import ApiRateLimit, TokenExchangeSettings
-from keysvc.errors import Forbidden, InvalidRequest, NotFound, RequestError, Unavailable
+from keysvc.errors import Forbidden, InvalidRequest, NotFound, ReconnectRequired, RequestError, Unavailable
 from keysvc.partner import gateway_inputs as requests
 from keysvc.partner.budget import ApiBudget
 from keysvc.partner.gateway import ZapierGateway
@@ -324,14 +324,26 @@ def test_unknown_action_key_is_404_and_creates_nothing(rig: Rig) -> None:
     assert rig.zapier.count("POST /v2/action-runs") == 0
 
 
-def test_partner_400_is_our_400_with_its_detail(rig: Rig) -> None:
-    """An expired connection given to inputs: the partner's 400 is a 400 carrying its (sanitised) detail."""
+def test_partner_400_for_the_connection_is_reconnect_required(rig: Rig) -> None:
+    """An expired connection given to inputs: Zapier's 400 blames /data/authentication, so the answer is
+    409 reconnect_required naming that connection (the front end opens Connect with reconnect_id)."""
     slack, _, _ = seed_actions(rig)
     expired = rig.zapier.add_connection(USER, slack, expired=True).id
     call = body(app=slack.id, action_type="WRITE", connection=expired, inputs={})
-    with raises(InvalidRequest) as info:
+    with raises(ReconnectRequired) as info:
         rig.run(lambda g: g.inputs(requests.inputs_body(call, "send_message")))
-    assert "expired" in info.value.description
+    assert info.value.connection == expired and info.value.status == 409
+    assert info.value.fields() == {"connection": expired}
+
+
+def test_partner_400_is_our_400_with_its_detail(rig: Rig) -> None:
+    """A choices call for an input without choices: the partner's 400 is a 400 carrying its detail."""
+    slack, _, _ = seed_actions(rig)
+    conn = rig.zapier.add_connection(USER, slack).id
+    call = body(app=slack.id, action_type="WRITE", connection=conn, inputs={})
+    with raises(InvalidRequest) as info:
+        rig.run(lambda g: g.choices(requests.choices_body(call, "send_message", "no-such-input")))
+    assert "choices" in info.value.description
 
 
 # ------------------------------------------------------------------------------ tokens and budget
