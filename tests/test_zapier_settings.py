@@ -111,3 +111,16 @@ def test_bad_connect_theme_names_its_field() -> None:
     with pytest.raises(ConfigError) as info:
         parse(connect_theme="dark&x=1")
     assert info.value.field == "token_exchange.connect_theme"
+
+
+def test_dev_mode_keeps_the_gateway_store_in_sqlite_under_its_directory(tmp_path: Any) -> None:
+    """`keysvc serve --dev` with a token_exchange section: the store is SQLite under the dev directory (one
+    replica), unless the section names its own."""
+    from keysvc.cli import dev_settings, dev_store
+
+    exchange = {"client_id": "cid", "client_secret_env": "PATH", "keyset": "dev"}
+    settings, _ = dev_settings(tmp_path, token_exchange=exchange)
+    assert settings.token_exchange is not None and settings.token_exchange.store is not None
+    assert settings.token_exchange.store.url == f"sqlite:///{tmp_path / 'gateway.db'}"
+    own = {"url": "postgresql://k@db/k"}
+    assert dev_store({**exchange, "store": own}, tmp_path)["store"] == own
