@@ -66,7 +66,7 @@ def push_figures(inbox_api: TriggerInboxFake, token_for: Callable[[], str], mess
 
     from keysvc.config.exchange import TokenExchangeSettings, TriggerDeliverySettings
     from keysvc.config.secrets import Secret
-    from keysvc.partner.budget import ApiBudget
+    from keysvc.partner.budget import ApiBudget, ReplicaBudget
     from keysvc.partner.outbound import PartnerHttp
     from keysvc.partner.partner_api import PartnerApi
     from keysvc.partner.store import InboxRecord, StoreSettings, open_store
@@ -108,7 +108,7 @@ def push_figures(inbox_api: TriggerInboxFake, token_for: Callable[[], str], mess
         await store.migrate()
         http = PartnerHttp()
         settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"))
-        api = PartnerApi(settings, http, ApiBudget(1_000_000, 10_000), base_url=inbox_api.api_url,
+        api = PartnerApi(settings, http, ReplicaBudget(ApiBudget(1_000_000, 10_000)), base_url=inbox_api.api_url,
                          name=TRIGGER_INBOX_API, reauth_codes=REAUTH_CODES)
         inboxes = TriggerInboxes(Tokens(), api)
         push = Push(TriggerDeliverySettings(url, Secret(secret), "http://127.0.0.1:9", lease=60), inboxes, http,

@@ -13,9 +13,9 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -70,10 +70,12 @@ def new_api_key() -> tuple[str, str]:
 
 
 def dev_settings(directory: Path = DEV_DIR, public: Address = DEV_PUBLIC,
-                 internal: Address = DEV_INTERNAL) -> tuple[Settings, Path]:
+                 internal: Address = DEV_INTERNAL,
+                 token_exchange: Mapping[str, Any] | None = None) -> tuple[Settings, Path]:
     """The embedded development configuration: file backend under ./.keysvc-dev/, both listeners on
     127.0.0.1 (8080, 8081 unless given), and a dev admin client whose API key is kept in a 0600 file
-    (created on first use). The issuer is the public listener's URL."""
+    (created on first use). The issuer is the public listener's URL. With a `token_exchange` section, its
+    gateway store is SQLite under the same directory unless the section names one (dev_store)."""
     directory.mkdir(mode=0o700, exist_ok=True)
     key_file = directory / "dev-client.key"
     if not key_file.exists():
@@ -106,7 +108,17 @@ def dev_settings(directory: Path = DEV_DIR, public: Address = DEV_PUBLIC,
             }
         },
     }
+    if token_exchange is not None:
+        raw["token_exchange"] = dev_store(token_exchange, directory)
     return parse_settings(raw), key_file
+
+
+def dev_store(token_exchange: Mapping[str, Any], directory: Path = DEV_DIR) -> dict[str, Any]:
+    """A development `token_exchange` section with its gateway store: SQLite at <directory>/gateway.db
+    (one replica) unless the section configures a store itself."""
+    section = dict(token_exchange)
+    section.setdefault("store", {"url": f"sqlite:///{directory / 'gateway.db'}"})
+    return section
 
 
 def _settings(args: argparse.Namespace) -> Settings:

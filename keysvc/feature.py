@@ -8,6 +8,8 @@
             observer=...,   # a keyring events observer (keysvc.events), told after the audit log and metrics
             jobs=...,       # Job(name, interval, run): scheduled by Service.start
             public=...,     # PublicRoute: a path prefix of the public listener it answers (raw ASGI)
+            start=...,      # async start hook, awaited by Service.start before the listeners serve (it
+                            # must not fail the service: a feature's outage is the feature's to handle)
             close=...,      # async close hook, run by Service.aclose in reverse order of opening
             part=...)       # the object behind it (the partner side, the mirror, the canary), for tests
 
@@ -74,6 +76,7 @@ class Feature:
     observer: Observer | None = None
     jobs: Sequence[Job] = ()
     public: PublicRoute | None = None
+    start: CloseHook | None = None
     close: CloseHook | None = None
     part: object = None
 

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.config.secrets import Secret
-from keysvc.partner.budget import ApiBudget
+from keysvc.partner.budget import ApiBudget, ReplicaBudget
 from keysvc.partner.outbound import PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.store import InboxRecord, StoreSettings, open_store
@@ -138,7 +138,8 @@ def deliverer(inbox_api: TriggerInboxFake, url: str, directory: GatewayStore, le
     """One replica's push delivery: its own session, budget and token cache."""
     settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), total_timeout=5.0)
     http = PartnerHttp()
-    api = PartnerApi(settings, http, ApiBudget(6000, 100), base_url=inbox_api.api_url, name=TRIGGER_INBOX_API,
+    budget = ReplicaBudget(ApiBudget(6000, 100))
+    api = PartnerApi(settings, http, budget, base_url=inbox_api.api_url, name=TRIGGER_INBOX_API,
                      reauth_codes=REAUTH_CODES)
     inboxes = TriggerInboxes(Tokens(inbox_api), api)
     target = Target(url, (WebhookSecret.parse(SECRET),), lease_seconds=lease, batch=5, timeout=timeout)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from keysvc.client.zapier import SyncZapierClient, ZapierClient
-from keysvc.errors import Forbidden, InvalidRequest, UpstreamError
+from keysvc.client.zapier import RECORDED, SyncZapierClient, ZapierClient
+from keysvc.errors import ConnectionRequired, Forbidden, InvalidRequest, ReconnectRequired, UpstreamError
 from tests.helpers import ROOT, KeysvcProcess, api_key, base_config, remember_secret, run_cli, sha256_hex, write_config
 from tests.zapier_fake import InputField, RunBehaviour, ZapierFake, running_zapier
 
@@ -71,6 +71,28 @@ def test_sync_client_lists_and_runs(served: tuple[KeysvcProcess, ZapierFake]) ->
         assert [f["id"] for f in client.inputs(U, T, app.id, "send_message", "WRITE", conn)["fields"]] == ["channel"]
         run = client.run(U, T, app.id, "send_message", "WRITE", conn, {"channel": "C9"}, wait=10)
     assert run["status"] == "success" and run["results"] == [{"channel": "C9"}]
+
+
+def test_client_omits_connection_and_learns_to_reconnect(served: tuple[KeysvcProcess, ZapierFake]) -> None:
+    """connection=RECORDED omits it: before any is recorded, ConnectionRequired (409); after connections()
+    recorded the usable one, runs use it; once Zapier finds it expired, ReconnectRequired names it."""
+    proc, zapier = served
+    app = zapier.add_app("Teams")
+    zapier.add_action(app, "post", "Post", "WRITE", fields=[InputField("channel")])
+    conn = zapier.add_connection((U, T), app)
+    with SyncZapierClient(proc.internal, api_key("web")) as client:
+        with pytest.raises(ConnectionRequired) as missing:
+            client.inputs(U, T, app.id, "post", "WRITE", RECORDED)
+        assert missing.value.status == 409
+        assert client.connections(U, T, app.id)["usable"] == conn.id
+        run = client.run(U, T, app.id, "post", "WRITE", RECORDED, {"channel": "C1"}, wait=10)
+        assert run["status"] == "success"
+        conn.is_expired = True
+        with pytest.raises(ReconnectRequired) as refused:
+            client.inputs(U, T, app.id, "post", "WRITE", RECORDED)
+        assert refused.value.connection == conn.id and refused.value.code == "reconnect_required"
+        with pytest.raises(ConnectionRequired):
+            client.run(U, T, app.id, "post", "WRITE", RECORDED, {"channel": "C1"})
 
 
 def test_async_client_connects_and_completes(served: tuple[KeysvcProcess, ZapierFake]) -> None:

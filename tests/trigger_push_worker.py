@@ -16,7 +16,7 @@ from typing import Any
 
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.config.secrets import Secret
-from keysvc.partner.budget import ApiBudget
+from keysvc.partner.budget import ApiBudget, ReplicaBudget
 from keysvc.partner.outbound import PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.store import StoreSettings, open_store
@@ -42,8 +42,8 @@ async def main(argv: list[str]) -> None:
     store = open_store(StoreSettings.from_url(store_url))
     http = PartnerHttp()
     settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), total_timeout=5.0)
-    api = PartnerApi(settings, http, ApiBudget(6000, 100), base_url=inbox_api, name=TRIGGER_INBOX_API,
-                     reauth_codes=REAUTH_CODES)
+    budget = ReplicaBudget(ApiBudget(6000, 100))
+    api = PartnerApi(settings, http, budget, base_url=inbox_api, name=TRIGGER_INBOX_API, reauth_codes=REAUTH_CODES)
     push = PushDelivery(TriggerInboxes(Tokens(), api), http, store,
                         Target(receiver, (WebhookSecret.parse(SECRET),), lease_seconds=lease, batch=5, timeout=30))
     print("sweeping", flush=True)
