@@ -101,17 +101,21 @@ def test_trigger_settings_defaults_and_limits() -> None:
 
 
 def test_trigger_delivery_settings_are_checked() -> None:
-    """trigger_delivery needs url, a whsec_ secret and public_url; lease is whole seconds within 1 s..1 h."""
+    """trigger_delivery needs the gateway store, url, a whsec_ secret and public_url; lease is whole seconds
+    within 1 s..1 h."""
     from keysvc.errors import ConfigError
 
     good = {"url": "https://events.example.com/z", "secret_env": "WH", "public_url": "https://keys.example.com/"}
-    t = _exchange(trigger_delivery=good).trigger_delivery
+    store = {"url": "sqlite:////tmp/keysvc-test-gateway.db"}
+    with pytest.raises(ConfigError, match="token_exchange.store"):
+        _exchange(trigger_delivery=good)
+    t = _exchange(trigger_delivery=good, store=store).trigger_delivery
     assert t.url == good["url"] and t.public_url == "https://keys.example.com" and t.lease == 300.0
     assert t.sweep_interval == 300.0 and SECRET not in repr(t)
     for bad in ({"url": "http://events.example.com"}, {"secret_env": "ZS"}, {"lease": "2h"}, {"lease": "1.5s"},
                 {"public_url": None}, {"surprise": 1}):
         with pytest.raises(ConfigError):
-            _exchange(trigger_delivery={k: v for k, v in {**good, **bad}.items() if v is not None})
+            _exchange(trigger_delivery={k: v for k, v in {**good, **bad}.items() if v is not None}, store=store)
 
 
 def test_a_features_public_route_is_served_by_the_public_listener(tmp_path: Path) -> None:
