@@ -232,7 +232,8 @@ def _connection_options(parser: argparse.ArgumentParser, default: Callable[[str]
 def add_zapier_parser(subparsers: Any, commands: list[Command] | None = None) -> argparse.ArgumentParser:
     """Add `keysvc zapier` and one command per row of `commands` (default COMMANDS)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "zapier", help="drive the Zapier embed gateway of a running keysvc (apps, connections, actions, runs)",
+        "zapier",
+        help="drive the Zapier embed gateway of a running keysvc (apps, connections, actions, runs, trigger inboxes)",
         description="Call a running keysvc's /v1/zapier/* routes as a client with `zapier: true`; every answer "
         "is printed as JSON.",
         epilog="exit status: 0 success; 1 keysvc refused (printed as `keysvc: CODE: DESCRIPTION`) or a run "
