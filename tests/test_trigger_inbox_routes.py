@@ -107,7 +107,7 @@ def test_trigger_delivery_settings_are_checked() -> None:
 
     good = {"url": "https://events.example.com/z", "secret_env": "WH", "public_url": "https://keys.example.com/"}
     store = {"url": "sqlite:////tmp/keysvc-test-gateway.db"}
-    with pytest.raises(ConfigError, match="token_exchange.store"):
+    with pytest.raises(ConfigError, match=r"token_exchange\.store"):
         _exchange(trigger_delivery=good)
     t = _exchange(trigger_delivery=good, store=store).trigger_delivery
     assert t.url == good["url"] and t.public_url == "https://keys.example.com" and t.lease == 300.0
