@@ -29,7 +29,7 @@ from keysvc.partner.observers import PartnerMetrics
 from keysvc.partner.openapi_part import partner_openapi
 from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
-from keysvc.partner.state import StateCodec, state_key
+from keysvc.partner.state import StateCodec
 
 
 @dataclass
@@ -67,7 +67,7 @@ def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     exchanger = TokenExchanger(exchange, signer, endpoint=endpoint, observer=metrics)
     limit = exchange.api_rate_limit
     api = PartnerApi(exchange, http, ApiBudget(limit.per_minute, limit.burst), observer=metrics)
-    states = StateCodec(state_key(exchange.client_secret.reveal()))
+    states = StateCodec(exchange.client_secret.reveal)  # the key follows a rotated secret file
     gateway = ZapierGateway(exchanger, api, states, on_run=metrics.run)
     return Partner(exchange, exchanger, gateway, http, metrics)
 
