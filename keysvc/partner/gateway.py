@@ -148,11 +148,15 @@ class ZapierGateway:
         audit_request("zapier.connect", fields)
         return {"connect_url": url, "state": state, "expires_in": expires_in}
 
-    async def complete(self, client: str, b: CompleteBody) -> dict[str, Any]:
-        """Check the state, then that the returned id is one of the user's live connections of that app."""
+    async def complete(self, client: str, b: CompleteBody,
+                       allowed: Callable[[str], bool] = lambda app: True) -> dict[str, Any]:
+        """Check the state (and that `allowed` the state's app for this client), then that the returned id
+        is one of the user's live connections of that app."""
         u = b.user
         try:
             opened = self._states.check(b.state, self._wall(), u.user_id, u.tenant_id, b.redirect_uri)
+            if not allowed(opened.app):
+                raise Forbidden("this client may not use this app (clients.<name>.zapier.apps)")
         except RequestError as exc:
             audit_request("zapier.complete", _audit(client, u, None, outcome=exc.code, reason="state"))
             raise
