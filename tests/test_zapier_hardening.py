@@ -397,3 +397,21 @@ def test_partner_text_echoing_known_secrets_is_redacted(rig: Rig) -> None:
     with pytest.raises(InvalidRequest) as info:
         rig.run(listing(rig, slack.id))
     assert token not in info.value.description and "[redacted]" in info.value.description
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("answer", [
+    RawAnswer(chunks=(b" " * 65536,), repeat=80),  # 5 MiB streamed, no Content-Length
+    RawAnswer(headers=(("content-type", "application/json"), ("content-length", "314572800")), chunks=(b"{}",)),
+], ids=["streamed", "declared"])
+def test_the_clients_token_endpoint_bounds_its_answer(rig: Rig, answer: RawAnswer) -> None:
+    """The clients' httpx token endpoint (keysvc.client.token_endpoint) reads at most 4 MiB of an answer,
+    as the server's way out does: a 5 MiB body is a 502, not held in memory."""
+    rig.zapier.serve_raw("POST /oauth/token", answer, times=3)
+
+    async def go() -> None:
+        async with TokenExchanger(rig.settings(), rig.signer) as exchanger:
+            await exchanger.access_token("u-1", "t-9")
+
+    with pytest.raises(UpstreamError, match="4 MiB"):
+        asyncio.run(go())
