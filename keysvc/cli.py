@@ -13,9 +13,9 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -39,13 +39,14 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 T = TypeVar("T")
 EPILOG = """configuration: --config FILE or $KEYSVC_CONFIG (YAML), or --dev for the embedded development default
   (not both); --config and --dev go before or after the command. `keysvc config example` prints a starter file.
-logging: --log-level or $KEYSVC_LOG_LEVEL: debug, info (default), warning, error, critical (any case);
-  the libraries' own log lines (HTTP, AWS) only with debug. Times are ISO 8601 UTC.
+logging: --log-level (before or after the command) or $KEYSVC_LOG_LEVEL: debug, info (default), warning,
+  error, critical (any case); the libraries' own log lines (HTTP, AWS) only with debug. Times are ISO 8601 UTC.
 running replicas: `keys rotate/revoke --server URL` act through a running replica (served at once); without
   --server they write the backend, which running replicas read within backend.refresh_interval.
 exit status: 0 success; 1 the operation failed or was refused (a rotation not yet safe, an unknown keyset
-  or kid, an address in use, a server unreachable, the server extra not installed); 2 usage error (bad
-  arguments, --dev with --config); 78 configuration error (EX_CONFIG: the configuration is invalid or
+  or kid, an address in use, a server unreachable, a zapier call refused or a zapier run that ended in
+  error, the server extra not installed); 2 usage error (bad arguments, --dev with --config, no API key);
+  3 a zapier run still pending; 78 configuration error (EX_CONFIG: the configuration is invalid or
   unreadable, or a --pem or --api-key-file file cannot be read).
 """
 DEV_PUBLIC = Address("127.0.0.1", 8080)
@@ -69,10 +70,12 @@ def new_api_key() -> tuple[str, str]:
 
 
 def dev_settings(directory: Path = DEV_DIR, public: Address = DEV_PUBLIC,
-                 internal: Address = DEV_INTERNAL) -> tuple[Settings, Path]:
+                 internal: Address = DEV_INTERNAL,
+                 token_exchange: Mapping[str, Any] | None = None) -> tuple[Settings, Path]:
     """The embedded development configuration: file backend under ./.keysvc-dev/, both listeners on
     127.0.0.1 (8080, 8081 unless given), and a dev admin client whose API key is kept in a 0600 file
-    (created on first use). The issuer is the public listener's URL."""
+    (created on first use). The issuer is the public listener's URL. With a `token_exchange` section, its
+    gateway store is SQLite under the same directory unless the section names one (dev_store)."""
     directory.mkdir(mode=0o700, exist_ok=True)
     key_file = directory / "dev-client.key"
     if not key_file.exists():
@@ -105,7 +108,17 @@ def dev_settings(directory: Path = DEV_DIR, public: Address = DEV_PUBLIC,
             }
         },
     }
+    if token_exchange is not None:
+        raw["token_exchange"] = dev_store(token_exchange, directory)
     return parse_settings(raw), key_file
+
+
+def dev_store(token_exchange: Mapping[str, Any], directory: Path = DEV_DIR) -> dict[str, Any]:
+    """A development `token_exchange` section with its gateway store: SQLite at <directory>/gateway.db
+    (one replica) unless the section configures a store itself."""
+    section = dict(token_exchange)
+    section.setdefault("store", {"url": f"sqlite:///{directory / 'gateway.db'}"})
+    return section
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -249,7 +262,15 @@ def _refused(exc: RequestError) -> Failed:
     return Failed(f"rotation refused: {exc.description.replace(lifecycle.FORCE_IT, 'pass --force')}")
 
 
+def _key_file_needs_server(args: argparse.Namespace) -> None:
+    """--api-key-file without --server would be ignored while the command writes the backend: a usage error."""
+    if args.api_key_file and not args.server:
+        raise argparse.ArgumentTypeError("--api-key-file needs --server URL (without --server the command writes "
+                                         "the backend directly and uses no API key)")
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    _key_file_needs_server(args)
     if args.server:
         body: dict[str, object] = {"force": True} if args.force else {}
         try:
@@ -269,6 +290,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    _key_file_needs_server(args)
     if args.server:
         try:
             _print_result(_admin_call(args, f"/v1/keys/{args.kid}/revoke", {}))
@@ -411,8 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"keysvc {__version__}")
-    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
-                        help="debug, info, warning, error or critical (default: $KEYSVC_LOG_LEVEL or info)")
+    add_log_level(parser, None)
     add_config_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -487,7 +508,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(add_exchange_parser(sub)).set_defaults(fn=cmd_exchange)
     add_zapier_parser(sub)
+    for leaf in leaf_parsers(parser):  # a global option goes after the command too (SUPPRESS: keep one before it)
+        add_log_level(leaf, argparse.SUPPRESS)
     return parser
+
+
+def add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
+    """--log-level, on the top-level parser (`default` None) and on each command (SUPPRESS)."""
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL", default=default,
+                        help="debug, info, warning, error or critical (default: $KEYSVC_LOG_LEVEL or info)")
+
+
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of the commands that run something (`keys rotate`, `zapier run`, ...), depth first."""
+    children = [choice for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                for choice in dict.fromkeys(action.choices.values())]
+    return [leaf for child in children for leaf in leaf_parsers(child)] if children else [parser]
 
 
 def cmd_exchange(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@
     │   ├── MethodNotAllowed          405 method_not_allowed (Allow)
     │   ├── RequestTimeout            408 request_timeout (a head or body not sent in time)
     │   ├── Conflict                  409 conflict (e.g. rotation not yet safe)
+    │   │   ├── ConnectionRequired    409 connection_required (no connection given, none recorded)
+    │   │   └── ReconnectRequired     409 reconnect_required (+ "connection": the id Zapier refused)
     │   ├── PayloadTooLarge           413 payload_too_large
     │   ├── UnsupportedMediaType      415 unsupported_media_type
     │   ├── ClientClosedRequest       499 (nginx's code): the client went away mid-body; nobody reads it
@@ -112,6 +114,10 @@ class RequestError(KeysvcError):
         """Extra response headers this error requires."""
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
+    def fields(self) -> dict[str, str]:
+        """Extra members of the JSON body, after `error` and `error_description` (none by default)."""
+        return {}
+
 
 class InvalidRequest(RequestError):
     status, code = 400, "invalid_request"
@@ -151,6 +157,26 @@ class RequestTimeout(RequestError):
 
 class Conflict(RequestError):
     status, code = 409, "conflict"
+
+
+class ConnectionRequired(Conflict):
+    """The call omitted `connection` and no usable connection of the user's is recorded for the app."""
+
+    code = "connection_required"
+
+
+class ReconnectRequired(Conflict):
+    """Zapier refused the user's connection for its authentication: open Connect with `reconnect_id`."""
+
+    code = "reconnect_required"
+
+    def __init__(self, description: str, connection: str) -> None:
+        super().__init__(description)
+        self.connection = connection
+
+    def fields(self) -> dict[str, str]:
+        """`connection`: the id to reconnect (Zapier's, not a secret)."""
+        return {"connection": self.connection}
 
 
 class PayloadTooLarge(RequestError):

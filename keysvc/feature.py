@@ -7,6 +7,8 @@
             metrics=...,    # Prometheus collectors it defines (registry=None), registered by the service
             observer=...,   # a keyring events observer (keysvc.events), told after the audit log and metrics
             jobs=...,       # Job(name, interval, run): scheduled by Service.start
+            start=...,      # async start hook, awaited by Service.start before the listeners serve (it
+                            # must not fail the service: a feature's outage is the feature's to handle)
             close=...,      # async close hook, run by Service.aclose in reverse order of opening
             part=...)       # the object behind it (the partner side, the mirror, the canary), for tests
 
@@ -61,6 +63,7 @@ class Feature:
     metrics: Sequence[Collector] = ()
     observer: Observer | None = None
     jobs: Sequence[Job] = ()
+    start: CloseHook | None = None
     close: CloseHook | None = None
     part: object = None
 

@@ -95,7 +95,9 @@ def _schemas() -> JsonObject:
         "Error": {
             "type": "object",
             "required": ["error", "error_description"],
-            "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+            "properties": {"error": {"type": "string"}, "error_description": {"type": "string"},
+                           "connection": {"type": "string", "description": "409 reconnect_required only: the "
+                                          "Zapier connection to reconnect (open Connect with reconnect_id)"}},
             "additionalProperties": False,
         },
         "SignRequest": {

@@ -53,6 +53,9 @@ class Service:
     async def start(self) -> None:
         """Load keys (creating the first ones if needed) and start the schedule."""
         await self.keyring.refresh_all()
+        for feature in self.features:
+            if feature.start is not None:
+                await feature.start()
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(
             self._tick, "interval", seconds=self.settings.backend.refresh_interval, id="refresh",

@@ -24,6 +24,7 @@ from keysvc.backends.file import FileBackend
 from keysvc.clock import FixedClock
 from keysvc.config import parse_settings
 from keysvc.errors import Unavailable
+from keysvc.feature import Feature
 from keysvc.http.context import RouteContext
 from keysvc.http.internal import build_internal_app
 from keysvc.keyring import Keyring
@@ -94,7 +95,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Any, Keyring, Metrics]]:
     asyncio.run(keyring.refresh_all())
     metrics = Metrics()
     try:
-        yield build_internal_app(settings, keyring, metrics, [below_http(keyring)]), keyring, metrics
+        feature = Feature("deep", routes=below_http(keyring))
+        yield build_internal_app(settings, keyring, metrics, [feature]), keyring, metrics
     finally:
         keyring.close()
 

@@ -175,7 +175,8 @@ def test_client_new_never_puts_the_key_in_the_config_entry(tmp_path: Path) -> No
 def test_rotate_and_revoke_through_a_running_replica_take_effect_at_once(tmp_path: Path) -> None:
     """`keys rotate/revoke --server URL --api-key-file F` act through the replica's admin API: with a 30 s
     refresh interval the replica signs with the promoted key and drops the revoked one from its JWKS at
-    once; a refusal names --force; a wrong API key is refused (exit 1); no httpx log line unless
+    once; a refusal names --force; a wrong API key is refused (exit 1); --api-key-file without --server is a
+    usage error (2), not silently a direct backend write; no httpx log line unless
     --log-level debug."""
     config = write_config(tmp_path / "keysvc.yaml", base_config(tmp_path / "keys"))
     admin = tmp_path / "admin.key"
@@ -205,6 +206,8 @@ def test_rotate_and_revoke_through_a_running_replica_take_effect_at_once(tmp_pat
         unreadable = run_cli("keys", "revoke", active, "--server", replica.internal,
                              "--api-key-file", str(tmp_path / "absent.key"))
         assert unreadable.returncode == 78 and "cannot read" in unreadable.stderr
+        direct = run_cli("keys", "revoke", active, "--api-key-file", str(admin), config=replica.config_path)
+        assert direct.returncode == 2 and "--api-key-file needs --server" in direct.stderr, direct.stderr
     unreachable = run_cli("keys", "rotate", "zapier", *server)
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
 

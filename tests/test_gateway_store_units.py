@@ -198,9 +198,9 @@ def test_a_store_shows_where_it_is_never_its_password(tmp_path: Path) -> None:
 
 
 def test_the_package_imports_only_errors_clock_the_stdlib_and_psycopg() -> None:
-    """keysvc.partner.store moves under the partner package as it is: it imports, even lazily, nothing of
-    keysvc but keysvc.errors and keysvc.clock (and itself, relatively), and no third-party library but
-    psycopg (only in the PostgreSQL engine)."""
+    """keysvc.partner.store imports, even lazily, nothing of keysvc but keysvc.errors, keysvc.clock and the
+    store URL's parser it shares with the configuration (keysvc.config.store_url, stdlib only), and no
+    third-party library but psycopg (only in the PostgreSQL engine)."""
     package = Path(keysvc.partner.store.__file__).parent
     found: dict[str, set[str]] = {}
     for path in sorted(package.glob("*.py")):
@@ -216,4 +216,4 @@ def test_the_package_imports_only_errors_clock_the_stdlib_and_psycopg() -> None:
                 if name.startswith("keysvc") or (top not in sys.stdlib_module_names and top != "__future__"):
                     found.setdefault(name if name.startswith("keysvc") else top, set()).add(path.name)
     assert found == {"keysvc.errors": {"errors.py"}, "keysvc.clock": {"__init__.py", "sqlite.py", "postgres.py"},
-                     "psycopg": {"postgres.py"}}
+                     "psycopg": {"postgres.py"}, "keysvc.config.store_url": {"settings.py"}}

@@ -430,6 +430,25 @@ BAD_VALUES = {
          "secrets": {"tokenExchangeClientSecret": "s"}},
         "run_wait_max",
     ),
+    "SQLite gateway store with three replicas": (
+        {"config": {"token_exchange": {"client_id": "x"}}, "secrets": {"tokenExchangeClientSecret": "s"},
+         "gatewayStore": {"url": "sqlite:////var/lib/keysvc/gateway.db"}},
+        "gatewayStore.url is SQLite",
+    ),
+    "SQLite gateway store with an HPA": (
+        {"config": {"token_exchange": {"client_id": "x"}}, "secrets": {"tokenExchangeClientSecret": "s"},
+         "replicaCount": 1, "autoscaling": {"enabled": True},
+         "gatewayStore": {"url": "sqlite:////var/lib/keysvc/gateway.db"}},
+        "gatewayStore.url is SQLite",
+    ),
+    "gateway store without token exchange": (
+        {"gatewayStore": {"url": "postgresql://keysvc@db:5432/keysvc"}}, "gatewayStore.url needs config.token_exchange",
+    ),
+    "password in the gateway store URL": (
+        {"config": {"token_exchange": {"client_id": "x"}}, "secrets": {"tokenExchangeClientSecret": "s"},
+         "gatewayStore": {"url": "postgresql://keysvc:hunter2@db:5432/keysvc"}},
+        "url",
+    ),
     "zero keep-alive": ({"listenTimeouts": {"keepalive": "0s"}}, "listenTimeouts.keepalive"),
     "bad head timeout": ({"listenTimeouts": {"head": "ten seconds"}}, "head"),
     "unknown listener timeout": ({"listenTimeouts": {"idle": "5s"}}, "idle"),
@@ -816,6 +835,30 @@ def test_check_config_runs_before_the_server(mode: str) -> None:
                               *((config["listen"].get("tls") or {}).values())]):
         if isinstance(path, str):
             assert mounts_cover(check, path), f"check-config cannot read {path}"
+
+
+@pytest.mark.system
+def test_gateway_store_values_render_a_store_keysvc_accepts() -> None:
+    """gatewayStore: the URL, timeout and divisor land in token_exchange.store, the password Secret is
+    mounted read-only as a file that password_file names (never in keysvc.yaml), and keysvc's parser
+    accepts the result; SQLite renders with one replica and no HPA."""
+    from keysvc.config import ReadOptions, parse_yaml
+
+    tx = {"config": {"token_exchange": {"client_id": "x"}}, "secrets": {"tokenExchangeClientSecret": "s"}}
+    answer = render_raw({**tx, "gatewayStore": {"url": "postgresql://keysvc@db:5432/keysvc",
+                                                "passwordSecret": {"name": "db-pw", "key": "password"}}})
+    assert answer["ok"], answer.get("error")
+    out = Rendered(answer["manifests"])
+    store = out.config["token_exchange"]["store"]
+    assert store == {"url": "postgresql://keysvc@db:5432/keysvc", "timeout": "2s", "fallback_divisor": 3,
+                     "password_file": "/run/secrets/keysvc-gateway-store/password"}
+    volume = next(v for v in out.pod["volumes"] if v["name"] == "gateway-store-password")
+    assert volume["secret"]["secretName"] == "db-pw"
+    mount = next(m for m in out.container["volumeMounts"] if m["name"] == "gateway-store-password")
+    assert mount["readOnly"] is True and mount["mountPath"] == "/run/secrets/keysvc-gateway-store"
+    assert parse_yaml(yaml.safe_dump(out.config), ReadOptions(offline=True)) is not None
+    single = render_raw({**tx, "replicaCount": 1, "gatewayStore": {"url": "sqlite:////var/lib/keysvc/gw.db"}})
+    assert single["ok"], single.get("error")
 
 
 @pytest.mark.system

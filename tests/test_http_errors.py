@@ -34,6 +34,7 @@ from keysvc.errors import (
     UnsupportedMediaType,
     UpstreamError,
 )
+from keysvc.feature import Feature
 from keysvc.http.context import RouteContext
 from keysvc.http.errors import INTERNAL_ERROR, error_answer
 from keysvc.http.internal import build_internal_app
@@ -134,7 +135,8 @@ def failing_feature(ctx: RouteContext) -> list[BaseRoute]:
 
 
 def internal(settings: Settings, keyring: FakeKeyring) -> Any:
-    return build_internal_app(settings, keyring, Metrics(), [failing_feature])  # type: ignore[arg-type]
+    feature = Feature("explode", routes=failing_feature)
+    return build_internal_app(settings, keyring, Metrics(), [feature])  # type: ignore[arg-type]
 
 
 def public(settings: Settings, keyring: FakeKeyring, metrics: Metrics | None = None) -> PublicApp:

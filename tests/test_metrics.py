@@ -70,7 +70,8 @@ def scrape(proc: KeysvcProcess) -> Scrape:
 
 
 ALLOWED_LABELS = {"keyset", "client", "outcome", "kid", "status", "listener", "route", "operation", "event", "state",
-                  "etag", "keys", "result", "backend", "version", "le"}
+                  "etag", "keys", "result", "backend", "version", "le",
+                  "budget", "registry"}  # the gateway's budget and connection registry: shared or local
 
 
 @pytest.mark.system

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from keysvc.client.zapier import SyncZapierClient, ZapierClient
-from keysvc.errors import Forbidden, InvalidRequest, UpstreamError
+from keysvc.client.zapier import RECORDED, SyncZapierClient, ZapierClient
+from keysvc.errors import ConnectionRequired, Forbidden, InvalidRequest, ReconnectRequired, UpstreamError
 from tests.helpers import ROOT, KeysvcProcess, api_key, base_config, remember_secret, run_cli, sha256_hex, write_config
 from tests.zapier_fake import InputField, RunBehaviour, ZapierFake, running_zapier
 
@@ -70,6 +71,28 @@ def test_sync_client_lists_and_runs(served: tuple[KeysvcProcess, ZapierFake]) ->
         assert [f["id"] for f in client.inputs(U, T, app.id, "send_message", "WRITE", conn)["fields"]] == ["channel"]
         run = client.run(U, T, app.id, "send_message", "WRITE", conn, {"channel": "C9"}, wait=10)
     assert run["status"] == "success" and run["results"] == [{"channel": "C9"}]
+
+
+def test_client_omits_connection_and_learns_to_reconnect(served: tuple[KeysvcProcess, ZapierFake]) -> None:
+    """connection=RECORDED omits it: before any is recorded, ConnectionRequired (409); after connections()
+    recorded the usable one, runs use it; once Zapier finds it expired, ReconnectRequired names it."""
+    proc, zapier = served
+    app = zapier.add_app("Teams")
+    zapier.add_action(app, "post", "Post", "WRITE", fields=[InputField("channel")])
+    conn = zapier.add_connection((U, T), app)
+    with SyncZapierClient(proc.internal, api_key("web")) as client:
+        with pytest.raises(ConnectionRequired) as missing:
+            client.inputs(U, T, app.id, "post", "WRITE", RECORDED)
+        assert missing.value.status == 409
+        assert client.connections(U, T, app.id)["usable"] == conn.id
+        run = client.run(U, T, app.id, "post", "WRITE", RECORDED, {"channel": "C1"}, wait=10)
+        assert run["status"] == "success"
+        conn.is_expired = True
+        with pytest.raises(ReconnectRequired) as refused:
+            client.inputs(U, T, app.id, "post", "WRITE", RECORDED)
+        assert refused.value.connection == conn.id and refused.value.code == "reconnect_required"
+        with pytest.raises(ConnectionRequired):
+            client.run(U, T, app.id, "post", "WRITE", RECORDED, {"channel": "C1"})
 
 
 def test_async_client_connects_and_completes(served: tuple[KeysvcProcess, ZapierFake]) -> None:
@@ -129,3 +152,82 @@ def test_cli_lists_connections_and_runs_an_action(served: tuple[KeysvcProcess, Z
                       "--app", app.id)
     assert refused.returncode == 1 and "forbidden" in refused.stderr
     assert api_key("web") not in ok.stdout + ok.stderr + failed.stderr
+
+
+def test_cli_connect_complete_inputs_choices_with_options_after_the_command(
+    served: tuple[KeysvcProcess, ZapierFake], tmp_path: Path
+) -> None:
+    """--url and --api-key-file after the command; connect/complete/inputs/choices print the answers as JSON;
+    a refusal is one line `keysvc: CODE: DESCRIPTION` (exit 1); no httpx log line; the key never printed."""
+    proc, zapier = served
+    app = zapier.add_app("Trello")
+    zapier.add_action(app, "add_card", "Add Card", "WRITE",
+                      fields=[InputField("board", choices=[(f"B{n}", f"Board {n}") for n in range(12)])])
+    conn = zapier.add_connection((U, T), app).id
+    key_file = tmp_path / "key"
+    key_file.write_text(api_key("web") + "\n")
+    user = ("--url", proc.internal, "--api-key-file", str(key_file), "--user", U, "--tenant", T)
+
+    started = run_cli("zapier", "connect", *user, "--app", app.id, "--connect-app", app.slug)
+    assert started.returncode == 0, started.stderr
+    state = json.loads(started.stdout)["state"]
+    assert json.loads(started.stdout)["connect_url"].startswith("http")
+    new_id = zapier.connect((U, T), app)
+    done = run_cli("zapier", "complete", *user, "--state", state, "--authentication-id", new_id)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["connection"]["id"] == zapier.connections_of((U, T), app)[-1].id
+
+    again = json.loads(run_cli("zapier", "connect", *user, "--app", app.id).stdout)["state"]
+    denied = run_cli("zapier", "complete", *user, "--state", again, "--error", "access_denied",
+                     "--error-description", "the user said no")
+    assert denied.returncode == 1 and denied.stdout == ""
+    assert denied.stderr.startswith("keysvc: access_denied: ") and denied.stderr.count("keysvc:") == 1
+
+    action = ("--app", app.id, "--action", "add_card", "--action-type", "WRITE", "--connection", conn)
+    fields = run_cli("zapier", "inputs", *user, *action)
+    assert fields.returncode == 0, fields.stderr
+    assert [f["id"] for f in json.loads(fields.stdout)["fields"]] == ["board"]
+    page2 = run_cli("zapier", "choices", *user, *action, "--input", "board", "--page", "2")
+    assert page2.returncode == 0, page2.stderr
+    assert len(json.loads(page2.stdout)["choices"]) == 2
+
+    everything = (started, done, denied, fields, page2)
+    assert not any("httpx" in r.stderr or "HTTP Request" in r.stderr for r in everything)
+    assert not any(api_key("web") in r.stdout + r.stderr for r in everything)
+
+
+def test_cli_usage_key_and_reachability_exit_statuses(tmp_path: Path) -> None:
+    """No API key or bad --inputs: 2 (usage); an unreadable --api-key-file: 78; keysvc unreachable: 1 with
+    one `keysvc: CODE: ...` line; a value given before the command is kept, after it wins."""
+    user = ("--user", U, "--tenant", T, "--app", "a")
+    env = {"KEYSVC_API_KEY": ""}
+    nokey = run_cli("zapier", "connections", *user, env=env)
+    assert nokey.returncode == 2 and "no API key" in nokey.stderr
+    unreadable = run_cli("zapier", "connections", "--api-key-file", str(tmp_path / "absent"), *user)
+    assert unreadable.returncode == 78 and "--api-key-file" in unreadable.stderr
+    bad = run_cli("zapier", "run", *user, "--action", "x", "--action-type", "WRITE", "--inputs", "[1]")
+    assert bad.returncode == 2 and "JSON object" in bad.stderr
+    closed = "http://127.0.0.1:9"  # discard: nothing listens
+    for argv in (("zapier", "--url", closed, "connections", *user),
+                 ("zapier", "--url", "http://127.0.0.1:1", "connections", "--url", closed, *user)):
+        down = run_cli(*argv, env={"KEYSVC_API_KEY": "ks_x"})
+        assert down.returncode == 1 and down.stderr.count("keysvc:") == 1, down.stderr
+        assert re.match(r"keysvc: [a-z_]+: keysvc http://127\.0\.0\.1:9 unreachable", down.stderr), down.stderr
+
+
+def test_exchange_and_check_config_connect_print_no_library_log_lines(
+    served: tuple[KeysvcProcess, ZapierFake]
+) -> None:
+    """`keysvc exchange` and `keysvc check-config --connect` (HTTP to the partner) print no httpx/aiohttp
+    INFO lines at the default level; --log-level debug (after the command too) shows them: the quieting is real."""
+    proc, _ = served
+    exchanged = run_cli("exchange", "--user", U, "--tenant", T, config=proc.config_path)
+    assert exchanged.returncode == 0, exchanged.stderr
+    assert json.loads(exchanged.stdout)["access_token"]
+    checked = run_cli("check-config", "--connect", config=proc.config_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for result in (exchanged, checked):
+        assert not re.search(r'"logger":"(httpx|httpcore|aiohttp)', result.stderr), result.stderr
+        assert "HTTP Request" not in result.stderr
+    loud = run_cli("exchange", "--user", U, "--tenant", T, "--log-level", "debug", config=proc.config_path)
+    assert re.search(r'"logger":"(httpx|httpcore|aiohttp)', loud.stderr), loud.stderr

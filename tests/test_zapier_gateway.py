@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,13 +18,15 @@ from keysvc.client.exchanger import TokenExchanger
 from keysvc.client.oauth import PartnerError
 from keysvc.config import Secret
 from keysvc.config.exchange import ApiRateLimit, TokenExchangeSettings
-from keysvc.errors import Forbidden, InvalidRequest, NotFound, RequestError, Unavailable
+from keysvc.errors import Forbidden, InvalidRequest, NotFound, ReconnectRequired, RequestError, Unavailable
 from keysvc.partner import gateway_inputs as requests
-from keysvc.partner.budget import ApiBudget
+from keysvc.partner.budget import ApiBudget, Budget, ReplicaBudget, StoreBudget
 from keysvc.partner.gateway import ZapierGateway
-from keysvc.partner.outbound import PartnerHttp
+from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
+from keysvc.partner.registry import ConnectionRegistry, MemoryRegistry, StoreRegistry
 from keysvc.partner.state import StateCodec, state_key
+from keysvc.partner.store import SharedBudget, StoreSettings, open_store
 from tests.exchange_support import ISSUER, FakeJwks, FakeSigner, serve
 from tests.helpers import SteppedTime
 from tests.partner_server import ACCESS_TOKEN, CONNECT_TOKEN
@@ -52,22 +55,34 @@ class Rig:
         }
         return TokenExchangeSettings(**(values | overrides))
 
-    def run(self, use: Callable[[ZapierGateway], Awaitable[T]], **overrides: Any) -> T:
-        """Build a gateway (fresh caches and budget) and run `use` on it in a new event loop."""
+    def run(self, use: Callable[[ZapierGateway], Awaitable[T]], *, store: Path | None = None,
+            registry: MemoryRegistry | None = None, **overrides: Any) -> T:
+        """Build a gateway (fresh caches and budget) and run `use` on it in a new event loop. With `store`
+        (a SQLite file), the budget and the registry are the gateway store's, as with token_exchange.store;
+        the token exchange goes out through the server's endpoint, within the same budget."""
         settings = self.settings(**overrides)
 
         async def go() -> T:
             limit = settings.api_rate_limit
             http = PartnerHttp()
+            opened = None if store is None else open_store(StoreSettings.from_url(f"sqlite:///{store}"))
+            budget: Budget = ReplicaBudget(ApiBudget(limit.per_minute, limit.burst), self.time)
+            kept: ConnectionRegistry = registry or MemoryRegistry()
+            if opened is not None:
+                await opened.migrate()
+                budget, kept = StoreBudget(SharedBudget(opened, limit.per_minute, limit.burst)), StoreRegistry(opened)
+            endpoint = AiohttpTokenEndpoint(settings, http, budget=budget, clock=self.time, sleep=self.time.sleep)
             try:
-                async with TokenExchanger(settings, self.signer) as exchanger:
-                    api = PartnerApi(settings, http, ApiBudget(limit.per_minute, limit.burst), clock=self.time,
-                                     sleep=self.time.sleep)
+                async with TokenExchanger(settings, self.signer, endpoint=endpoint) as exchanger:
+                    api = PartnerApi(settings, http, budget, clock=self.time, sleep=self.time.sleep)
                     states = StateCodec(state_key(settings.client_secret.reveal()))
-                    gateway = ZapierGateway(exchanger, api, states, clock=self.time, sleep=self.time.sleep)
+                    gateway = ZapierGateway(exchanger, api, states, clock=self.time, sleep=self.time.sleep,
+                                            registry=kept, connect_theme=settings.connect_theme)
                     return await use(gateway)
             finally:
                 await http.aclose()
+                if opened is not None:
+                    await opened.close()
 
         return asyncio.run(go())
 
@@ -327,14 +342,26 @@ def test_unknown_action_key_is_404_and_creates_nothing(rig: Rig) -> None:
     assert rig.zapier.count("POST /v2/action-runs") == 0
 
 
-def test_partner_400_is_our_400_with_its_detail(rig: Rig) -> None:
-    """An expired connection given to inputs: the partner's 400 is a 400 carrying its (sanitised) detail."""
+def test_partner_400_for_the_connection_is_reconnect_required(rig: Rig) -> None:
+    """An expired connection given to inputs: Zapier's 400 blames /data/authentication, so the answer is
+    409 reconnect_required naming that connection (the front end opens Connect with reconnect_id)."""
     slack, _, _ = seed_actions(rig)
     expired = rig.zapier.add_connection(USER, slack, expired=True).id
     call = body(app=slack.id, action_type="WRITE", connection=expired, inputs={})
-    with raises(InvalidRequest) as info:
+    with raises(ReconnectRequired) as info:
         rig.run(lambda g: g.inputs(requests.inputs_body(call, "send_message")))
-    assert "expired" in info.value.description
+    assert info.value.connection == expired and info.value.status == 409
+    assert info.value.fields() == {"connection": expired}
+
+
+def test_partner_400_is_our_400_with_its_detail(rig: Rig) -> None:
+    """A choices call for an input without choices: the partner's 400 is a 400 carrying its detail."""
+    slack, _, _ = seed_actions(rig)
+    conn = rig.zapier.add_connection(USER, slack).id
+    call = body(app=slack.id, action_type="WRITE", connection=conn, inputs={})
+    with raises(InvalidRequest) as info:
+        rig.run(lambda g: g.choices(requests.choices_body(call, "send_message", "no-such-input")))
+    assert "choices" in info.value.description
 
 
 # ------------------------------------------------------------------------------ tokens and budget
@@ -377,7 +404,8 @@ def test_after_a_429_nothing_is_sent_until_retry_after(rig: Rig) -> None:
 
 
 def test_replica_budget_limits_what_reaches_the_partner(rig: Rig) -> None:
-    """With api_rate_limit 1 a minute, burst 1: the second call is refused (503) without being sent."""
+    """With api_rate_limit 1 a minute, burst 2: the token exchange and the first call spend it (an exchange
+    counts against the budget), the second call is refused (503) without being sent."""
     slack = rig.zapier.add_app("Slack")
     query = requests.connections_query(q(app=slack.id))
 
@@ -389,7 +417,7 @@ def test_replica_budget_limits_what_reaches_the_partner(rig: Rig) -> None:
             return exc
         return None
 
-    error = rig.run(flow, api_rate_limit=ApiRateLimit(per_minute=1, burst=1))
+    error = rig.run(flow, api_rate_limit=ApiRateLimit(per_minute=1, burst=2))
     assert isinstance(error, Unavailable) and error.retry_after is not None and error.retry_after > 5
     assert rig.zapier.count("GET /v2/authentications") == 1
 
@@ -413,3 +441,131 @@ def test_bare_list_envelopes_are_accepted_too(rig: Rig) -> None:
     assert [a["id"] for a in apps["apps"]] == [slack.id]
     assert [a["key"] for a in actions["actions"]] == ["send_message", "find_user"]
     assert len(choices["choices"]) == 10 and run.status_code == 200
+
+
+# ------------------------------------------------- the gateway store: registry, single-use state, cooldown
+
+STORES = ["memory", "sqlite"]
+
+
+def store_of(kind: str, tmp_path: Path) -> Path | None:
+    return tmp_path / "gateway.db" if kind == "sqlite" else None
+
+
+def run_call(connection: str | None = None, **extra: Any) -> dict[str, Any]:
+    values = body(app=extra.pop("app"), action="send_message", action_type="WRITE",
+                  inputs={"channel": "C1", "text": "hi"}, wait=30, **extra)
+    return values if connection is None else {**values, "connection": connection}
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_omitted_connection_uses_the_recorded_one_or_is_409(rig: Rig, kind: str, tmp_path: Path) -> None:
+    """Omitting `connection` before any is recorded: 409 connection_required, nothing sent to create a run;
+    once /connections found a usable one, inputs and runs use it (memory registry and the store's)."""
+    slack, _, _cid = seed_actions(rig)
+    call = body(app=slack.id, action_type="WRITE", inputs={})
+
+    async def flow(g: ZapierGateway) -> tuple[str, dict[str, Any], Any]:
+        try:
+            await g.inputs(requests.inputs_body(call, "send_message"))
+        except RequestError as exc:
+            refused = exc.code
+        await g.connections(requests.connections_query(q(app=slack.id)))
+        fields = await g.inputs(requests.inputs_body(call, "send_message"))
+        ran = await g.run("web", requests.run_body(run_call(app=slack.id), 60))
+        return refused, fields, ran
+
+    refused, fields, ran = rig.run(flow, store=store_of(kind, tmp_path))
+    assert refused == "connection_required"
+    assert [f["id"] for f in fields["fields"]][:1] == ["channel"]
+    assert ran.status_code == 200 and ran.body["status"] == "success"
+    assert rig.zapier.count("POST /v2/action-runs") == 1
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_run_ending_in_an_authentication_error_expires_the_connection(rig: Rig, kind: str, tmp_path: Path) -> None:
+    """A run whose connection Zapier finds expired ends with an `authentication` error: 409
+    reconnect_required naming it; the expired connection is never used again (omitting `connection` is
+    409 connection_required) until a new Connect completes, which records the renewed connection."""
+    slack, _, cid = seed_actions(rig)
+
+    async def flow(g: ZapierGateway) -> list[Any]:
+        seen: list[Any] = []
+        await g.connections(requests.connections_query(q(app=slack.id)))  # records cid
+        rig.zapier.connections_of(USER, slack)[0].is_expired = True
+        for _ in range(2):
+            try:
+                await g.run("web", requests.run_body(run_call(app=slack.id), 60))
+            except RequestError as exc:
+                seen.append((exc.code, exc.fields()))
+        started = await g.connect("web", requests.connect_body(body(app=slack.id, reconnect_id=cid), (CALLBACK,)))
+        renewed = rig.zapier.connect(USER, slack, reconnect_id=cid)
+        await g.complete("web", requests.complete_body(body(state=started["state"], authentication_id=renewed)))
+        seen.append(await g.run("web", requests.run_body(run_call(app=slack.id), 60)))
+        return seen
+
+    first, second, third = rig.run(flow, store=store_of(kind, tmp_path))
+    assert first == ("reconnect_required", {"connection": cid})
+    assert second == ("connection_required", {})
+    assert third.status_code == 200 and third.body["status"] == "success"
+    assert rig.zapier.count("POST /v2/action-runs") == 2  # the expired one once, then the renewed one
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_completed_connect_state_is_single_use(rig: Rig, kind: str, tmp_path: Path) -> None:
+    """Completing Connect twice with the same state: the second is 400, even with the same id."""
+    slack = rig.zapier.add_app("Slack")
+
+    async def flow(g: ZapierGateway) -> str:
+        started = await g.connect("web", requests.connect_body(body(app=slack.id), (CALLBACK,)))
+        new_id = rig.zapier.connect(USER, slack)
+        done = requests.complete_body(body(state=started["state"], authentication_id=new_id))
+        await g.complete("web", done)
+        try:
+            await g.complete("web", done)
+        except InvalidRequest as exc:
+            return exc.description
+        return "accepted twice"
+
+    assert "single-use" in rig.run(flow, store=store_of(kind, tmp_path))
+
+
+def test_connect_url_carries_the_theme_and_the_token_asks_connection_write_only(rig: Rig) -> None:
+    """`theme` on the Connect URL: the call's own, else token_exchange.connect_theme; the connect token
+    exchange asks for `connection:write` only, not the access token's scope."""
+    slack = rig.zapier.add_app("Slack")
+
+    async def flow(g: ZapierGateway) -> list[str]:
+        own = await g.connect("web", requests.connect_body(body(app=slack.id, theme="acme-dark"), (CALLBACK,)))
+        default = await g.connect("web", requests.connect_body(body(app=slack.id), (CALLBACK,)))
+        return [parse_qs(urlsplit(a["connect_url"]).query)["theme"][0] for a in (own, default)]
+
+    assert rig.run(flow, connect_theme="acme") == ["acme-dark", "acme"]
+    scopes = {c["scope"] for c in rig.zapier.partner.calls if c.get("requested_token_type") == CONNECT_TOKEN}
+    assert scopes == {"connection:write"}
+    with raises(InvalidRequest):
+        requests.connect_body(body(app=slack.id, theme="no spaces"), (CALLBACK,))
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_during_a_cooldown_no_token_exchange_reaches_zapier(rig: Rig, kind: str, tmp_path: Path) -> None:
+    """After a 429, another user's call needs a token exchange: it is held back too (503 with Retry-After)
+    and nothing at all goes to Zapier, token endpoint included, with or without the store."""
+    slack = rig.zapier.add_app("Slack")
+    rig.zapier.budget.per_ip = 1
+
+    async def flow(g: ZapierGateway) -> list[str]:
+        codes = []
+        for user in ("u-1", "u-1", "u-2"):
+            try:
+                await g.connections(requests.connections_query(
+                    [("user_id", user), ("tenant_id", USER[1]), ("app", slack.id)]))
+                codes.append("ok")
+            except Unavailable as exc:
+                assert exc.retry_after is not None and exc.retry_after >= 1
+                codes.append(exc.code)
+        return codes
+
+    assert rig.run(flow, store=store_of(kind, tmp_path)) == ["ok", "unavailable", "unavailable"]
+    assert rig.exchanges() == 1  # u-2's exchange never left
+    assert rig.zapier.count("GET /v2/authentications") == 2

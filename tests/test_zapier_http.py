@@ -217,7 +217,7 @@ def test_partner_metrics_are_exported_with_fixed_endpoint_names(replicas: Replic
     assert endpoints and endpoints <= {"apps", "authentications", "actions", "inputs", "choices", "run_create",
                                        "run_get"}
     assert 'keysvc_zapier_action_runs_total{status="success"}' in text
-    assert 'keysvc_zapier_api_budget_total{result="cooling"} 0.0' in text
+    assert 'keysvc_zapier_api_budget_total{budget="local",result="cooling"} 0.0' in text
     routes = set(re.findall(r'keysvc_http_requests_total\{listener="internal",route="(zapier_[a-z_]+)"', text))
     assert {"zapier_connections", "zapier_connect", "zapier_run"} <= routes  # handler names, never paths
 

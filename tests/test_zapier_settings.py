@@ -103,3 +103,60 @@ def test_client_zapier_grant_allows_only_what_it_names(tmp_path: Any) -> None:
     assert not grant.allows_trigger("new_message")
     everything = settings.clients["admin"].zapier_grant
     assert everything is not None and everything.allows_trigger("anything") and everything.allows_app("x")
+
+
+def test_store_is_read_with_its_defaults(tmp_path: Any) -> None:
+    """`store`: the URL, the password read now from a file (hidden), timeout 2 s and divisor 3 by default."""
+    assert parse().store is None and parse().connect_theme is None
+    password = tmp_path / "pw"
+    password.write_text("s3cret\n")
+    s = parse(store={"url": "postgresql://keysvc@db:5432/keysvc", "password_file": str(password)},
+              connect_theme="acme")
+    assert s.store is not None and s.store.engine == "postgresql" and s.connect_theme == "acme"
+    assert (s.store.timeout, s.store.fallback_divisor) == (2.0, 3)
+    assert s.store.password is not None and s.store.password.reveal() == "s3cret"
+    assert "s3cret" not in repr(s)
+    lite = parse(store={"url": "sqlite:///gw.db", "timeout": "500ms", "fallback_divisor": 1}).store
+    assert lite is not None and (lite.engine, lite.timeout, lite.fallback_divisor) == ("sqlite", 0.5, 1)
+
+
+@pytest.mark.parametrize(("store", "field"), [
+    ({"url": "mysql://db/keysvc"}, "token_exchange.store.url"),
+    ({"url": "postgresql://keysvc:pw@db/keysvc"}, "token_exchange.store.url"),
+    ({"url": "postgresql://db/keysvc"}, "token_exchange.store.url"),
+    ({"url": "sqlite://"}, "token_exchange.store.url"),
+    ({}, "token_exchange.store.url"),
+    ({"url": "postgresql://k@db/k", "password_env": "NOT_SET"}, "token_exchange.store.password_env"),
+    ({"url": "sqlite:///gw.db", "password_env": "SECRET"}, "token_exchange.store.password_file"),
+    ({"url": "sqlite:///gw.db", "timeout": 0}, "token_exchange.store.timeout"),
+    ({"url": "sqlite:///gw.db", "timeout": "2m"}, "token_exchange.store.timeout"),
+    ({"url": "sqlite:///gw.db", "fallback_divisor": 0}, "token_exchange.store.fallback_divisor"),
+    ({"url": "sqlite:///gw.db", "pasword_file": "/x"}, "token_exchange.store.pasword_file"),
+])
+def test_bad_store_keys_name_their_field(store: dict[str, Any], field: str) -> None:
+    """Each store problem is a ConfigError naming its field (check-config and serve read it the same way);
+    a password never sits in the URL and is never echoed."""
+    with pytest.raises(ConfigError) as info:
+        parse(store=store)
+    assert info.value.field == field
+    assert "pw@" not in str(info.value)
+
+
+def test_bad_connect_theme_names_its_field() -> None:
+    """`connect_theme` is a theme name (letters, digits, _ . -), nothing that could break the URL."""
+    with pytest.raises(ConfigError) as info:
+        parse(connect_theme="dark&x=1")
+    assert info.value.field == "token_exchange.connect_theme"
+
+
+def test_dev_mode_keeps_the_gateway_store_in_sqlite_under_its_directory(tmp_path: Any) -> None:
+    """`keysvc serve --dev` with a token_exchange section: the store is SQLite under the dev directory (one
+    replica), unless the section names its own."""
+    from keysvc.cli import dev_settings, dev_store
+
+    exchange = {"client_id": "cid", "client_secret_env": "PATH", "keyset": "dev"}
+    settings, _ = dev_settings(tmp_path, token_exchange=exchange)
+    assert settings.token_exchange is not None and settings.token_exchange.store is not None
+    assert settings.token_exchange.store.url == f"sqlite:///{tmp_path / 'gateway.db'}"
+    own = {"url": "postgresql://k@db/k"}
+    assert dev_store({**exchange, "store": own}, tmp_path)["store"] == own

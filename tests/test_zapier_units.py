@@ -326,3 +326,38 @@ def test_each_parser_agrees_with_its_declared_contract(contract: Contract) -> No
             parse({k: v for k, v in {**required, **extra}.items() if k != name})
     with pytest.raises(InvalidRequest, match="unknown"):
         parse({**required, **extra, "undeclared": "x"})
+
+
+def test_a_429_without_retry_after_cools_down_60_seconds() -> None:
+    """Zapier's documented cooldown after a 429 is 60 s: without Retry-After, the Partner API's and the
+    token endpoint's 429 both say 60 (a 503 without it keeps the short default); with it, its value."""
+    from keysvc.client.oauth import Answer, partner_error
+
+    assert api_error(429, None, {}).retry_after == 60
+    assert api_error(429, "7", {}).retry_after == 7
+    assert api_error(503, None, {}).retry_after == 5
+    assert partner_error(Answer(429, None, b"{}")).retry_after == 60
+    assert partner_error(Answer(503, None, b"{}")).retry_after == 5
+
+
+def test_reconnect_required_carries_the_connection_in_the_error_body() -> None:
+    """409 reconnect_required answers `connection` next to error and error_description; connection_required
+    and conflict are 409s of the same table."""
+    import json
+
+    from keysvc.errors import ConnectionRequired, ReconnectRequired
+    from keysvc.http.errors import error_answer
+
+    answer = error_answer(ReconnectRequired("reconnect it", "1002"))
+    assert answer.status == 409
+    assert json.loads(answer.body) == {"error": "reconnect_required", "error_description": "reconnect it",
+                                       "connection": "1002"}
+    assert json.loads(error_answer(ConnectionRequired("none")).body)["error"] == "connection_required"
+
+
+def test_omitting_connection_is_told_apart_from_null() -> None:
+    """`connection` omitted: the gateway uses the recorded one; `connection: null`: an app without auth."""
+    base = {"user_id": "u", "tenant_id": "t", "app": "8a1b22bf-a70a-470c-b84a-291dfa6acc81", "action_type": "WRITE"}
+    assert requests.inputs_body(base, "send").connection_given is False
+    given = requests.inputs_body({**base, "connection": None}, "send")
+    assert given.connection_given is True and given.connection is None

@@ -36,9 +36,12 @@ def connect_url(
     state: str | None = None,
     reconnect_id: str | None = None,
     template: str = DEFAULT_CONNECT_URL,
+    theme: str | None = None,
 ) -> str:
-    """The URL to send the user's browser to, carrying a connect token (single use, short-lived)."""
-    params = {"token": token, "redirect_uri": redirect_uri, "state": state, "reconnect_id": reconnect_id}
+    """The URL to send the user's browser to, carrying a connect token (single use, short-lived); `theme`
+    names the partner's Connect UI branding (Zapier's optional `theme` parameter)."""
+    params = {"token": token, "redirect_uri": redirect_uri, "state": state, "reconnect_id": reconnect_id,
+              "theme": theme}
     query = urlencode({name: value for name, value in params.items() if value is not None})
     base = resource_url(app, template)
     return f"{base}{'&' if '?' in base else '?'}{query}"

@@ -21,6 +21,9 @@ from keysvc.client.oauth import ExchangeObserver, NullObserver, PartnerError, To
 from keysvc.config.exchange import SCOPE_TOKEN, TokenExchangeSettings
 from keysvc.errors import InvalidRequest
 
+# Zapier: a connect token asks only for the scope Connect needs, not the access token's full scope
+CONNECT_SCOPE = "connection:write"
+
 if TYPE_CHECKING:
     import httpx
 
@@ -111,7 +114,7 @@ class TokenExchanger:
     async def connect_token(self, user_id: str, tenant_id: str, app: str, scope: str | None = None) -> ExchangeResult:
         """A fresh single-use connect token for `app`, with the Connect URL that carries it."""
         s = self.settings
-        scope = normalise_scope(scope or s.scope)
+        scope = normalise_scope(scope or CONNECT_SCOPE)  # only what Connect needs, not the access token's scope
         resource = resource_url(app, s.connect_url)
         if s.connect_from == "jwt":
             extra = {"resource": resource}
@@ -156,7 +159,7 @@ class TokenExchanger:
 
     async def _connect_from_access(self, user_id: str, tenant_id: str, scope: str, resource: str) -> TokenResponse:
         for attempt in (1, 2):
-            access, _ = await self._access(user_id, tenant_id, scope)
+            access, _ = await self._access(user_id, tenant_id, None)  # the configured scope's access token
             form = {
                 "subject_token": access.access_token,
                 "subject_token_type": self.settings.access_token_type,
@@ -170,7 +173,7 @@ class TokenExchanger:
                 if exc.code != "invalid_grant" or attempt == 2:
                     raise
                 # The cached access token may have been revoked upstream: once, start from a new one.
-                self._cache.invalidate(self._key(user_id, tenant_id, scope))
+                self._cache.invalidate(self._key(user_id, tenant_id, None))
         raise AssertionError("unreachable")
 
     def _jwt_form(

@@ -42,6 +42,7 @@ CALLER_CODES = frozenset({"invalid_request", "invalid_grant", "invalid_target", 
 CONFIG_CODES = frozenset({"unauthorized_client", "unsupported_grant_type"})
 DEFAULT_RETRY_AFTER = 5
 MAX_TOKEN = 16 * 1024  # characters of a token the partner issues
+COOLDOWN_WITHOUT_RETRY_AFTER = 60  # Zapier: a 429 is followed by a 60 s cooldown, Retry-After or not
 # RFC 6749 §5.2: error and error_description are limited to %x20-21 / %x23-5B / %x5D-7E.
 _OAUTH_CODE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
 _NOT_OAUTH_TEXT = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
@@ -247,7 +248,8 @@ def partner_error(answer: Answer) -> RequestError:
     if status in (401, 403) or code == "access_denied":
         return PartnerError(403, code or "access_denied", f"the partner denied the exchange ({detail})")
     if status in (429, 503):
-        retry_after = parse_retry_after(answer.retry_after) or DEFAULT_RETRY_AFTER
+        fallback = COOLDOWN_WITHOUT_RETRY_AFTER if status == 429 else DEFAULT_RETRY_AFTER
+        retry_after = parse_retry_after(answer.retry_after) or fallback
         return Unavailable(f"the partner's token endpoint is busy ({detail})", retry_after=retry_after)
     if status >= 500:
         return UpstreamError(f"the partner's token endpoint failed ({detail})")

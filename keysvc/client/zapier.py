@@ -10,6 +10,8 @@ inside keysvc; these clients never see it.
             await zapier.complete("u-1", "t-9", started["state"], authentication_id=returned_id)
         run = await zapier.run("u-1", "t-9", app, "send_message", "WRITE", connection, {"channel": "C1"}, wait=20)
 
+`connection` may be RECORDED (inputs, choices, runs): keysvc then uses the user's connection it recorded for
+the app (ConnectionRequired when none; ReconnectRequired, with `.connection`, when Zapier refused it).
 keysvc's errors come back as the same keysvc.errors classes (with the answer's `error` code). Imports only
 httpx and keysvc.errors, so a service can use it without keysvc's server stack.
 """
@@ -26,10 +28,12 @@ import httpx
 
 from keysvc.errors import (
     Conflict,
+    ConnectionRequired,
     Forbidden,
     InvalidRequest,
     NotFound,
     RateLimited,
+    ReconnectRequired,
     RequestError,
     Unavailable,
     UpstreamError,
@@ -58,6 +62,21 @@ def _user(user_id: str, tenant_id: str) -> dict[str, str]:
 
 def _given(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
+
+
+class Recorded:
+    """`connection=RECORDED`: omit `connection`, so keysvc uses the one it recorded for (tenant, user, app)."""
+
+    def __repr__(self) -> str:
+        return "RECORDED"
+
+
+RECORDED = Recorded()
+ConnectionArg = str | None | Recorded  # a connection id, None (an app without auth), or RECORDED
+
+
+def _connection(connection: ConnectionArg) -> dict[str, Any]:
+    return {} if isinstance(connection, Recorded) else {"connection": connection}
 
 
 class Calls:
@@ -91,25 +110,25 @@ class Calls:
         return Call("GET", "/v1/zapier/actions", params=params)
 
     @staticmethod
-    def inputs(user_id: str, tenant_id: str, app: str, action: str, action_type: str, connection: str | None,
+    def inputs(user_id: str, tenant_id: str, app: str, action: str, action_type: str, connection: ConnectionArg,
                inputs: Mapping[str, Any] | None = None) -> Call:
-        body = {**_user(user_id, tenant_id), "app": app, "action_type": action_type, "connection": connection,
+        body = {**_user(user_id, tenant_id), "app": app, "action_type": action_type, **_connection(connection),
                 "inputs": dict(inputs or {})}
         return Call("POST", f"/v1/zapier/actions/{quote(action, safe='')}/inputs", json=body)
 
     @staticmethod
-    def choices(user_id: str, tenant_id: str, app: str, action: str, action_type: str, connection: str | None,
+    def choices(user_id: str, tenant_id: str, app: str, action: str, action_type: str, connection: ConnectionArg,
                 input_id: str, inputs: Mapping[str, Any] | None = None, page: int | None = None) -> Call:
-        body = {**_user(user_id, tenant_id), "app": app, "action_type": action_type, "connection": connection,
+        body = {**_user(user_id, tenant_id), "app": app, "action_type": action_type, **_connection(connection),
                 "inputs": dict(inputs or {}), **_given(page=page)}
         path = f"/v1/zapier/actions/{quote(action, safe='')}/inputs/{quote(input_id, safe='')}/choices"
         return Call("POST", path, json=body)
 
     @staticmethod
-    def run(user_id: str, tenant_id: str, app: str, action: str, action_type: str, connection: str | None,
+    def run(user_id: str, tenant_id: str, app: str, action: str, action_type: str, connection: ConnectionArg,
             inputs: Mapping[str, Any] | None = None, wait: float | None = None) -> Call:
         body = {**_user(user_id, tenant_id), "app": app, "action": action, "action_type": action_type,
-                "connection": connection, "inputs": dict(inputs or {}), **_given(wait=wait)}
+                **_connection(connection), "inputs": dict(inputs or {}), **_given(wait=wait)}
         return Call("POST", "/v1/zapier/action-runs", json=body)
 
     @staticmethod
@@ -134,6 +153,11 @@ def read_answer(response: httpx.Response) -> dict[str, Any]:
     retry_after = response.headers.get("Retry-After", "")
     error = error_class(text, retry_after=int(retry_after) if retry_after.isdigit() else None)
     code = said.get("error")
+    connection = said.get("connection")
+    if response.status_code == 409 and code == "reconnect_required" and isinstance(connection, str):
+        raise ReconnectRequired(text, connection[:128])  # `.connection`: open Connect with reconnect_id
+    if response.status_code == 409 and code == "connection_required":
+        raise ConnectionRequired(text)
     if isinstance(code, str) and code.isascii() and 0 < len(code) <= 64:
         error.code = code  # the answer's own code, e.g. access_denied from the Connect flow
     raise error
@@ -187,18 +211,18 @@ class ZapierClient(_Base):
         return await self.send(Calls.actions(user_id, tenant_id, app, action_type))
 
     async def inputs(self, user_id: str, tenant_id: str, app: str, action: str, action_type: str,
-                     connection: str | None, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     connection: ConnectionArg, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """An action's input fields."""
         return await self.send(Calls.inputs(user_id, tenant_id, app, action, action_type, connection, inputs))
 
     async def choices(self, user_id: str, tenant_id: str, app: str, action: str, action_type: str,
-                      connection: str | None, input_id: str, **kw: Any) -> dict[str, Any]:
+                      connection: ConnectionArg, input_id: str, **kw: Any) -> dict[str, Any]:
         """One page of a dynamic input's choices (`inputs`, `page`)."""
         return await self.send(Calls.choices(user_id, tenant_id, app, action, action_type, connection, input_id,
                                              **kw))
 
     async def run(self, user_id: str, tenant_id: str, app: str, action: str, action_type: str,
-                  connection: str | None, inputs: Mapping[str, Any] | None = None, *,
+                  connection: ConnectionArg, inputs: Mapping[str, Any] | None = None, *,
                   wait: float | None = None) -> dict[str, Any]:
         """Run an action; the result if it ends within `wait` seconds, else `{"id", "status": "pending"}`."""
         return await self.send(Calls.run(user_id, tenant_id, app, action, action_type, connection, inputs, wait))
@@ -261,17 +285,17 @@ class SyncZapierClient(_Base):
         return self.send(Calls.actions(user_id, tenant_id, app, action_type))
 
     def inputs(self, user_id: str, tenant_id: str, app: str, action: str, action_type: str,
-               connection: str | None, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               connection: ConnectionArg, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """An action's input fields."""
         return self.send(Calls.inputs(user_id, tenant_id, app, action, action_type, connection, inputs))
 
     def choices(self, user_id: str, tenant_id: str, app: str, action: str, action_type: str,
-                connection: str | None, input_id: str, **kw: Any) -> dict[str, Any]:
+                connection: ConnectionArg, input_id: str, **kw: Any) -> dict[str, Any]:
         """One page of a dynamic input's choices (`inputs`, `page`)."""
         return self.send(Calls.choices(user_id, tenant_id, app, action, action_type, connection, input_id, **kw))
 
     def run(self, user_id: str, tenant_id: str, app: str, action: str, action_type: str,
-            connection: str | None, inputs: Mapping[str, Any] | None = None, *,
+            connection: ConnectionArg, inputs: Mapping[str, Any] | None = None, *,
             wait: float | None = None) -> dict[str, Any]:
         """Run an action; the result if it ends within `wait` seconds, else `{"id", "status": "pending"}`."""
         return self.send(Calls.run(user_id, tenant_id, app, action, action_type, connection, inputs, wait))

@@ -13,7 +13,7 @@ Read once at start-up; nothing here touches the network or imports boto3. Module
 """
 
 from keysvc.config.document import load_document
-from keysvc.config.exchange import ApiRateLimit, TokenExchangeSettings, parse_token_exchange
+from keysvc.config.exchange import ApiRateLimit, StoreConfig, TokenExchangeSettings, parse_token_exchange
 from keysvc.config.model import (
     SUBJECT_TYPES,
     Address,
@@ -52,6 +52,7 @@ __all__ = [
     "SecretFile",
     "Section",
     "Settings",
+    "StoreConfig",
     "TlsSettings",
     "TokenExchangeSettings",
     "ZapierGrant",

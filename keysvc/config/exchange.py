@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from keysvc.config.reader import ReadOptions, Section
 from keysvc.config.secrets import Secret, SecretFile, read_secret
+from keysvc.config.store_url import DEFAULT_FALLBACK_DIVISOR, StoreSettings
+from keysvc.config.store_url import DEFAULT_TIMEOUT as DEFAULT_STORE_TIMEOUT
 from keysvc.errors import ConfigError
 
 # Zapier verifies partner JWTs with these only (no PS*, no EdDSA).
@@ -41,6 +43,28 @@ class ApiRateLimit:
 
     per_minute: float = 60.0
     burst: int = 10
+
+
+# Zapier's Connect URL takes an optional `theme` query parameter naming the partner's Connect UI branding
+# (White Label docs, "Connection flow"): a theme name Zapier set up for the partner, not a colour scheme.
+CONNECT_THEME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """`token_exchange.store`: where the gateway store is (`url`: sqlite:///... for one replica, or
+    postgresql://user@host:port/db), its password (PostgreSQL; from `password_file` or `password_env`, never
+    the URL), the deadline of every store call, and the divisor of the local fallback budget."""
+
+    url: str
+    password: Secret | SecretFile | None = None
+    timeout: float = DEFAULT_STORE_TIMEOUT
+    fallback_divisor: int = DEFAULT_FALLBACK_DIVISOR
+
+    @property
+    def engine(self) -> str:
+        """"sqlite" or "postgresql" (the URL was checked when the configuration was read)."""
+        return "sqlite" if self.url.lower().startswith("sqlite:") else "postgresql"
 
 
 # ruff's S105 reads "token" in a field name as a password; these are URLs and URNs, no secrets.
@@ -71,6 +95,8 @@ class TokenExchangeSettings:
     redirect_uris: tuple[str, ...] = ()  # exact-match allow-list of Connect redirects
     api_rate_limit: ApiRateLimit = ApiRateLimit()
     run_wait_max: float = 60.0  # the longest a caller may ask keysvc to wait for an action run
+    store: StoreConfig | None = None  # the gateway store shared by replicas (None: per-replica budget)
+    connect_theme: str | None = None  # the Connect UI's theme when a call names none (CONNECT_THEME)
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -129,6 +155,8 @@ def read_token_exchange(
         redirect_uris=lambda: _redirect_uris(sec),
         api_rate_limit=lambda: _api_rate_limit(sec.section("api_rate_limit")),
         run_wait_max=lambda: _run_wait_max(sec, d.run_wait_max),
+        store=lambda: _store(sec.section("store")) if sec.present("store") else sec.get("store"),
+        connect_theme=lambda: _connect_theme(sec),
     )
     settings = TokenExchangeSettings(**v)
     if settings.keyset not in unchecked:
@@ -217,6 +245,40 @@ def _api_rate_limit(sec: Section) -> ApiRateLimit:
         per_minute=lambda: sec.number("per_minute", d.per_minute, MAX_API_PER_MINUTE),
         burst=lambda: sec.integer("burst", d.burst, 1, 10_000),
     ))
+
+
+def _store(sec: Section) -> StoreConfig:
+    """`token_exchange.store`: the URL parsed as the store parses it (keysvc.config.store_url), the
+    password read now (check-config refuses what serve refuses), the deadline and the fallback divisor."""
+    v = sec.read(
+        url=lambda: sec.required_text("url"),
+        password=lambda: read_secret(sec, "password", required=False),
+        timeout=lambda: _store_timeout(sec),
+        fallback_divisor=lambda: sec.integer("fallback_divisor", DEFAULT_FALLBACK_DIVISOR, 1, 100),
+    )
+    config = StoreConfig(**v)
+    try:
+        StoreSettings.from_url(config.url, timeout=config.timeout)
+    except ValueError as exc:
+        raise ConfigError(sec.name("url"), str(exc)) from None
+    if config.engine == "sqlite" and config.password is not None:
+        raise ConfigError(sec.name("password_file"), "a SQLite store takes no password")
+    return config
+
+
+def _store_timeout(sec: Section) -> float:
+    timeout = sec.positive_duration("timeout", DEFAULT_STORE_TIMEOUT)
+    if timeout > 60:
+        raise ConfigError(sec.name("timeout"), "must be at most 60s (every gateway call may wait that long)")
+    return timeout
+
+
+def _connect_theme(sec: Section) -> str | None:
+    theme: str | None = sec.text("connect_theme")
+    if theme is not None and not CONNECT_THEME.fullmatch(theme):
+        raise ConfigError(sec.name("connect_theme"), "must be a theme name Zapier set up for you (letters, digits, "
+                                                     "_ . -, at most 64)")
+    return theme
 
 
 def _check_keyset(sec: Section, keyset: str, keyset_algs: Mapping[str, str]) -> None:

@@ -27,8 +27,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9_:-]{1,64}")
 
 
 def error_body(exc: RequestError) -> bytes:
-    """`{"error": code, "error_description": text}` as bytes."""
-    return json.dumps({"error": exc.code, "error_description": exc.description}).encode("utf-8")
+    """`{"error": code, "error_description": text}` (and the error's own `fields()`, such as the
+    `connection` of reconnect_required) as bytes."""
+    return json.dumps({"error": exc.code, "error_description": exc.description, **exc.fields()}).encode("utf-8")
 
 
 class _FreshIds:

@@ -9,7 +9,8 @@ error has the same answer everywhere:
                  cache-control: no-store
                  the error's own: Allow (405), WWW-Authenticate (401), Retry-After (429, 503)
                  content-length, then x-request-id (added by whoever sends the answer)
-    body         {"error": code, "error_description": text}
+    body         {"error": code, "error_description": text}, plus the error's own fields() (409
+                 reconnect_required: "connection")
 
 An exception that is not a RequestError is a bug: it is answered `500 internal_error` with a fixed body,
 and logged once, at error level, with the request id and the exception's type only. Never its message,

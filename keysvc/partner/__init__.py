@@ -1,11 +1,14 @@
 """The server side of the partner (Zapier): the token-exchange endpoint and the embed gateway, one feature of
 the service behind one seam (keysvc.feature), going out to the partner one way (aiohttp, `outbound.py`).
 
-wiring.py          partner_feature / build_partner: the feature (routes, OpenAPI part, metrics, close hook)
+wiring.py          partner_feature / build_partner: the feature (routes, OpenAPI part, metrics, start and
+                   close hooks); with token_exchange.store, the store, its SharedBudget and registry
 outbound.py        the ONE way out: one aiohttp session for every partner URL, transport failures mapped,
                    the one retry loop (keysvc.client.retry); AiohttpTokenEndpoint (POST /oauth/token)
 partner_api.py     the Partner API client: budget, retries of reads, envelopes, error mapping
-budget.py          this replica's token bucket towards the Partner API, and the cooldown after a 429 (pure)
+budget.py          this replica's token bucket and the cooldown after a 429 (pure), the async Budget every
+                   call to Zapier asks first (ReplicaBudget, or StoreBudget: every replica's)
+registry.py        the connection registry (StoreRegistry or per-replica MemoryRegistry), single-use states
 state.py           the Connect flow's sealed `state` (pure)
 keyring_signer.py  KeyringSigner, the TokenSigner over this process's keyring
 exchange_body.py   body contract of POST /v1/token-exchange (pure)

@@ -100,7 +100,7 @@ CONNECTIONS = Contract("/v1/zapier/connections", "GET", "zapier_connections",
 CONNECT = Contract("/v1/zapier/connect", "POST", "zapier_connect",
                    "Zapier: a Connect URL with a fresh connect token, and its state", body=(
                        *USER, APP, Field("connect_app", _STRING), Field("redirect_uri", _STRING),
-                       Field("reconnect_id", _STRING)))
+                       Field("reconnect_id", _STRING), Field("theme", _STRING)))
 COMPLETE = Contract("/v1/zapier/connect/complete", "POST", "zapier_complete",
                     "Zapier: check the state and the returned connection", body=(
                         *USER, Field("state", _STRING, True, "sealed-state"),

@@ -13,11 +13,19 @@ token comes from the TokenExchanger's cache and never leaves this module but tow
 
 A 401 from the Partner API drops the cached access token and runs the step once more with a new one;
 a second 401 is a 502.
+
+The connection registry (keysvc.partner.registry): complete and connections record the user's verified
+usable connection per app; inputs, choices and runs that omit `connection` use it (none: 409
+connection_required); Zapier refusing it (an inputs or choices call refused for the authentication, a run
+ending with an error of code `authentication`) marks it expired and answers 409 reconnect_required with
+its id. A Connect state completes once (single use, across replicas with the store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -29,7 +37,16 @@ from keysvc.client.connect import connect_url
 from keysvc.client.exchanger import TokenExchanger
 from keysvc.client.oauth import PartnerError, oauth_text
 from keysvc.client.retry import shared_deadline
-from keysvc.errors import Forbidden, NotFound, RequestError, Unavailable, UpstreamError
+from keysvc.errors import (
+    ConnectionRequired,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ReconnectRequired,
+    RequestError,
+    Unavailable,
+    UpstreamError,
+)
 from keysvc.logs import audit_request
 from keysvc.partner.gateway_inputs import (
     MAX_OFFSET,
@@ -46,7 +63,8 @@ from keysvc.partner.gateway_inputs import (
     User,
     is_uuid,
 )
-from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
+from keysvc.partner.partner_api import PartnerApi, PartnerAuthRefused, PartnerUnauthorized
+from keysvc.partner.registry import ConnectionRegistry, MemoryRegistry
 from keysvc.partner.state import StateCodec
 
 T = TypeVar("T")
@@ -56,6 +74,7 @@ MAX_RUN_ERRORS = 50  # errors of one run we repeat
 MAX_LINK = 2048  # characters of a links.next
 MAX_PAGES = 100  # 1000 connections of one app for one user: past that, something is wrong upstream
 _ACTION_FIELDS = ("key", "title", "description", "action_type")
+log = logging.getLogger("keysvc.zapier")
 
 
 def poll_delay(polls: int, hint: float | None) -> float:
@@ -86,7 +105,13 @@ class ZapierGateway:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_run: Callable[[str], None] = lambda status: None,
+        registry: ConnectionRegistry | None = None,
+        connect_theme: str | None = None,
+        on_registry: Callable[[str, str], None] = lambda result, kind: None,
     ) -> None:
+        self._registry: ConnectionRegistry = registry or MemoryRegistry(wall=wall)
+        self._connect_theme = connect_theme  # token_exchange.connect_theme: a call's own `theme` wins
+        self._on_registry = on_registry  # told each lookup of an omitted connection: hit, miss or expired
         self._exchanger = exchanger
         self._api = api
         self._states = states
@@ -112,8 +137,17 @@ class ZapierGateway:
         """Every connection the user owns for the app, and one that is not expired (or None)."""
         with self._deadline():  # every page and every retry of this one listing
             connections = await self._with_token(q.user, lambda token: self._connections(token, q.app))
-        usable = next((c["id"] for c in connections if not c["is_expired"]), None)
-        return {"connections": connections, "usable": usable}
+        usable = next((c for c in connections if not c["is_expired"]), None)
+        if usable is not None:
+            await self._remember(q.user, q.app, usable)
+        return {"connections": connections, "usable": None if usable is None else usable["id"]}
+
+    async def _remember(self, user: User, app: str, connection: dict[str, Any]) -> None:
+        """Record a verified usable connection; best effort (the store failing must not fail the listing)."""
+        try:
+            await self._registry.record(user.tenant_id, user.user_id, app, connection["id"], connection["title"])
+        except Unavailable:
+            log.warning("the connection registry could not record a connection", extra={"app": app})
 
     async def _connections(self, token: str, app: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -143,7 +177,7 @@ class ZapierGateway:
             audit_request("zapier.connect", {**fields, "outcome": exc.code})
             raise
         url = connect_url(b.connect_app, token.access_token, b.redirect_uri, state, b.reconnect_id,
-                          template=self._exchanger.settings.connect_url)
+                          template=self._exchanger.settings.connect_url, theme=b.theme or self._connect_theme)
         expires_in = min(token.expires_in or self._states.ttl, self._states.ttl)
         audit_request("zapier.connect", fields)
         return {"connect_url": url, "state": state, "expires_in": expires_in}
@@ -171,9 +205,12 @@ class ZapierGateway:
             found = next((c for c in connections if c["id"] == b.authentication_id), None)
             if found is None or found["is_expired"]:
                 raise Forbidden("authentication_id is not one of this user's live connections of this app")
+            if not await self._registry.consume_state(b.state, opened.expires_at):
+                raise InvalidRequest("this Connect state was completed already (a state is single-use)")
         except RequestError as exc:
             audit_request("zapier.complete", {**fields, "outcome": exc.code})
             raise
+        await self._remember(u, opened.app, found)
         audit_request("zapier.complete", fields)
         return {"connection": found}
 
@@ -189,6 +226,7 @@ class ZapierGateway:
 
     async def inputs(self, c: ActionCall) -> dict[str, Any]:
         """The input fields of an action, for these inputs so far."""
+        c = await self._with_connection(c)
 
         async def step(token: str) -> dict[str, Any]:
             action_id = await self._fresh_id(token, c)
@@ -196,11 +234,11 @@ class ZapierGateway:
             return await self._api.post("inputs", path, token, _action_body(c), retry=True)
 
         with self._deadline():
-            return {"fields": _items(await self._with_token(c.user, step))}
+            return {"fields": _items(await self._refusing_reconnect(c, self._with_token(c.user, step)))}
 
     async def choices(self, q: ChoicesCall) -> dict[str, Any]:
         """One page of the choices of a dynamic input."""
-        c = q.call
+        c = await self._with_connection(q.call)
 
         async def step(token: str) -> dict[str, Any]:
             action_id = await self._fresh_id(token, c)
@@ -209,8 +247,36 @@ class ZapierGateway:
             return await self._api.post("choices", path, token, _action_body(c), retry=True, params=params)
 
         with self._deadline():
-            body = await self._with_token(c.user, step)
+            body = await self._refusing_reconnect(c, self._with_token(c.user, step))
         return {"choices": _items(body), "next_page": _next_number(body, "page")}
+
+    async def _with_connection(self, c: ActionCall) -> ActionCall:
+        """`c` with the recorded connection when the caller omitted `connection` (409 connection_required
+        when none is recorded, or the recorded one expired)."""
+        if c.connection_given:
+            return c
+        found = await self._registry.usable(c.user.tenant_id, c.user.user_id, c.app)
+        self._on_registry("hit" if found is not None else "miss", self._registry.kind)
+        if found is None:
+            raise ConnectionRequired("no usable connection of this user's is recorded for this app: pass "
+                                     "`connection`, or complete Connect (or list /v1/zapier/connections) first")
+        return dataclasses.replace(c, connection=found.connection_id, connection_given=True)
+
+    async def _refusing_reconnect(self, c: ActionCall, call: Awaitable[T]) -> T:
+        """`call`, and when Zapier refuses it for the connection: expire it, 409 reconnect_required."""
+        try:
+            return await call
+        except PartnerAuthRefused:
+            if c.connection is None:
+                raise
+            await self._expire(c)
+            raise ReconnectRequired("Zapier refused the connection: reconnect it (open Connect with reconnect_id)",
+                                    c.connection) from None
+
+    async def _expire(self, c: ActionCall) -> None:
+        assert c.connection is not None  # nosec B101 - callers check
+        await self._registry.expire(c.user.tenant_id, c.user.user_id, c.app, c.connection)
+        self._on_registry("expired", self._registry.kind)
 
     async def _list_actions(self, token: str, app: str, action_type: str | None) -> dict[str, Any]:
         params = {"app": app} if action_type is None else {"app": app, "action_type": action_type}
@@ -227,7 +293,7 @@ class ZapierGateway:
 
     async def run(self, client: str, b: RunBody) -> RunAnswer:
         """Create the run (once: never retried once it may have reached Zapier), then wait up to `wait`."""
-        c = b.call
+        c = await self._with_connection(b.call)
         fields = _audit(client, c.user, c.app, outcome="pending", action=c.action, action_type=c.action_type)
         started = self._clock()
 
@@ -238,7 +304,7 @@ class ZapierGateway:
 
         try:
             with self._deadline():
-                created = await self._with_token(c.user, create)
+                created = await self._refusing_reconnect(c, self._with_token(c.user, create))
             run_id = _data(created).get("id")
             if isinstance(run_id, int) and not isinstance(run_id, bool):
                 run_id = str(run_id)
@@ -250,6 +316,11 @@ class ZapierGateway:
         # From here on the run exists at Zapier: the caller gets its id whatever happens (202 at worst).
         answer = await self._wait(c.user, run_id, started + b.wait, None)
         self._on_run(answer.body["status"])
+        if c.connection is not None and _refused_authentication(answer):
+            audit_request("zapier.run", {**fields, "run": answer.body["id"], "outcome": "reconnect_required"})
+            await self._expire(c)
+            raise ReconnectRequired("the run ended with an authentication error: reconnect the connection "
+                                    "(open Connect with reconnect_id)", c.connection)
         audit_request("zapier.run", {**fields, "run": answer.body["id"], "outcome": answer.body["status"]})
         return answer
 
@@ -380,6 +451,12 @@ def _run_error(item: dict[str, Any]) -> dict[str, Any]:
     if isinstance(delay, int | float) and not isinstance(delay, bool) and 0 <= delay <= 3600:
         error["delay"] = delay
     return error
+
+
+def _refused_authentication(answer: RunAnswer) -> bool:
+    """A final run whose errors include one of code `authentication` (the connection expired or revoked)."""
+    errors = answer.body.get("errors") or []
+    return answer.body["status"] == "error" and any(e.get("code") == "authentication" for e in errors)
 
 
 def _action_body(c: ActionCall) -> dict[str, Any]:

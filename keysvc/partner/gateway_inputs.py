@@ -17,6 +17,7 @@ from typing import Any
 
 from keysvc.client.connect import APP_NAME
 from keysvc.config import parse_duration
+from keysvc.config.exchange import CONNECT_THEME
 from keysvc.errors import ConfigError, InvalidRequest
 from keysvc.partner import contracts as contract
 from keysvc.partner.triggers.json_bounds import JsonBoundsError, check_json
@@ -71,6 +72,7 @@ class ConnectBody:
     connect_app: str
     redirect_uri: str | None
     reconnect_id: str | None
+    theme: str | None = None  # the Connect UI's theme (else token_exchange.connect_theme)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class ActionCall:
     action_type: str
     connection: str | None
     inputs: dict[str, Any]
+    connection_given: bool = True  # False: `connection` omitted, the gateway uses the recorded one
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,8 @@ def connect_body(body: Any, redirect_uris: tuple[str, ...]) -> ConnectBody:
     if redirect_uri is not None and (not isinstance(redirect_uri, str) or redirect_uri not in redirect_uris):
         raise InvalidRequest("redirect_uri must be one of token_exchange.redirect_uris, exactly")
     reconnect_id = f.text("reconnect_id", PARTNER_ID, "the id of the user's expired connection")
-    return ConnectBody(user, app, connect_app or app, redirect_uri, reconnect_id)
+    theme = f.text("theme", CONNECT_THEME, "a Connect UI theme name Zapier set up for you (letters, digits, _ . -)")
+    return ConnectBody(user, app, connect_app or app, redirect_uri, reconnect_id, theme)
 
 
 def complete_body(body: Any) -> CompleteBody:
@@ -267,7 +271,7 @@ def action_call(f: Fields, action: str | None) -> ActionCall:
         check_json(inputs, max_depth=MAX_INPUTS_DEPTH, max_bytes=MAX_INPUTS_BYTES)
     except JsonBoundsError as exc:
         raise InvalidRequest(f"field inputs is out of bounds: {exc}") from None
-    return ActionCall(user, app, action, action_type, connection, inputs)
+    return ActionCall(user, app, action, action_type, connection, inputs, "connection" in f.raw)
 
 
 def inputs_body(body: Any, action: str) -> ActionCall:

@@ -8,7 +8,7 @@ path), run statuses.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
 from keysvc.metrics import BACKEND_BUCKETS, LATENCY_BUCKETS
@@ -42,18 +42,33 @@ class PartnerMetrics:
             registry=None,
         )
         self.zapier_budget = Counter(
-            "keysvc_zapier_api_budget_total", "Partner API requests the replica's budget delayed (waited) or "
-            "refused (refused: api_rate_limit spent; cooling: after a 429)", ["result"], registry=None,
+            "keysvc_zapier_api_budget_total", "Partner API requests (token exchanges included) the budget delayed "
+            "(waited) or refused (refused: api_rate_limit spent; cooling: after a 429), by budget (shared: every "
+            "replica's, in the gateway store; local: this replica's own or the store's fallback)",
+            ["result", "budget"], registry=None,
         )
         for result in ("waited", "refused", "cooling"):
-            self.zapier_budget.labels(result)  # at 0 from the start, so alerts see the first increment
+            for kind in ("shared", "local"):
+                self.zapier_budget.labels(result, kind)  # at 0 from the start, so alerts see the first increment
+        self.store_up = Gauge(
+            "keysvc_gateway_store_up", "1 when the gateway store answers (or none is configured), 0 while this "
+            "replica cannot reach it (the budget is then on its local fallback)", registry=None,
+        )
+        self.registry_lookups = Counter(
+            "keysvc_zapier_registry_total", "Connection registry lookups for calls that omitted `connection` "
+            "(hit, miss) and connections marked expired (expired), by registry (shared or local)",
+            ["result", "registry"], registry=None,
+        )
+        for result in ("hit", "miss", "expired"):
+            for kind in ("shared", "local"):
+                self.registry_lookups.labels(result, kind)
         for status in ("success", "error", "pending"):
             self.zapier_runs.labels(status)
 
     def collectors(self) -> list[Collector]:
         """Every metric, for the service's registry."""
         return [self.exchange_calls, self.exchange_latency, self.exchange_cache, self.zapier_calls,
-                self.zapier_latency, self.zapier_runs, self.zapier_budget]
+                self.zapier_latency, self.zapier_runs, self.zapier_budget, self.store_up, self.registry_lookups]
 
     def upstream(self, outcome: str, seconds: float) -> None:
         """One request to the partner's token endpoint."""
@@ -69,9 +84,13 @@ class PartnerMetrics:
         self.zapier_calls.labels(endpoint, outcome).inc()
         self.zapier_latency.labels(endpoint).observe(seconds)
 
-    def budget(self, result: str) -> None:
-        """A request delayed or refused by the replica's budget."""
-        self.zapier_budget.labels(result).inc()
+    def budget(self, result: str, kind: str = "local") -> None:
+        """A request delayed or refused by the budget (`kind`: shared or local)."""
+        self.zapier_budget.labels(result, kind).inc()
+
+    def registry(self, result: str, kind: str) -> None:
+        """A registry lookup (hit, miss) or a connection marked expired, in the shared or local registry."""
+        self.registry_lookups.labels(result, kind).inc()
 
     def run(self, status: str) -> None:
         """One action-run answer of the gateway."""

@@ -52,6 +52,7 @@ from keysvc.client.oauth import (
 from keysvc.client.retry import Failure, with_retries
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import Unavailable, UpstreamError
+from keysvc.partner.budget import COOLDOWN_WITHOUT_RETRY_AFTER, Budget, BudgetObserver, admit
 from keysvc.tls import outbound_context
 
 KEEPALIVE = 5.0  # seconds an idle connection is kept: httpx's default, below common server idle timeouts
@@ -133,7 +134,11 @@ class PartnerHttp:
 class AiohttpTokenEndpoint:
     """The partner's token endpoint over the server's one session: keysvc.client.oauth's form, answer and
     error rules (the same as the clients' httpx PartnerClient), retries of 429/5xx/timeouts within
-    `total_timeout` through the one retry loop. A `TokenEndpoint` of keysvc.client.exchanger."""
+    `total_timeout` through the one retry loop. A `TokenEndpoint` of keysvc.client.exchanger.
+
+    With a `budget` (the Partner API's), every attempt asks it first: a token exchange waits out a 429's
+    cooldown like any other call to Zapier (nothing goes to Zapier during one) and counts against the
+    per-minute budget; a 429 of the token endpoint starts the cooldown too."""
 
     def __init__(
         self,
@@ -144,9 +149,13 @@ class AiohttpTokenEndpoint:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: ExchangeObserver | None = None,
         backoff: float = 0.25,
+        budget: Budget | None = None,
+        budget_observer: BudgetObserver | None = None,
     ) -> None:
         self._settings = settings
         self._http = http
+        self._budget = budget
+        self._budget_observer = budget_observer
         self._clock = clock
         self._sleep = sleep
         self._observer = observer or NullObserver()
@@ -164,14 +173,29 @@ class AiohttpTokenEndpoint:
             answer = await self._http.attempt("the partner's token endpoint", "POST", s.token_url,
                                               headers=headers, body=data, deadline=deadline,
                                               connect=s.connect_timeout, read=s.read_timeout, clock=self._clock)
-            return answer if isinstance(answer, Failure) else token_outcome(answer, requested_type)
+            if isinstance(answer, Failure):
+                return answer
+            outcome = token_outcome(answer, requested_type)
+            if answer.status == 429 and self._budget is not None and isinstance(outcome, Failure):
+                await self._budget.cool_down(float(outcome.error.retry_after or COOLDOWN_WITHOUT_RETRY_AFTER))
+            return outcome
 
         return await with_retries(attempt, tries=s.max_attempts, total_timeout=s.total_timeout, clock=self._clock,
                                   sleep=self._sleep, backoff=self._backoff, observe=self._observer.upstream,
-                                  failed=_warn)
+                                  failed=_warn, admit=None if self._budget is None else self._admit)
+
+    async def _admit(self, deadline: float) -> None:
+        assert self._budget is not None  # nosec B101 - only passed when there is one
+        await admit(self._budget, deadline, clock=self._clock, sleep=self._sleep,
+                    observer=self._budget_observer or _NoBudgetObserver())
 
     async def aclose(self) -> None:
         """The session is the service's (closed by the feature that opened it): nothing of its own."""
+
+
+class _NoBudgetObserver:
+    def budget(self, result: str, kind: str = "local") -> None:
+        """Drop it."""
 
 
 def _warn(attempt: int, failure: Failure) -> None:

@@ -6,7 +6,8 @@ bounded retries of reads, envelope handling, and the mapping of the partner's er
     400, 422                             400 invalid_request, the partner's detail sanitised
     401                                  PartnerUnauthorized (502): the gateway drops the token, tries once more
     403 / 404 / 409                      403 forbidden / 404 not_found / 409 conflict
-    429                                  503 unavailable + Retry-After; the budget cools down until then
+    429                                  503 unavailable + Retry-After (60 s when Zapier sends none, its
+                                         documented cooldown); the budget cools down until then
     503, timeout, unreachable            503 unavailable + Retry-After (reads retried first)
     other 5xx, other 4xx, malformed 2xx  502 upstream_error (reads retried first on 5xx)
 
@@ -38,13 +39,12 @@ from keysvc.errors import (
     Unavailable,
     UpstreamError,
 )
-from keysvc.partner.budget import ApiBudget, Refused
+from keysvc.partner.budget import COOLDOWN_WITHOUT_RETRY_AFTER, ApiBudget, Budget, ReplicaBudget, admit
 from keysvc.partner.outbound import PartnerHttp
 
 RETRYABLE = frozenset({500, 502, 503, 504})
 DEFAULT_RETRY_AFTER = 5
 MAX_DEPTH = 64  # levels of a Partner API answer (its documented shapes nest fewer than 10)
-MAX_BUDGET_WAIT = 5.0  # the longest a request waits for a token of the budget before answering 503
 BEARER = re.compile(r"[\x21-\x7e]+")  # visible ASCII (RFC 6750's b64token is a subset): safe in a header
 
 log = logging.getLogger("keysvc.zapier")
@@ -60,14 +60,29 @@ class PartnerUnauthorized(UpstreamError):
     """The partner refused the user's access token (401): revoked or expired early."""
 
 
+class PartnerAuthRefused(InvalidRequest):
+    """Zapier refused the call for the connection (its error's `code` is `authentication`, or its `source`
+    points at `/data/authentication`): the gateway marks the connection expired (reconnect_required)."""
+
+
+def refuses_authentication(body: Any) -> bool:
+    """Whether a Partner API error body blames the connection (`authentication`)."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+    source = first.get("source")
+    pointer = source.get("pointer") if isinstance(source, dict) else None
+    return first.get("code") == "authentication" or pointer == "/data/authentication"
+
+
 class ApiObserver(Protocol):
     """Where the client reports what it does (keysvc feeds Prometheus; the default drops it)."""
 
     def call(self, endpoint: str, outcome: str, seconds: float) -> None:
         """One request: our fixed endpoint name, its outcome and latency."""
 
-    def budget(self, result: str) -> None:
-        """The budget made a request wait (`waited`) or refused it (`refused`, `cooling` after a 429)."""
+    def budget(self, result: str, kind: str = "local") -> None:
+        """The budget made a request wait (`waited`) or refused it (`refused`, `cooling` after a 429);
+        `kind` is the budget's: `shared` (every replica's, in the store) or `local`."""
 
 
 class NullApiObserver:
@@ -76,18 +91,19 @@ class NullApiObserver:
     def call(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Drop it."""
 
-    def budget(self, result: str) -> None:
+    def budget(self, result: str, kind: str = "local") -> None:
         """Drop it."""
 
 
 class PartnerApi:
-    """Requests to the Partner API for one replica, within one `ApiBudget`."""
+    """Requests to the Partner API for one replica, within one budget (this replica's ApiBudget, or the
+    shared Budget of every replica: keysvc.partner.budget)."""
 
     def __init__(
         self,
         settings: TokenExchangeSettings,
         http: PartnerHttp,
-        budget: ApiBudget,
+        budget: ApiBudget | Budget,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -100,7 +116,7 @@ class PartnerApi:
         self._settings = settings
         self._base = (base_url or settings.api_url).rstrip("/")
         self._http = http
-        self._budget = budget
+        self._budget: Budget = ReplicaBudget(budget, clock) if isinstance(budget, ApiBudget) else budget
         self._clock = clock
         self._sleep = sleep
         self._observer = observer or NullApiObserver()
@@ -121,8 +137,8 @@ class PartnerApi:
 
     async def request(self, method: str, endpoint: str, path: str, token: str, *, retry: bool,
                       params: Mapping[str, str] | None = None, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        retry_reads = retry
         """One call, with its retries (keysvc.client.retry); `endpoint` is our fixed name for it (metrics, logs)."""
+        retry_reads = retry
 
         def observe(outcome: str, seconds: float) -> None:
             self._observer.call(endpoint, outcome, seconds)
@@ -141,15 +157,7 @@ class PartnerApi:
                                   backoff=self._backoff, admit=self._admit, observe=observe, failed=failed)
 
     async def _admit(self, deadline: float) -> None:
-        now = self._clock()
-        decision = self._budget.admit(now, min(MAX_BUDGET_WAIT, max(0.0, deadline - now)))
-        if isinstance(decision, Refused):
-            self._observer.budget("cooling" if decision.cooling else "refused")
-            why = "answered 429 (too many requests)" if decision.cooling else "budget of this replica is spent"
-            raise Unavailable(f"the Zapier Partner API {why}; try again later", retry_after=decision.retry_after)
-        if decision > 0:
-            self._observer.budget("waited")
-            await self._sleep(decision)
+        await admit(self._budget, deadline, clock=self._clock, sleep=self._sleep, observer=self._observer)
 
     async def _attempt(self, method: str, path: str, token: str, params: Mapping[str, str] | None,
                        body: Mapping[str, Any] | None, deadline: float) -> dict[str, Any] | Failure:
@@ -174,7 +182,7 @@ class PartnerApi:
                 return Failure(exc, False, "malformed")
         error = api_error(answer.status, answer.retry_after, _json(answer.content))
         if answer.status == 429:
-            self._budget.cool_down(self._clock(), float(error.retry_after or DEFAULT_RETRY_AFTER))
+            await self._budget.cool_down(float(error.retry_after or COOLDOWN_WITHOUT_RETRY_AFTER))
         outcome = _OUTCOMES.get(answer.status, "upstream_error")
         return Failure(error, answer.status in RETRYABLE, outcome)
 
@@ -232,8 +240,11 @@ def api_error(status: int, retry_after_header: str | None, body: Any) -> Request
     if status == 401:
         return PartnerUnauthorized(f"the Zapier Partner API refused the user's access token ({said})")
     if status in (429, 503):
-        retry_after = parse_retry_after(retry_after_header) or DEFAULT_RETRY_AFTER
+        fallback = COOLDOWN_WITHOUT_RETRY_AFTER if status == 429 else DEFAULT_RETRY_AFTER
+        retry_after = parse_retry_after(retry_after_header) or fallback
         return Unavailable(f"the Zapier Partner API is busy ({said})", retry_after=retry_after)
+    if status in (400, 403, 422) and refuses_authentication(body):
+        return PartnerAuthRefused(f"the Zapier Partner API refused the connection ({said})")
     error_class = _STATUS_ERRORS.get(status)
     if error_class is not None:
         return error_class(f"the Zapier Partner API refused the request ({said})")

@@ -72,6 +72,7 @@ app.kubernetes.io/part-of: keysvc
 {{- define "keysvc.dataDir" -}}/var/lib/keysvc{{- end }}
 {{- define "keysvc.tlsDir" -}}/run/tls/keysvc{{- end }}
 {{- define "keysvc.clientCaDir" -}}/run/tls/keysvc-client-ca{{- end }}
+{{- define "keysvc.storeSecretDir" -}}/run/secrets/keysvc-gateway-store{{- end }}
 
 {{/* The kubernetes.io/tls Secret of the internal listener: the one given, or the cert-manager Certificate's. */}}
 {{- define "keysvc.tlsSecretName" -}}
@@ -134,6 +135,13 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- if $v.config.token_exchange }}
 {{- $tx := deepCopy $v.config.token_exchange }}
 {{- $_ := set $tx "client_secret_file" (printf "%s/%s" (include "keysvc.secretsDir" .) $v.secrets.clientSecretKey) }}
+{{- with $v.gatewayStore }}{{ if .url }}
+{{- $store := dict "url" .url "timeout" .timeout "fallback_divisor" (int .fallbackDivisor) }}
+{{- if .passwordSecret.name }}
+{{- $_ := set $store "password_file" (printf "%s/%s" (include "keysvc.storeSecretDir" $) .passwordSecret.key) }}
+{{- end }}
+{{- $_ := set $tx "store" $store }}
+{{- end }}{{ end }}
 {{- $_ := set $cfg "token_exchange" $tx }}
 {{- end }}
 {{- toYaml $cfg }}
@@ -153,6 +161,16 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- end }}
 {{- if and $v.autoscaling.enabled (lt (int $v.autoscaling.maxReplicas) (int $v.autoscaling.minReplicas)) }}
 {{- fail (printf "autoscaling.maxReplicas (%d) must be >= autoscaling.minReplicas (%d)" (int $v.autoscaling.maxReplicas) (int $v.autoscaling.minReplicas)) }}
+{{- end }}
+{{- $store := $v.gatewayStore }}
+{{- if and $store.url (not $v.config.token_exchange) }}
+{{- fail "gatewayStore.url needs config.token_exchange: the store holds the partner gateway's shared state" }}
+{{- end }}
+{{- if and (hasPrefix "sqlite:" $store.url) (or (gt (int $v.replicaCount) 1) $v.autoscaling.enabled) }}
+{{- fail (printf "gatewayStore.url is SQLite, a file of one pod: it needs replicaCount 1 (got %d) and autoscaling.enabled false; use PostgreSQL for several replicas" (int $v.replicaCount)) }}
+{{- end }}
+{{- if and $store.passwordSecret.name (hasPrefix "sqlite:" $store.url) }}
+{{- fail "gatewayStore.passwordSecret is for PostgreSQL; a SQLite store takes no password" }}
 {{- end }}
 {{- if eq (int $v.ports.public) (int $v.ports.internal) }}
 {{- fail "ports.public and ports.internal must differ: the internal listener must never share the public port" }}
@@ -430,6 +448,11 @@ check-config init container; the file backend's key volume is the server's alone
 {{- if or (include "keysvc.usesPassphrase" .) (include "keysvc.usesClientSecret" .) }}
 - name: secrets
   mountPath: {{ include "keysvc.secretsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.gatewayStore.passwordSecret.name }}
+- name: gateway-store-password
+  mountPath: {{ include "keysvc.storeSecretDir" . }}
   readOnly: true
 {{- end }}
 {{- if .Values.internalTls.enabled }}

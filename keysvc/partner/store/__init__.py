@@ -1,6 +1,7 @@
 """The gateway store: what the partner gateway shares across replicas (`token_exchange.store`).
 
-    settings.py  StoreSettings.from_url: sqlite:///path (one replica) or postgresql://user@host:port/db
+    settings.py  (defined in keysvc.config.store_url, so the configuration checks a URL by these rules)
+                 StoreSettings.from_url: sqlite:///path (one replica) or postgresql://user@host:port/db
                  (any number); read_password (password_file or password_env); the password hidden
     base.py      the GatewayStore protocol; Connection, InboxRecord; state_digest (a Connect state's SHA-256)
     gcra.py      PURE: the budget's arithmetic (GCRA: one theoretical arrival time per budget), the cooldown
@@ -19,8 +20,8 @@ Every call has a deadline (`timeout`, 2 s by default), held twice: asyncio.wait_
 bound in the database (PostgreSQL statement_timeout, lock_timeout and connect_timeout; SQLite's busy
 timeout and a progress handler). Past it, or on any failure, the call raises StoreUnavailable.
 
-This package depends only on keysvc.errors, keysvc.clock, the stdlib and psycopg: it moves under the
-partner package as it is.
+This package depends only on keysvc.errors, keysvc.clock, keysvc.config.store_url (stdlib only), the
+stdlib and psycopg. keysvc.partner.wiring opens it when `token_exchange.store` is configured.
 """
 
 from __future__ import annotations
