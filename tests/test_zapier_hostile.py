@@ -134,7 +134,7 @@ TOKEN_MUTATIONS: list[RawAnswer] = [
     j({"access_token": "t" * 12, "issued_token_type": 7}), j([{"access_token": "x"}]), j(b"" + DEEP),
     j({"error": "invalid_request", "error_description": f"client {CLIENT_SECRET} is {CLIENT_SECRET[:20]}"}, 400),
     j({"error": ["x"], "error_description": {"d": 1}}, 400), j({"error": "x" * 5000}, 403),
-    j({}, 429, **{"Retry-After": "9" * 5000}), j({}, 503, **{"Retry-After": "-1"}),
+    j({}, 503, **{"Retry-After": "-1"}), j({}, 503, **{"Retry-After": "9" * 5000}),
     j(b"<html/>", 502), j(b"{}", 302, Location="http://evil.example/"),
     RawAnswer(chunks=(b'{"access_token": ', b'"x"}'), pause=0.7),
 ]
@@ -183,6 +183,7 @@ def test_every_partner_api_answer_mutated(hostile: Hostile, endpoint: str) -> No
         serve(hostile, endpoint, answer)
         check(hostile, hostile.call(API_ENDPOINTS[endpoint]), f"{endpoint} #{n}")
     hostile.zapier.raw_next.clear()
+    assert hostile.call("apps").status_code == 200  # no cooldown: every mutation reached the replica's reading
 
 
 @pytest.mark.parametrize("route", ["apps", "connect", "exchange"])
@@ -193,6 +194,7 @@ def test_every_token_endpoint_answer_mutated(hostile: Hostile, route: str) -> No
         serve(hostile, "POST /oauth/token", answer)
         check(hostile, hostile.call(route, fresh=True), f"token {route} #{n}")
     hostile.zapier.raw_next.clear()
+    assert hostile.call("apps", fresh=True).status_code == 200  # no cooldown: every mutation was read
 
 
 def test_a_planted_token_echoed_back_is_redacted(hostile: Hostile) -> None:
@@ -209,13 +211,15 @@ def test_a_planted_token_echoed_back_is_redacted(hostile: Hostile) -> None:
 
 
 def test_zy_a_429_with_a_retry_after_of_any_size(hostile: Hostile) -> None:
-    """429 with a Retry-After of 5000 digits or a malformed date: 503 with a bounded Retry-After (the
-    replica's budget then cools down for as long as the partner asked, at most an hour, so this runs
-    last: every later Partner API call is a 503 without reaching Zapier)."""
-    for answer in (j({}, 429, **{"Retry-After": "Wed, 99 Foo 99999 99:99:99 GMT"}),
-                   j({}, 429, **{"Retry-After": "9" * 5000})):
-        serve(hostile, "GET /v2/apps", answer)
-        response = hostile.call("apps")
+    """429 (token endpoint, Partner API) with a Retry-After of 5000 digits or a malformed date: 503 with a
+    bounded Retry-After (the replica's budget then cools down for as long as the partner asked, at most an
+    hour, so this runs last: every later Partner API call is a 503 without reaching Zapier)."""
+    cases = [("POST /oauth/token", j({}, 429, **{"Retry-After": "Wed, 99 Foo 99999 99:99:99 GMT"})),
+             ("GET /v2/apps", j({}, 429, **{"Retry-After": "Wed, 99 Foo 99999 99:99:99 GMT"})),
+             ("GET /v2/apps", j({}, 429, **{"Retry-After": "9" * 5000}))]
+    for endpoint, answer in cases:
+        serve(hostile, endpoint, answer)
+        response = hostile.call("apps", fresh=True)
         check(hostile, response, "429")
         assert response.status_code == 503 and 1 <= int(response.headers["Retry-After"]) <= 3600
     before = len(hostile.zapier.log)
