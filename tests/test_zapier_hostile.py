@@ -171,6 +171,7 @@ def test_huge_partner_bodies_leave_memory_bounded(hostile: Hostile) -> None:
                 check(hostile, response, f"huge {endpoint}")
     hostile.zapier.raw_next.clear()
     grown = hostile.rss() - before
+    print(f"\nRSS {before / MiB:.0f} MiB -> {(before + grown) / MiB:.0f} MiB after 42 huge answers")
     assert grown < 64 * MiB, f"RSS grew by {grown / MiB:.0f} MiB"
 
 
