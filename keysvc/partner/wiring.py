@@ -37,7 +37,7 @@ from keysvc.partner.openapi_part import partner_openapi
 from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.registry import ConnectionRegistry, MemoryRegistry, StoreRegistry
-from keysvc.partner.state import StateCodec, state_key
+from keysvc.partner.state import StateCodec
 from keysvc.partner.store import GatewayStore, SharedBudget, StoreSettings, StoreUnavailable, open_store
 
 log = logging.getLogger("keysvc.partner.store")
@@ -137,7 +137,7 @@ def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     endpoint = AiohttpTokenEndpoint(exchange, http, observer=metrics, budget=budget, budget_observer=metrics)
     exchanger = TokenExchanger(exchange, signer, endpoint=endpoint, observer=metrics)
     api = PartnerApi(exchange, http, budget, observer=metrics)
-    states = StateCodec(state_key(exchange.client_secret.reveal()))
+    states = StateCodec(exchange.client_secret.reveal)  # the key follows a rotated secret file
     gateway = ZapierGateway(exchanger, api, states, on_run=metrics.run, registry=registry,
                             connect_theme=exchange.connect_theme, on_registry=metrics.registry)
     return Partner(exchange, exchanger, gateway, http, metrics, keeper)
