@@ -143,10 +143,11 @@ def wait_http(url: str, timeout: float = 20.0, status: int = 200) -> float:
 
 @contextmanager
 def keysvc_server(config: Mapping[str, Any], workdir: Path, name: str = "keysvc",
-                  module: str = "keysvc") -> Iterator[KeysvcProcess]:
-    """A real `keysvc serve` process on `config` (`python -m module`), every thread pinned to the server core."""
+                  module: str = "keysvc", tree: Path = ROOT) -> Iterator[KeysvcProcess]:
+    """A real `keysvc serve` process on `config` (`python -m module`, keysvc from the source tree `tree`),
+    every thread pinned to the server core."""
     path = write_config(workdir / f"{name}.yaml", config)
-    env = {"KEYSVC_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
+    env = {"KEYSVC_LOG_LEVEL": "INFO", "PYTHONPATH": str(tree)}
     proc = KeysvcProcess(path, name=name, env=env, module=module).start()
     try:
         assert proc.proc is not None

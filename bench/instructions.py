@@ -8,7 +8,8 @@ requests, then another serving N2, one keep-alive connection, one request at a t
 
 Figures: keysvc `POST /v1/sign` ES256 with the access log on (the default) and off, for each source tree
 given (`--tree NAME=PATH`, default this one: an A/B of a change without the machine's noise); the bare
-Starlette POST route of bench/sign_http.py (same uvicorn settings); one ES256 signature in a loop.
+Starlette POST route of bench/sign_http.py (same uvicorn settings); one ES256 signature in a loop; with
+`--jwks`, also `GET /.well-known/jwks.json` (200, the public listener as shipped) per tree.
 Instructions are not time: the signature's assembly runs about three times more instructions per
 nanosecond than the interpreter, so the instruction ratio to the bare route is larger than the time ratio.
 Needs valgrind (`apt-get install -y valgrind`); about 25 s per figure.
@@ -26,6 +27,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench.common import (
     CONST_BODY,
@@ -45,6 +47,7 @@ from bench.zero_load import client
 TITLE = "Instructions per POST /v1/sign (valgrind cachegrind, user space)"
 FEW, MANY = 300, 1500  # requests served by the two runs of a figure
 WARM_UP = 30  # requests before counting starts to matter (lazy imports, first key load, caches)
+JWKS_PATH = "/.well-known/jwks.json"
 _IR = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -66,13 +69,20 @@ def instructions(proc: subprocess.Popen[str], *, stop: bool = True) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def drive(url: str, requests: int) -> None:
-    """WARM_UP + `requests` POST /v1/sign on one keep-alive connection, one at a time (each must be a 200)."""
-    client(url)(WARM_UP + requests)
+def drive(url: str, requests: int, request: bytes | None = None) -> None:
+    """WARM_UP + `requests` requests (default POST /v1/sign) on one keep-alive connection, one at a time (each
+    must be a 200)."""
+    client(url, request)(WARM_UP + requests)
 
 
-def keysvc_run(tree: Path, access: bool, work: Path, requests: int) -> int:
-    """Instructions of one `keysvc serve` run (PYTHONPATH=tree) serving `requests` signatures."""
+def jwks_request(url: str) -> bytes:
+    """GET /.well-known/jwks.json, as a caching verifier's first fetch sends it (no If-None-Match)."""
+    return f"GET {JWKS_PATH} HTTP/1.1\r\nhost: {urlsplit(url).netloc}\r\naccept: application/json\r\n\r\n".encode()
+
+
+def keysvc_run(tree: Path, access: bool, work: Path, requests: int, *, jwks: bool = False) -> int:
+    """Instructions of one `keysvc serve` run (PYTHONPATH=tree) serving `requests` signatures (or, `jwks`,
+    JWKS GETs on the public listener)."""
     public, internal = free_port(), free_port()
     config = {**base_config(work / "keys", algs={"zapier": "ES256"}), "log": {"access": access},
               "listen": {"public": f"127.0.0.1:{public}", "internal": f"127.0.0.1:{internal}"}}
@@ -81,7 +91,11 @@ def keysvc_run(tree: Path, access: bool, work: Path, requests: int) -> int:
     proc = valgrind([sys.executable, "-m", "keysvc", "serve", "--config", str(path)], env=env, cwd=tree)
     try:
         wait_http(f"http://127.0.0.1:{public}/readyz", timeout=180)  # start-up under valgrind is slow
-        drive(f"http://127.0.0.1:{internal}", requests)
+        if jwks:
+            url = f"http://127.0.0.1:{public}"
+            drive(url, requests, jwks_request(url))
+        else:
+            drive(f"http://127.0.0.1:{internal}", requests)
     except BaseException:
         proc.kill()
         raise
@@ -120,6 +134,8 @@ def main() -> None:
     parser = arguments(__doc__ or "")
     parser.add_argument("--tree", action="append", metavar="NAME=PATH",
                         help="a source tree to count (repeat; default: this tree)")
+    parser.add_argument("--jwks", action="store_true",
+                        help="also count GET /.well-known/jwks.json (200, public listener as shipped) per tree")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("missing: valgrind. Install with: sudo apt-get install -y valgrind", file=sys.stderr)
@@ -133,6 +149,7 @@ def main() -> None:
         rows.append(Row("one ES256 signature (cryptography, in a loop)", signature, "instructions",
                         "bare Starlette POST", bare))
         first: float | None = None
+        jwks_first: float | None = None
         for name, path in trees.items():
             for access in (True, False):
                 count = per_request(partial(keysvc_run, Path(path).resolve(), access, work))
@@ -144,6 +161,12 @@ def main() -> None:
                 elif access:
                     rows.append(Row(f"{name} vs the first tree (access log on)", count, "instructions",
                                     "first tree", first))
+            if args.jwks:
+                count = per_request(partial(keysvc_run, Path(path).resolve(), True, work, jwks=True))
+                rows.append(Row("keysvc GET /.well-known/jwks.json 200", count, "instructions",
+                                "first tree" if jwks_first is not None else "", jwks_first,
+                                note=f"{name}, public listener as shipped"))
+                jwks_first = count if jwks_first is None else jwks_first
     notes = [f"One keep-alive connection, one request at a time; ({MANY} - {FEW} requests) per figure. "
              f"User-space instructions (valgrind cachegrind), not time. {machine_line()}."]
     report(TITLE, rows, notes, args.json)

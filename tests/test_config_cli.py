@@ -60,6 +60,11 @@ def _exchange_api_url(cfg: dict[str, Any], _: Path) -> None:
     cfg["token_exchange"] = {"client_id": "c", "client_secret_env": "HOME", "api_url": "http://api.zapier.com"}
 
 
+def _zapier_grant_shape(cfg: dict[str, Any], _: Path) -> None:
+    cfg["token_exchange"] = {"client_id": "c", "client_secret_env": "HOME"}
+    cfg["clients"]["signer"]["zapier"] = {"apps": ["Slack"], "actions": ["send message"]}
+
+
 # (id, edit, field the message names)
 BAD: list[tuple[str, Edit, str]] = [
     ("mirror key_prefix starting with /", _mirror_prefix, "mirror.key_prefix"),
@@ -71,6 +76,7 @@ BAD: list[tuple[str, Edit, str]] = [
     ("duration with a space", _bad_duration, "listen.head_timeout"),
     ("unknown log.public", _log_public, "log.public"),
     ("plain-http api_url", _exchange_api_url, "token_exchange.api_url"),
+    ("zapier grant with a malformed action key", _zapier_grant_shape, "clients.signer.zapier.actions"),
 ]
 
 

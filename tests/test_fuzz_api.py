@@ -205,3 +205,64 @@ def test_wrong_methods_are_405_with_allow(live: KeysvcProcess, method: str) -> N
             continue
         assert answer.status_code == 405, (method, path, answer.text)
         assert answer.headers["allow"] and answer.json()["error"] == "method_not_allowed"
+
+
+# ------------------------------------------------------------- the gateway against the fake Partner API
+
+
+@pytest.fixture(scope="module")
+def gateway_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
+    """keysvc whose gateway talks to the fake Partner API (tests/zapier_fake), so generated requests that
+    pass validation reach Zapier's side and its answers, not only a 404."""
+    from tests.zapier_fake import running_zapier
+
+    tmp = tmp_path_factory.mktemp("fuzz-gateway")
+    with running_zapier() as zapier:
+        remember_secret(zapier.partner.client_secret)
+        zapier.budget.per_ip = zapier.budget.per_partner = None
+        secret_file = tmp / "partner-secret"
+        secret_file.write_text(zapier.partner.client_secret + "\n")
+        config = base_config(tmp / "keys")
+        config["clients"]["admin"]["zapier"] = True
+        config["token_exchange"] = {
+            "keyset": "zapier", "token_url": zapier.token_url, "api_url": zapier.api_url,
+            "client_id": zapier.partner.client_id, "client_secret_file": str(secret_file), "total_timeout": "3s",
+            "max_attempts": 1, "run_wait_max": "2s", "api_rate_limit": {"per_minute": 60000, "burst": 10000},
+        }
+        config["log"] = {"access": False}
+        slack = zapier.add_app("Slack")
+        zapier.add_action(slack, "send", "Send", "WRITE")
+        with KeysvcProcess(write_config(tmp / "keysvc.yaml", config), name="fuzz-gateway") as proc:
+            zapier.trust(f"{proc.public}/.well-known/jwks.json", ISSUER)
+            yield proc
+
+
+def test_schemathesis_every_zapier_route_all_checks(gateway_live: KeysvcProcess) -> None:
+    """Every /v1/zapier/* operation of the OpenAPI document, with every schemathesis check (`--checks all`)
+    but `positive_data_acceptance`, against the fake Partner API: 0 failures, and the server's own counter
+    shows no 500. positive_data_acceptance is left out because the document's schemas do not carry every
+    rule the parsers apply (the action key and connect_app patterns, printable `query`, `wait` up to
+    run_wait_max, `state` required, an app UUID Zapier does not know is the partner's 400): a schema-valid
+    request the server refuses with a documented 400 is flagged by it; see docs/threat-model.md."""
+    before = internal_requests(gateway_live)
+    auth = ("-H", f"Authorization: Bearer {api_key('admin')}")
+    cmd_checks = ("--exclude-checks", "positive_data_acceptance")
+    run = schemathesis_all(gateway_live, *auth, *cmd_checks, "--include-path-regex", "^/v1/zapier/", examples=25)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    after = internal_requests(gateway_live)
+    delta = {s: after.get(s, 0) - before.get(s, 0) for s in after}
+    assert delta.get("500", 0) == 0 and sum(delta.values()) > 200, delta
+    print(f"\nschemathesis (gateway, all checks): {int(sum(delta.values()))} requests, {dict(sorted(delta.items()))}")
+
+
+def schemathesis_all(live: KeysvcProcess, *extra: str, examples: int) -> subprocess.CompletedProcess[str]:
+    """schemathesis with `--checks all` (what `extra` excludes aside)."""
+    cmd = [
+        sys.executable, "-m", "schemathesis.cli", "run", f"{live.internal}/openapi.json", "--url", live.internal,
+        "--checks", "all", "--max-examples", str(examples), "--seed", "8", "--mode", "all",
+        "--phases", "coverage,fuzzing", "--workers", "1", "--request-timeout", "10",
+        "--suppress-health-check", "all", "--no-shrink", *extra,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False, cwd=live.config_path.parent,
+                          env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                               "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})

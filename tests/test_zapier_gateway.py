@@ -213,7 +213,8 @@ def test_complete_refuses_a_state_of_another_user_or_redirect(rig: Rig) -> None:
 
 
 def test_complete_reports_the_partners_error_with_its_code(rig: Rig) -> None:
-    """The redirect's `error=access_denied` is a 400 carrying that code; an odd code is sanitised."""
+    """The redirect's `error=access_denied` is a 400 carrying that code; an undocumented code is refused
+    when parsed (400 invalid_request, not repeated)."""
     slack = rig.zapier.add_app("Slack")
 
     async def flow(g: ZapierGateway, error: str) -> None:
@@ -221,11 +222,13 @@ def test_complete_reports_the_partners_error_with_its_code(rig: Rig) -> None:
         await g.complete("web", requests.complete_body(
             body(state=started["state"], error=error, error_description="The user said no")))
 
-    for error, code in (("access_denied", "access_denied"), ("server_error", "server_error"),
-                        ('bad"code', "invalid_response")):
+    for error, code in (("access_denied", "access_denied"), ("server_error", "server_error")):
         with raises(PartnerError) as info:
             rig.run(lambda g, e=error: flow(g, e))  # type: ignore[misc]
         assert (info.value.status, info.value.code) == (400, code)
+    with raises(InvalidRequest) as refused:
+        rig.run(lambda g: flow(g, 'bad"code'))
+    assert refused.value.code == "invalid_request" and "bad" not in refused.value.description
 
 
 # --------------------------------------------------------------------------------- actions and runs

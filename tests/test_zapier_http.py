@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import KeysvcProcess, api_key, base_config, remember_secret, sha256_hex, write_config
 from tests.partner_server import ACCESS_TOKEN
-from tests.zapier_fake import InputField, RunBehaviour, ZapierFake, running_zapier
+from tests.zapier_fake import App, InputField, RunBehaviour, ZapierFake, running_zapier
 
 pytestmark = pytest.mark.system
 
@@ -33,6 +33,7 @@ class Replicas:
     a: KeysvcProcess
     b: KeysvcProcess
     zapier: ZapierFake
+    granted: App  # the one app client `narrow` may use (its grant names it and its send_message action)
     answers: list[str] = field(default_factory=list)
 
     def call(self, method: str, path: str, *, on: KeysvcProcess | None = None, client: str = "web",
@@ -57,6 +58,12 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
             "api_key_sha256": sha256_hex(api_key("web")), "keysets": ["zapier"],
             "audiences": ["connect.zapier.com"], "max_ttl": "5m", "zapier": True, "token_exchange": True,
         }
+        granted = zapier.add_app("Granted")
+        config["clients"]["narrow"] = {
+            "api_key_sha256": sha256_hex(api_key("narrow")), "keysets": ["zapier"],
+            "audiences": ["connect.zapier.com"], "max_ttl": "5m",
+            "zapier": {"apps": [granted.id], "actions": ["send_message"]},
+        }
         config["token_exchange"] = {
             "keyset": "zapier", "token_url": zapier.token_url, "api_url": zapier.api_url,
             "client_id": zapier.partner.client_id, "client_secret_file": str(secret_file),
@@ -65,7 +72,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
         path = write_config(tmp / "keysvc.yaml", config)
         with KeysvcProcess(path, name="zapier-a") as a, KeysvcProcess(path, name="zapier-b") as b:
             zapier.trust(f"{a.public}/.well-known/jwks.json", ISSUER)
-            yield Replicas(a, b, zapier)
+            yield Replicas(a, b, zapier, granted)
 
 
 def test_the_four_steps_across_two_replicas(replicas: Replicas) -> None:
@@ -175,6 +182,32 @@ def test_a_client_without_the_zapier_flag_is_refused(replicas: Replicas) -> None
     assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
     anonymous = httpx.get(replicas.a.internal + "/v1/zapier/connections", params={**USER, "app": APP})
     assert anonymous.status_code == 401
+
+
+def test_a_narrow_client_reaches_only_what_its_grant_names(replicas: Replicas) -> None:
+    """Client `narrow` (zapier: {apps: [Granted], actions: [send_message]}): another app's connections, its
+    own app's other action, a connect for another app: 403 forbidden, and not one call reached Zapier; its
+    own app and action pass; its action list shows only send_message."""
+    z, granted = replicas.zapier, replicas.granted
+    other = z.add_app("Other")
+    z.add_action(granted, "send_message", "Send", "WRITE")
+    z.add_action(granted, "delete_everything", "Delete", "WRITE")
+    before, exchanges = len(z.log), len(z.partner.calls)
+    refused = [
+        replicas.call("GET", "/v1/zapier/connections", client="narrow", params={**USER, "app": other.id}),
+        replicas.call("POST", "/v1/zapier/connect", client="narrow",
+                      json={**USER, "app": other.id, "connect_app": other.slug}),
+        replicas.call("POST", "/v1/zapier/action-runs", client="narrow", json={
+            **USER, "app": granted.id, "action": "delete_everything", "action_type": "WRITE", "connection": None}),
+        replicas.call("POST", "/v1/zapier/actions/send_message/inputs", client="narrow",
+                      json={**USER, "app": other.id, "action_type": "WRITE"}),
+    ]
+    assert [(r.status_code, r.json()["error"]) for r in refused] == [(403, "forbidden")] * 4
+    assert len(z.log) == before and len(z.partner.calls) == exchanges  # nothing went to Zapier
+    assert replicas.call("GET", "/v1/zapier/connections", client="narrow",
+                         params={**USER, "app": granted.id}).status_code == 200
+    listed = replicas.call("GET", "/v1/zapier/actions", client="narrow", params={**USER, "app": granted.id})
+    assert [a["key"] for a in listed.json()["actions"]] == ["send_message"]
 
 
 def test_partner_metrics_are_exported_with_fixed_endpoint_names(replicas: Replicas) -> None:

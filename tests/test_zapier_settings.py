@@ -69,6 +69,42 @@ def test_client_zapier_flag(tmp_path: Any) -> None:
     assert settings.clients["signer"].zapier is True and settings.clients["admin"].zapier is False
 
 
+@pytest.mark.parametrize(("value", "field"), [
+    (["apps"], "clients.signer.zapier"), ("yes", "clients.signer.zapier"), (1, "clients.signer.zapier"),
+    ({"app": ["Slack"]}, "clients.signer.zapier.app"), ({"apps": "Slack"}, "clients.signer.zapier.apps"),
+    ({"apps": ["not a key"]}, "clients.signer.zapier.apps"), ({"actions": [""]}, "clients.signer.zapier.actions"),
+    ({"triggers": ["new/row"]}, "clients.signer.zapier.triggers"),
+])
+def test_client_zapier_grant_refuses_bad_shapes(tmp_path: Any, value: Any, field: str) -> None:
+    """`zapier` is true, false or {apps, actions, triggers} lists of keys (apps also by UUID): anything else
+    is a field error naming the exact key."""
+    config = base_config(tmp_path / "keys")
+    config["token_exchange"] = {"client_id": "keysvc", "client_secret_env": "ZAPIER_TEST_SECRET", "keyset": "zapier"}
+    config["clients"]["signer"]["zapier"] = value
+    with pytest.raises(ConfigError) as info:
+        parse_settings(config, ReadOptions(environ={"ZAPIER_TEST_SECRET": "s3cret"}))
+    assert field in str(info.value)
+
+
+def test_client_zapier_grant_allows_only_what_it_names(tmp_path: Any) -> None:
+    """`zapier: {apps: [UUID, key], actions: [send]}` allows those apps (UUID in any case, key exactly) and
+    that action, no trigger (the list is omitted); `zapier: true` allows everything."""
+    app = "6F1C6C0E-2D6E-4B8E-9B8A-3F0A1F7B2C11"
+    config = base_config(tmp_path / "keys")
+    config["token_exchange"] = {"client_id": "keysvc", "client_secret_env": "ZAPIER_TEST_SECRET", "keyset": "zapier"}
+    config["clients"]["signer"]["zapier"] = {"apps": [app, "SlackCLIAPI"], "actions": ["send"]}
+    config["clients"]["admin"]["zapier"] = True
+    settings = parse_settings(config, ReadOptions(environ={"ZAPIER_TEST_SECRET": "s3cret"}))
+    grant = settings.clients["signer"].zapier_grant
+    assert settings.clients["signer"].zapier is True and grant is not None
+    assert grant.allows_app(app.lower()) and grant.allows_app("other-uuid", "SlackCLIAPI")
+    assert not grant.allows_app("slackcliapi") and not grant.allows_app("GmailCLIAPI")
+    assert grant.allows_action("send") and not grant.allows_action("delete")
+    assert not grant.allows_trigger("new_message")
+    everything = settings.clients["admin"].zapier_grant
+    assert everything is not None and everything.allows_trigger("anything") and everything.allows_app("x")
+
+
 def test_store_is_read_with_its_defaults(tmp_path: Any) -> None:
     """`store`: the URL, the password read now from a file (hidden), timeout 2 s and divisor 3 by default."""
     assert parse().store is None and parse().connect_theme is None

@@ -17,8 +17,10 @@ again later helps (timeouts, 429, 503).
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,11 +35,13 @@ if TYPE_CHECKING:
     from keysvc.config.exchange import TokenExchangeSettings
 
 MAX_RETRY_AFTER = 3600
+MAX_EXPIRES_IN = 10 * 365 * 86400  # seconds: a longer lifetime from the partner is a malformed answer
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 RETRYABLE = frozenset({429, 500, 502, 503, 504})  # the token endpoint's statuses worth another attempt
 CALLER_CODES = frozenset({"invalid_request", "invalid_grant", "invalid_target", "invalid_scope"})
 CONFIG_CODES = frozenset({"unauthorized_client", "unsupported_grant_type"})
 DEFAULT_RETRY_AFTER = 5
+MAX_TOKEN = 16 * 1024  # characters of a token the partner issues
 COOLDOWN_WITHOUT_RETRY_AFTER = 60  # Zapier: a 429 is followed by a 60 s cooldown, Retry-After or not
 # RFC 6749 §5.2: error and error_description are limited to %x20-21 / %x23-5B / %x5D-7E.
 _OAUTH_CODE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
@@ -59,7 +63,7 @@ def json_object(content: bytes) -> dict[str, Any]:
     """An upstream answer's JSON object, or {} when the body is not JSON or not an object."""
     try:
         body = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, an integer of > 4300 digits, nesting past the stack
         return {}
     return body if isinstance(body, dict) else {}
 
@@ -70,11 +74,90 @@ def oauth_code(value: object) -> str | None:
 
 
 def oauth_text(value: object, limit: int = 200) -> str:
-    """The partner's `error_description`, reduced to RFC 6749 characters, token-like runs redacted."""
+    """The partner's `error_description`, reduced to RFC 6749 characters; every known secret (KNOWN_SECRETS:
+    the client secret, tokens issued to keysvc) and any part of one redacted by value, then token-like runs."""
     if not isinstance(value, str):
         return ""
-    text = _TOKENISH.sub("[redacted]", _NOT_OAUTH_TEXT.sub("", value))
+    text = _NOT_OAUTH_TEXT.sub("", KNOWN_SECRETS.redact(value[: 4 * limit]))
+    text = _TOKENISH.sub("[redacted]", text)
     return text[:limit]
+
+
+class KnownSecrets:
+    """The secrets keysvc knows by value, so that partner-provided text echoing one (or a part of one, of
+    at least MIN_PART characters) is redacted before it reaches an answer or a log line.
+
+    Each secret is indexed by its WINDOW-character slices at every STRIDE-th offset; a text is slid over one
+    character at a time, so any run of MIN_PART = WINDOW + STRIDE - 1 characters of a secret hits the index.
+    Short secrets (under MIN_PART) are matched whole. At most `capacity` secrets are kept (the oldest tokens
+    go first; `keep=True` ones, the client secret, stay), so the index is bounded."""
+
+    WINDOW, STRIDE = 12, 4
+    MIN_PART = WINDOW + STRIDE - 1
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._order: collections.OrderedDict[str, bool] = collections.OrderedDict()
+        self._slices: dict[str, int] = {}
+        self._short: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"KnownSecrets({len(self._order)} kept)"
+
+    def add(self, secret: str, *, keep: bool = False) -> None:
+        """Know `secret` (a token issued to keysvc, or a client secret with keep=True)."""
+        if len(secret) < 8:
+            return  # too short to redact without mangling ordinary words
+        with self._lock:
+            if secret in self._order:
+                self._order.move_to_end(secret)
+                self._order[secret] = self._order[secret] or keep
+                return
+            self._order[secret] = keep
+            self._index(secret, +1)
+            while len(self._order) > self._capacity:
+                oldest = next((s for s, kept in self._order.items() if not kept), None)
+                if oldest is None:
+                    break
+                del self._order[oldest]
+                self._index(oldest, -1)
+
+    def _index(self, secret: str, delta: int) -> None:
+        if len(secret) < self.MIN_PART:
+            if delta > 0:
+                self._short.add(secret)
+            else:
+                self._short.discard(secret)
+            return
+        for i in range(0, len(secret) - self.WINDOW + 1, self.STRIDE):
+            part = secret[i : i + self.WINDOW]
+            count = self._slices.get(part, 0) + delta
+            if count > 0:
+                self._slices[part] = count
+            else:
+                self._slices.pop(part, None)
+
+    def redact(self, text: str) -> str:
+        """`text` with every known secret, and every run of text holding a part of one, as [redacted]."""
+        with self._lock:
+            short = [s for s in self._short if s in text]
+            hits = [i for i in range(len(text) - self.WINDOW + 1) if text[i : i + self.WINDOW] in self._slices]
+        for secret in short:
+            text = text.replace(secret, "\x00" * len(secret))
+        if hits:
+            marked = list(text)
+            for i in hits:
+                marked[i : i + self.WINDOW] = "\x00" * self.WINDOW
+            text = "".join(marked)
+        if "\x00" not in text:
+            return text
+        # Every run of non-blank characters touching a marked one goes whole.
+        return _MARKED.sub("[redacted]", text)
+
+
+_MARKED = re.compile(r"[^\s\x00]*\x00[^\s]*")
+KNOWN_SECRETS = KnownSecrets()
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> int | None:
@@ -82,8 +165,10 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> int | N
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return min(int(value), MAX_RETRY_AFTER)
+    if value.isascii() and value.isdigit():  # compared as text: int() of 5000 digits raises
+        return MAX_RETRY_AFTER if len(value) > 6 else min(int(value), MAX_RETRY_AFTER)
+    if len(value) > 64:  # an HTTP-date is 29 characters
+        return None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -116,6 +201,7 @@ def token_form(settings: TokenExchangeSettings, form: dict[str, str]) -> tuple[d
     """The form and headers of one exchange request: the grant type and keysvc's client authentication."""
     data = {"grant_type": GRANT_TYPE, **form}
     headers = {"Accept": "application/json"}
+    KNOWN_SECRETS.add(settings.client_secret.reveal(), keep=True)  # the current one, after a rotation too
     if settings.client_auth == "client_secret_basic":
         # RFC 6749 §2.3.1: both parts are form-urlencoded before the Basic encoding.
         pair = f"{quote_plus(settings.client_id)}:{quote_plus(settings.client_secret.reveal())}"
@@ -135,6 +221,11 @@ def token_response(answer: Answer, requested_type: str) -> TokenResponse:
         raise UpstreamError(f"the partner answered HTTP {answer.status} without an access_token")
     if expires_in is not None and (not isinstance(expires_in, int) or isinstance(expires_in, bool)):
         raise UpstreamError("the partner answered with a non-integer expires_in")
+    if expires_in is not None and expires_in > MAX_EXPIRES_IN:
+        raise UpstreamError(f"the partner answered an expires_in beyond {MAX_EXPIRES_IN} seconds")
+    if len(token) > MAX_TOKEN or not token.isascii() or not token.isprintable():
+        raise UpstreamError("the partner answered an access_token that is not printable ASCII of at most 16 KiB")
+    KNOWN_SECRETS.add(token)
     return TokenResponse(token, issued, None if expires_in is None else max(0, expires_in))
 
 

@@ -7,6 +7,10 @@ An attempt answers its result or a `Failure` (the keysvc error to raise, whether
 its outcome label for metrics). The loop waits the longer of the failure's Retry-After and an exponential
 back-off with jitter between attempts, and gives up (raising the last error) after `tries`, on a failure
 that is not retryable, or when the next attempt would start past the deadline.
+
+One caller request, one deadline: inside `with shared_deadline(seconds):` every with_retries (the pages
+of a listing, the token exchange before them, each one's retries) ends by that deadline too, whatever its
+own `total_timeout`; one that would start past it raises Unavailable (503) at once.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
 
-from keysvc.errors import RequestError
+from keysvc.errors import RequestError, Unavailable
 
 MAX_BACKOFF = 5.0
 T = TypeVar("T")
@@ -31,6 +37,29 @@ class Failure:
     error: RequestError
     retryable: bool
     outcome: str
+
+
+_SHARED: ContextVar[tuple[Callable[[], float], float] | None] = ContextVar("keysvc_shared_deadline", default=None)
+
+
+@contextmanager
+def shared_deadline(seconds: float, clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
+    """Bound every with_retries inside the block by one deadline, `seconds` from now (or an outer one's,
+    when sooner). The deadline is kept with its clock, so loops on other clocks measure it right."""
+    outer = shared_remaining()
+    if outer is not None:
+        seconds = min(seconds, outer)
+    token = _SHARED.set((clock, clock() + seconds))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def shared_remaining() -> float | None:
+    """Seconds left of the enclosing shared deadline, or None outside one."""
+    shared = _SHARED.get()
+    return None if shared is None else shared[1] - shared[0]()
 
 
 def _ignore_outcome(outcome: str, seconds: float) -> None:
@@ -56,7 +85,10 @@ async def with_retries(
     """Run `attempt(deadline)` up to `tries` times within `total_timeout` seconds. `admit(deadline)` runs
     before each attempt (a rate budget may wait or raise); `observe(outcome, seconds)` sees every attempt
     ("ok" or the failure's label), `failed(n, failure)` every failed one."""
-    deadline = clock() + total_timeout
+    shared = shared_remaining()
+    if shared is not None and shared <= 0:
+        raise Unavailable("the request's deadline passed before the partner answered", retry_after=1)
+    deadline = clock() + (total_timeout if shared is None else min(total_timeout, shared))
     for number in range(1, tries + 1):
         if admit is not None:
             await admit(deadline)

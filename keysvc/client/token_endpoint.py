@@ -11,6 +11,7 @@ shared with the server's aiohttp way out, keysvc.partner.outbound).
     429, 503 (after retries)                      503 unavailable, Retry-After
     other 5xx, other 4xx, malformed 2xx           502 upstream_error
     timeout, connection failure                   503 unavailable, Retry-After
+    an answer over 4 MiB (declared or streamed)   502 upstream_error, nothing more of it read
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from keysvc.client.oauth import (
 )
 from keysvc.client.retry import Failure, with_retries
 from keysvc.config.exchange import TokenExchangeSettings
-from keysvc.errors import Unavailable
+from keysvc.errors import Unavailable, UpstreamError
 
 log = logging.getLogger("keysvc.exchange")
 
@@ -88,17 +89,19 @@ class PartnerClient:
         remaining = deadline - self._clock()
         try:
             async with asyncio.timeout(remaining):
-                response = await self._post(form, remaining)
+                status, retry_after, content = await self._post(form, remaining)
+        except AnswerTooLarge:
+            return Failure(UpstreamError("the partner's token endpoint answered more than 4 MiB"), False, "malformed")
         except (httpx.TimeoutException, TimeoutError):
             return Failure(Unavailable("the partner's token endpoint timed out", retry_after=1), True, "timeout")
         except httpx.TransportError as exc:
             kind = type(exc).__name__
             unreachable = Unavailable(f"the partner's token endpoint is unreachable ({kind})", retry_after=1)
             return Failure(unreachable, True, "unreachable")
-        answer = Answer(response.status_code, response.headers.get("Retry-After"), response.content)
-        return token_outcome(answer, requested_type)
+        return token_outcome(Answer(status, retry_after, content), requested_type)
 
-    async def _post(self, form: dict[str, str], remaining: float) -> httpx.Response:
+    async def _post(self, form: dict[str, str], remaining: float) -> tuple[int, str | None, bytes]:
+        """Status, Retry-After and body; AnswerTooLarge past MAX_ANSWER bytes (declared or streamed)."""
         s = self._settings
         data, headers = token_form(s, form)
         timeout = httpx.Timeout(
@@ -107,7 +110,28 @@ class PartnerClient:
             write=min(s.read_timeout, remaining),
             pool=min(s.connect_timeout, remaining),
         )
-        return await self._client.post(s.token_url, data=data, headers=headers, timeout=timeout)
+        request = self._client.build_request("POST", s.token_url, data=data, headers=headers, timeout=timeout)
+        response = await self._client.send(request, stream=True)
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_ANSWER):
+                raise AnswerTooLarge
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise AnswerTooLarge
+                chunks.append(chunk)
+            return response.status_code, response.headers.get("Retry-After"), b"".join(chunks)
+        finally:
+            await response.aclose()
+
+
+MAX_ANSWER = 4 * 1024 * 1024  # bytes of one answer, at most: as the server's way out (keysvc.partner.outbound)
+
+
+class AnswerTooLarge(Exception):
+    """The token endpoint's answer is larger than MAX_ANSWER: nothing more of it is read."""
 
 
 def _warn(attempt: int, failure: Failure) -> None:

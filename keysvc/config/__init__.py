@@ -27,6 +27,7 @@ from keysvc.config.model import (
     RateLimit,
     Settings,
     TlsSettings,
+    ZapierGrant,
     typed_subject,
 )
 from keysvc.config.parse import check_invariants, load_settings, parse_settings, parse_yaml
@@ -54,6 +55,7 @@ __all__ = [
     "StoreConfig",
     "TlsSettings",
     "TokenExchangeSettings",
+    "ZapierGrant",
     "check_invariants",
     "load_document",
     "load_settings",

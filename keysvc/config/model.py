@@ -106,7 +106,38 @@ class ClientSettings:
     exchange_scopes: tuple[str, ...] | None = None
     rate_limit: RateLimit | None = None
     cert_subjects: tuple[str, ...] = ()  # typed certificate identities (keysvc.tls): "uri:...", "dns:...", ...
-    zapier: bool = False  # may call /v1/zapier/*
+    zapier: bool = False  # may call /v1/zapier/* (what for: zapier_grant)
+    zapier_grant: ZapierGrant | None = None  # None: nothing; set whenever `zapier` is
+
+
+@dataclass(frozen=True)
+class ZapierGrant:
+    """What a client may reach through /v1/zapier/* (`clients.<name>.zapier`): `true` is everything
+    (`everything`), a mapping `{apps: [...], actions: [...], triggers: [...]}` only those: apps by Zapier
+    UUID (lower case) or key, actions and triggers by key; an omitted list allows none of its kind.
+    Pure: the routes ask before any call to Zapier and answer 403 `forbidden` when it says no."""
+
+    everything: bool = False
+    apps: frozenset[str] = frozenset()
+    actions: frozenset[str] = frozenset()
+    triggers: frozenset[str] = frozenset()
+
+    def allows_app(self, *names: str | None) -> bool:
+        """Whether any of `names` (the app's UUID, its key or slug) is allowed."""
+        return self.everything or any(n is not None and (n in self.apps or n.lower() in self.apps) for n in names)
+
+    def allows_action(self, key: str) -> bool:
+        """Whether the action with this key may be described, given inputs, and run."""
+        return self.everything or key in self.actions
+
+    def allows_trigger(self, key: str) -> bool:
+        """Whether the trigger with this key may be used (its inbox routes)."""
+        return self.everything or key in self.triggers
+
+    @property
+    def any_action(self) -> bool:
+        """Whether some action is allowed (reading a run's status needs that)."""
+        return self.everything or bool(self.actions)
 
 
 @dataclass(frozen=True)

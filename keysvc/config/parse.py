@@ -26,6 +26,7 @@ from keysvc.config.model import (
     RateLimit,
     Settings,
     TlsSettings,
+    ZapierGrant,
     typed_subject,
 )
 from keysvc.config.reader import Collector, ReadOptions, Section
@@ -205,10 +206,37 @@ def _client(name: str, sec: Section, keysets: Collection[str] | None) -> ClientS
         exchange_scopes=lambda: sec.str_list("exchange_scopes") if sec.present("exchange_scopes") else None,
         rate_limit=lambda: _rate_limit(sec.section("rate_limit")),
         cert_subjects=lambda: _cert_subjects(sec),
-        zapier=lambda: sec.flag("zapier"),
+        zapier_grant=lambda: _zapier_grant(sec),
     )
     assert allowed is not None  # nosec B101 - read() refuses the section when it failed
-    return ClientSettings(name=name, keysets=allowed, **v)
+    return ClientSettings(name=name, keysets=allowed, zapier=v["zapier_grant"] is not None, **v)
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ZAPIER_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}")  # an app, action or trigger key
+
+
+def _zapier_grant(sec: Section) -> ZapierGrant | None:
+    """`zapier`: true (everything), false or absent (nothing: None), or {apps, actions, triggers} (only those)."""
+    value = sec.get("zapier")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return ZapierGrant(everything=True)
+    if not isinstance(value, dict):
+        raise ConfigError(sec.name("zapier"), "expected true, false, or a mapping of apps, actions and triggers")
+    grant = sec.section("zapier")
+
+    def keys(kind: str) -> frozenset[str]:
+        names = grant.str_list(kind)
+        bad = [n for n in names if not (_ZAPIER_KEY.fullmatch(n) or (kind == "apps" and _UUID.fullmatch(n)))]
+        if bad:
+            what = {"apps": "a Zapier app UUID or app key", "actions": "an action key"}.get(kind, "a trigger key")
+            raise ConfigError(grant.name(kind), f"each entry must be {what}, got {bad[0][:64]!r}")
+        return frozenset(n.lower() if _UUID.fullmatch(n) else n for n in names)
+
+    lists = grant.read(apps=lambda: keys("apps"), actions=lambda: keys("actions"), triggers=lambda: keys("triggers"))
+    return ZapierGrant(False, lists["apps"], lists["actions"], lists["triggers"])
 
 
 def _tls(sec: Section) -> TlsSettings | None:

@@ -28,13 +28,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
 from keysvc.client.connect import connect_url
 from keysvc.client.exchanger import TokenExchanger
-from keysvc.client.oauth import PartnerError, oauth_code, oauth_text
+from keysvc.client.oauth import PartnerError, oauth_text
+from keysvc.client.retry import shared_deadline
 from keysvc.errors import (
     ConnectionRequired,
     Forbidden,
@@ -47,6 +49,8 @@ from keysvc.errors import (
 )
 from keysvc.logs import audit_request
 from keysvc.partner.gateway_inputs import (
+    MAX_OFFSET,
+    PARTNER_ID,
     ActionCall,
     ActionsQuery,
     AppQuery,
@@ -65,8 +69,9 @@ from keysvc.partner.state import StateCodec
 
 T = TypeVar("T")
 FINAL = frozenset({"success", "error"})
-CONNECT_ERRORS = frozenset({"access_denied", "invalid_request", "server_error"})
 FIRST_POLL, MAX_POLL = 1.0, 8.0
+MAX_RUN_ERRORS = 50  # errors of one run we repeat
+MAX_LINK = 2048  # characters of a links.next
 MAX_PAGES = 100  # 1000 connections of one app for one user: past that, something is wrong upstream
 _ACTION_FIELDS = ("key", "title", "description", "action_type")
 log = logging.getLogger("keysvc.zapier")
@@ -123,13 +128,15 @@ class ZapierGateway:
     async def apps(self, q: AppsQuery) -> dict[str, Any]:
         """One page of Zapier's app directory."""
         params = {k: str(v) for k, v in (("query", q.query), ("limit", q.limit), ("offset", q.offset)) if v is not None}
-        body = await self._with_token(q.user, lambda token: self._api.get("apps", "/v2/apps", token, params))
+        with self._deadline():
+            body = await self._with_token(q.user, lambda token: self._api.get("apps", "/v2/apps", token, params))
         apps = [item for item in _items(body) if isinstance(item.get("id"), str)]
         return {"apps": apps, "next_offset": _next_number(body, "offset")}
 
     async def connections(self, q: AppQuery) -> dict[str, Any]:
         """Every connection the user owns for the app, and one that is not expired (or None)."""
-        connections = await self._with_token(q.user, lambda token: self._connections(token, q.app))
+        with self._deadline():  # every page and every retry of this one listing
+            connections = await self._with_token(q.user, lambda token: self._connections(token, q.app))
         usable = next((c for c in connections if not c["is_expired"]), None)
         if usable is not None:
             await self._remember(q.user, q.app, usable)
@@ -164,7 +171,8 @@ class ZapierGateway:
                         reconnect=b.reconnect_id is not None)
         state = self._states.seal(u.user_id, u.tenant_id, b.app, b.redirect_uri, self._wall())
         try:
-            token = await self._exchanger.connect_token(u.user_id, u.tenant_id, b.connect_app)
+            with self._deadline():
+                token = await self._exchanger.connect_token(u.user_id, u.tenant_id, b.connect_app)
         except RequestError as exc:
             audit_request("zapier.connect", {**fields, "outcome": exc.code})
             raise
@@ -174,21 +182,26 @@ class ZapierGateway:
         audit_request("zapier.connect", fields)
         return {"connect_url": url, "state": state, "expires_in": expires_in}
 
-    async def complete(self, client: str, b: CompleteBody) -> dict[str, Any]:
-        """Check the state, then that the returned id is one of the user's live connections of that app."""
+    async def complete(self, client: str, b: CompleteBody,
+                       allowed: Callable[[str], bool] = lambda app: True) -> dict[str, Any]:
+        """Check the state (and that `allowed` the state's app for this client), then that the returned id
+        is one of the user's live connections of that app."""
         u = b.user
         try:
             opened = self._states.check(b.state, self._wall(), u.user_id, u.tenant_id, b.redirect_uri)
+            if not allowed(opened.app):
+                raise Forbidden("this client may not use this app (clients.<name>.zapier.apps)")
         except RequestError as exc:
             audit_request("zapier.complete", _audit(client, u, None, outcome=exc.code, reason="state"))
             raise
         fields = _audit(client, u, opened.app, outcome="ok")
         try:
             if b.error is not None:
-                code = b.error if b.error in CONNECT_ERRORS else oauth_code(b.error) or "invalid_response"
+                code = b.error  # one of CONNECT_ERRORS (checked when parsed)
                 said = oauth_text(b.error_description)
                 raise PartnerError(400, code, f"the Connect flow ended with {code}" + (f": {said}" if said else ""))
-            connections = await self._with_token(u, lambda token: self._connections(token, opened.app))
+            with self._deadline():
+                connections = await self._with_token(u, lambda token: self._connections(token, opened.app))
             found = next((c for c in connections if c["id"] == b.authentication_id), None)
             if found is None or found["is_expired"]:
                 raise Forbidden("authentication_id is not one of this user's live connections of this app")
@@ -205,7 +218,8 @@ class ZapierGateway:
 
     async def actions(self, q: ActionsQuery) -> dict[str, Any]:
         """The app's actions by stable key (Zapier's per-lookup ids stay here)."""
-        body = await self._with_token(q.user, lambda token: self._list_actions(token, q.app, q.action_type))
+        with self._deadline():
+            body = await self._with_token(q.user, lambda token: self._list_actions(token, q.app, q.action_type))
         items = (item for item in _items(body) if isinstance(item.get("key"), str))
         actions = [{k: item.get(k) for k in _ACTION_FIELDS} for item in items]
         return {"actions": actions}
@@ -219,7 +233,8 @@ class ZapierGateway:
             path = f"/v2/actions/{quote(action_id, safe='')}/inputs"
             return await self._api.post("inputs", path, token, _action_body(c), retry=True)
 
-        return {"fields": _items(await self._refusing_reconnect(c, self._with_token(c.user, step)))}
+        with self._deadline():
+            return {"fields": _items(await self._refusing_reconnect(c, self._with_token(c.user, step)))}
 
     async def choices(self, q: ChoicesCall) -> dict[str, Any]:
         """One page of the choices of a dynamic input."""
@@ -231,7 +246,8 @@ class ZapierGateway:
             params = None if q.page is None else {"page": str(q.page)}
             return await self._api.post("choices", path, token, _action_body(c), retry=True, params=params)
 
-        body = await self._refusing_reconnect(c, self._with_token(c.user, step))
+        with self._deadline():
+            body = await self._refusing_reconnect(c, self._with_token(c.user, step))
         return {"choices": _items(body), "next_page": _next_number(body, "page")}
 
     async def _with_connection(self, c: ActionCall) -> ActionCall:
@@ -287,14 +303,18 @@ class ZapierGateway:
             return await self._api.post("run_create", "/v2/action-runs", token, body, retry=False)
 
         try:
-            created = await self._refusing_reconnect(c, self._with_token(c.user, create))
+            with self._deadline():
+                created = await self._refusing_reconnect(c, self._with_token(c.user, create))
             run_id = _data(created).get("id")
-            if not isinstance(run_id, str | int) or isinstance(run_id, bool) or not str(run_id):
+            if isinstance(run_id, int) and not isinstance(run_id, bool):
+                run_id = str(run_id)
+            if not isinstance(run_id, str) or not PARTNER_ID.fullmatch(run_id):
                 raise UpstreamError("the Zapier Partner API created a run without an id")
         except RequestError as exc:
             audit_request("zapier.run", {**fields, "outcome": exc.code})
             raise
-        answer = await self._wait(c.user, str(run_id), started + b.wait, None)
+        # From here on the run exists at Zapier: the caller gets its id whatever happens (202 at worst).
+        answer = await self._wait(c.user, run_id, started + b.wait, None)
         self._on_run(answer.body["status"])
         if c.connection is not None and _refused_authentication(answer):
             audit_request("zapier.run", {**fields, "run": answer.body["id"], "outcome": "reconnect_required"})
@@ -334,15 +354,22 @@ class ZapierGateway:
 
     async def _poll(self, user: User, run_id: str) -> RunAnswer:
         path = f"/v2/action-runs/{quote(run_id, safe='')}"
-        data = _data(await self._with_token(user, lambda token: self._api.get("run_get", path, token)))
-        status = data.get("status")
-        errors = [_run_error(e) for e in data.get("errors") or [] if isinstance(e, dict)]
+        with self._deadline():
+            data = _data(await self._with_token(user, lambda token: self._api.get("run_get", path, token)))
+        status, raw_errors = data.get("status"), data.get("errors")
+        if not isinstance(status, str) or not (raw_errors is None or isinstance(raw_errors, list)):
+            raise UpstreamError("the Zapier Partner API answered a run whose status or errors are malformed")
+        errors = [_run_error(e) for e in (raw_errors or [])[:MAX_RUN_ERRORS] if isinstance(e, dict)]
         if status not in FINAL:
             delay = max((float(e["delay"]) for e in errors if "delay" in e), default=None)
             return RunAnswer(202, {"id": run_id, "status": "pending"}, delay)
         return RunAnswer(200, {"id": run_id, "status": status, "results": data.get("results"), "errors": errors})
 
     # ------------------------------------------------------------------------------------ tokens
+
+    def _deadline(self) -> AbstractContextManager[None]:
+        """One deadline (`total_timeout`) for everything one step of a caller's request sends to the partner."""
+        return shared_deadline(self._exchanger.settings.total_timeout, self._clock)
 
     async def _with_token(self, user: User, step: Callable[[str], Awaitable[T]]) -> T:
         """Run `step` with the user's access token; after a 401, once more with a new token."""
@@ -375,22 +402,36 @@ def _items(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _next_params(body: dict[str, Any]) -> dict[str, list[str]]:
+    """The query of the answer's links.next; a links.next that is not a URL of at most 2 KiB is a 502."""
     links = body.get("links")
     nxt = links.get("next") if isinstance(links, dict) else None
-    return parse_qs(urlsplit(nxt).query) if isinstance(nxt, str) and nxt else {}
+    if not isinstance(nxt, str) or not nxt:
+        return {}
+    try:
+        if len(nxt) > MAX_LINK:
+            raise ValueError("too long")
+        return parse_qs(urlsplit(nxt).query, max_num_fields=32)
+    except ValueError:  # urlsplit of "http://[::1/...", too many fields
+        raise UpstreamError("the Zapier Partner API answered a links.next that is not a URL") from None
 
 
 def _next_number(body: dict[str, Any], name: str) -> int | None:
-    """`name` (offset, page) of the answer's links.next, or None on the last page."""
+    """`name` (offset, page) of the answer's links.next, or None on the last page; a number past
+    MAX_OFFSET (or not a number) is a 502: the partner's paging is broken, no page of it is trusted."""
     values = _next_params(body).get(name)
-    if not values or not values[0].isascii() or not values[0].isdigit():
+    if not values:
         return None
-    return int(values[0])
+    value = values[0]
+    if not (value.isascii() and value.isdigit() and len(value) <= 9 and int(value) <= MAX_OFFSET):
+        raise UpstreamError(f"the Zapier Partner API answered a links.next whose {name} is not a number "
+                            f"from 0 to {MAX_OFFSET}")
+    return int(value)
 
 
 def _next_limit(body: dict[str, Any]) -> dict[str, str]:
     values = _next_params(body).get("limit")
-    return {"limit": values[0]} if values and values[0].isascii() and values[0].isdigit() else {}
+    ok = values and values[0].isascii() and values[0].isdigit() and len(values[0]) <= 3
+    return {"limit": values[0]} if values and ok else {}
 
 
 def _connection(item: dict[str, Any], app: str) -> dict[str, Any] | None:

@@ -1,6 +1,8 @@
 """Strict parsing of the gateway's inputs (query parameters on GET, JSON body fields on POST) into typed,
 validated values. Every malformed input is an InvalidRequest naming the field: an unknown or repeated
-field, a wrong type, a missing user, an `app` that is not a UUID, a `wait` above `run_wait_max`.
+field, a wrong type, a missing user, an `app` that is not a UUID, a `wait` above `run_wait_max`, `inputs`
+beyond the JSON bounds (nested deeper than 32, over 64 KiB encoded, an integer beyond +-(2**53 - 1), a
+non-finite number), a Connect `error` that is not one of the documented codes.
 Nothing here does I/O. Which fields each route accepts is its contract's (keysvc.partner.contracts).
 """
 
@@ -18,13 +20,18 @@ from keysvc.config import parse_duration
 from keysvc.config.exchange import CONNECT_THEME
 from keysvc.errors import ConfigError, InvalidRequest
 from keysvc.partner import contracts as contract
+from keysvc.partner.triggers.json_bounds import JsonBoundsError, check_json
 
 IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # as /v1/token-exchange: it ends up in a JWT claim
 PARTNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")  # Zapier's connection, run and input ids
 ACTION_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}")
 ACTION_TYPE = re.compile(r"[A-Z][A-Z_]{0,31}")
 MAX_QUERY = 200
+# The codes the Connect flow documents for `error` (RFC 6749 §4.1.2.1's); anything else is refused, never echoed.
+CONNECT_ERRORS = frozenset({"access_denied", "invalid_request", "server_error", "temporarily_unavailable"})
 MAX_OFFSET = 1_000_000
+MAX_INPUTS_DEPTH = 32  # levels of `inputs` (the object itself is level 1): Zapier's fields are flat or shallow
+MAX_INPUTS_BYTES = 64 * 1024  # encoded: what the internal listener accepts as a whole body
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ class Fields:
             value = float(value)
         try:
             seconds = parse_duration(value, "wait")
-        except ConfigError:
+        except (ConfigError, OverflowError, ValueError):
             seconds = math.nan
         if not 0 <= seconds <= most:
             raise InvalidRequest(f"{self.where} wait must be a duration from 0 to {most:g} seconds (run_wait_max)")
@@ -234,8 +241,9 @@ def complete_body(body: Any) -> CompleteBody:
         raise InvalidRequest("field state is required: the state /v1/zapier/connect answered")
     authentication_id = f.text("authentication_id", PARTNER_ID, "the connection id the partner returned")
     error = f.raw.get("error")
-    if error is not None and (not isinstance(error, str) or not error):
-        raise InvalidRequest("field error must be the partner's error code")
+    if error is not None and (not isinstance(error, str) or error not in CONNECT_ERRORS):
+        codes = ", ".join(sorted(CONNECT_ERRORS))
+        raise InvalidRequest(f"field error must be one of the Connect flow's codes: {codes}")
     if (authentication_id is None) == (error is None):
         raise InvalidRequest("send exactly one of authentication_id and error")
     description = f.raw.get("error_description")
@@ -259,6 +267,10 @@ def action_call(f: Fields, action: str | None) -> ActionCall:
     inputs = f.raw.get("inputs", {})
     if not isinstance(inputs, dict):
         raise InvalidRequest("field inputs must be a JSON object of input values")
+    try:  # checked here, not when encoding towards Zapier: orjson refuses >64-bit integers and depth > 255
+        check_json(inputs, max_depth=MAX_INPUTS_DEPTH, max_bytes=MAX_INPUTS_BYTES)
+    except JsonBoundsError as exc:
+        raise InvalidRequest(f"field inputs is out of bounds: {exc}") from None
     return ActionCall(user, app, action, action_type, connection, inputs, "connection" in f.raw)
 
 

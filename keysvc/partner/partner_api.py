@@ -45,6 +45,7 @@ from keysvc.partner.outbound import PartnerHttp
 RETRYABLE = frozenset({500, 502, 503, 504})
 DEFAULT_RETRY_AFTER = 5
 PARTNER_API = "the Zapier Partner API"  # what errors and logs call it; the Trigger Inbox API has its own name
+MAX_DEPTH = 64  # levels of a Partner API answer (its documented shapes nest fewer than 10)
 BEARER = re.compile(r"[\x21-\x7e]+")  # visible ASCII (RFC 6750's b64token is a subset): safe in a header
 
 log = logging.getLogger("keysvc.zapier")
@@ -219,7 +220,24 @@ def envelope(answer: Answer, name: str = PARTNER_API) -> dict[str, Any]:
         body = body[0]
     if not isinstance(body, dict):
         raise UpstreamError(f"{name} answered HTTP {answer.status} without a JSON object")
+    if _too_deep(body, MAX_DEPTH):
+        raise UpstreamError(f"{name} answered JSON nested deeper than {MAX_DEPTH} levels")
     return body
+
+
+def _too_deep(value: Any, most: int) -> bool:
+    """True when `value` nests deeper than `most` levels (walked without recursion): what keysvc answers
+    is encoded again by orjson, which refuses more than 255."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > most:
+            return True
+        if isinstance(node, dict):
+            stack.extend((item, depth + 1) for item in node.values())
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+    return False
 
 
 def partner_detail(body: Any) -> str:

@@ -8,6 +8,12 @@ at most ten minutes, checkable by every replica with nothing shared but the part
 AES-GCM both hides the payload (a user id is not the caller's business in a URL) and authenticates it:
 a changed byte fails the tag check (constant time, in OpenSSL), so a caller can neither forge a state nor
 move one to another user, app or redirect. Pure: the caller passes the time and, in tests, the nonce.
+
+Only the canonical encoding opens: unpadded base64url whose unused trailing bits are zero (no `=`, no `+/`),
+so one sealed state has exactly one spelling. The key follows the client secret: given a `secret` callable
+(the configured Secret or SecretFile's `reveal`), the codec derives the key again when the secret changes,
+seals with the new key and still opens states sealed with the previous one (a rotation's overlap: replicas
+that have not yet read the new secret, and states issued just before it).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import binascii
 import hmac
 import json
 import os
+import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -31,6 +40,7 @@ _PREFIX = "v1."
 _AAD = b"v1"
 _INFO = b"keysvc zapier connect-state v1"
 _MAX_STATE = 4096  # characters: user and tenant are at most 256 each, far below
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -52,11 +62,27 @@ def state_key(client_secret: str) -> bytes:
 class StateCodec:
     """Seals and opens Connect states with one key."""
 
-    def __init__(self, key: bytes, ttl: int = STATE_TTL) -> None:
-        if len(key) != 32 or not 1 <= ttl <= STATE_TTL:
+    def __init__(self, key: bytes | Callable[[], str], ttl: int = STATE_TTL) -> None:
+        """`key`: 32 bytes, or a callable answering the client secret now (the key follows it)."""
+        if not 1 <= ttl <= STATE_TTL or (isinstance(key, bytes) and len(key) != 32):
             raise ValueError("the state key is 32 bytes; ttl is 1 to 600 seconds")
-        self._aead = AESGCM(key)
+        self._secret = None if isinstance(key, bytes) else key
+        self._lock = threading.Lock()
+        self._seen: str | None = None
+        self._aead = AESGCM(key) if isinstance(key, bytes) else AESGCM(state_key(key()))
+        self._previous: AESGCM | None = None
+        if self._secret is not None:
+            self._seen = self._secret()
         self.ttl = ttl
+
+    def _keys(self) -> tuple[AESGCM, AESGCM | None]:
+        """The current key (derived again when the secret changed) and the one before it."""
+        if self._secret is not None:
+            secret = self._secret()
+            with self._lock:
+                if secret != self._seen:
+                    self._previous, self._aead, self._seen = self._aead, AESGCM(state_key(secret)), secret
+        return self._aead, self._previous
 
     def __repr__(self) -> str:
         return f"StateCodec(ttl={self.ttl})"
@@ -67,7 +93,7 @@ class StateCodec:
         nonce = os.urandom(12) if nonce is None else nonce
         payload = {"u": user_id, "t": tenant_id, "a": app, "r": redirect_uri, "e": int(now) + self.ttl}
         plain = json.dumps(payload, separators=(",", ":")).encode()
-        sealed = nonce + self._aead.encrypt(nonce, plain, _AAD)
+        sealed = nonce + self._keys()[0].encrypt(nonce, plain, _AAD)
         return _PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
     def open(self, state: str, now: float) -> ConnectState:
@@ -76,8 +102,12 @@ class StateCodec:
             raise InvalidRequest("state is not one keysvc issued")
         body = state[len(_PREFIX):]
         try:
+            if not _BASE64URL.fullmatch(body):
+                raise ValueError("not unpadded base64url")
             sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            plain = self._aead.decrypt(sealed[:12], sealed[12:], _AAD)
+            if base64.urlsafe_b64encode(sealed).rstrip(b"=").decode() != body:
+                raise ValueError("not the canonical encoding")
+            plain = self._decrypt(sealed)
             payload = json.loads(plain)
             opened = ConnectState(payload["u"], payload["t"], payload["a"], payload["r"], int(payload["e"]))
         except (binascii.Error, ValueError, InvalidTag, KeyError, TypeError):
@@ -85,6 +115,15 @@ class StateCodec:
         if now >= opened.expires_at:
             raise InvalidRequest("state has expired: start the Connect flow again")
         return opened
+
+    def _decrypt(self, sealed: bytes) -> bytes:
+        current, previous = self._keys()
+        try:
+            return current.decrypt(sealed[:12], sealed[12:], _AAD)
+        except InvalidTag:
+            if previous is None:
+                raise
+            return previous.decrypt(sealed[:12], sealed[12:], _AAD)
 
     def check(self, state: str, now: float, user_id: str, tenant_id: str, redirect_uri: str | None) -> ConnectState:
         """Open `state` and check it belongs to this user and tenant (and redirect, when the caller names one)."""

@@ -37,7 +37,7 @@ from keysvc.partner.openapi_part import partner_openapi
 from keysvc.partner.outbound import AiohttpTokenEndpoint, PartnerHttp
 from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.registry import ConnectionRegistry, MemoryRegistry, StoreRegistry
-from keysvc.partner.state import StateCodec, state_key
+from keysvc.partner.state import StateCodec
 from keysvc.partner.store import GatewayStore, SharedBudget, StoreSettings, StoreUnavailable, open_store
 from keysvc.partner.trigger_inboxes import REAUTH_CODES, TRIGGER_INBOX_API, TriggerInboxes
 from keysvc.partner.trigger_notify import Push, build_push
@@ -156,7 +156,7 @@ def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     push = build_push(exchange, inboxes, http, store, observer=metrics)
     if push is not None and store is not None:
         inboxes.push_to(store, push.notification_url)
-    states = StateCodec(state_key(exchange.client_secret.reveal()))
+    states = StateCodec(exchange.client_secret.reveal)  # the key follows a rotated secret file
     gateway = ZapierGateway(exchanger, api, states, on_run=metrics.run, registry=registry,
                             connect_theme=exchange.connect_theme, on_registry=metrics.registry)
     return Partner(exchange, exchanger, gateway, http, metrics, inboxes, keeper, push)

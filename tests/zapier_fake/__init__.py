@@ -44,6 +44,8 @@ Start it (a thread running uvicorn; stopped when the block ends):
         assert zapier.violations == []                # every request matched the published shapes
         zapier.log, zapier.counts(), zapier.count("POST /v2/action-runs", status=200)
 
+`zapier.serve_raw("GET /v2/authentications", RawAnswer.json({...}, 200, **{"Retry-After": "9" * 5000}))`
+answers the next such request with exactly that (RawAnswer also streams huge or slow bodies): a hostile partner.
 `zapier.access_token(user)` makes a token without the exchange (tests of the fake); `expire_access_tokens()`
 expires every token issued so far. `zapier.partner` is the token endpoint's PartnerState (error modes, calls).
 """
@@ -56,7 +58,7 @@ from typing import Any
 
 from tests.exchange_support import ISSUER, serve
 from tests.partner_server import PartnerState
-from tests.zapier_fake.fake import SCOPES, ZapierFake, zapier_error
+from tests.zapier_fake.fake import SCOPES, RawAnswer, ZapierFake, zapier_error
 from tests.zapier_fake.model import (
     Action,
     App,
@@ -78,6 +80,7 @@ __all__ = [
     "Connection",
     "InputField",
     "LoggedRequest",
+    "RawAnswer",
     "Run",
     "RunBehaviour",
     "User",

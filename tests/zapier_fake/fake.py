@@ -7,6 +7,7 @@ one lock (tests change the fake from their own thread while uvicorn serves it fr
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from tests.partner_server import ACCESS_TOKEN, Grant, PartnerServer, PartnerState
 from tests.zapier_fake import schemas
@@ -118,6 +120,34 @@ def _describe(error: Any) -> str:
     return f"{where}: {error.message}"
 
 
+@dataclass(frozen=True)
+class RawAnswer:
+    """An answer sent as it is: status, headers, then the body in `chunks` (each `pause` seconds apart);
+    `repeat` sends the chunks that many times (a huge body without holding it in memory)."""
+
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+    chunks: tuple[bytes, ...] = (b"{}",)
+    repeat: int = 1
+    pause: float = 0.0
+
+    @classmethod
+    def json(cls, body: Any, status: int = 200, **headers: str) -> RawAnswer:
+        """A JSON body (any value; `raw` bytes pass through)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return cls(status, (("content-type", "application/json"), *headers.items()), (data,))
+
+    async def send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status,
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in self.headers]})
+        for _ in range(self.repeat):
+            for chunk in self.chunks:
+                if self.pause:
+                    await asyncio.sleep(self.pause)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 @dataclass
 class ZapierFake:
     """The fake Partner API and Zapier's token endpoint. See the package docstring for how to use it."""
@@ -143,7 +173,23 @@ class ZapierFake:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1001), repr=False)
     _lookups: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _runs_created: int = field(default=0, repr=False)
+    raw_next: deque[tuple[str, RawAnswer]] = field(default_factory=deque)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def serve_raw(self, endpoint: str, answer: RawAnswer, times: int = 1) -> None:
+        """Answer the next `times` requests to `endpoint` ("POST /oauth/token", "GET /v2/authentications",
+        a path prefix) with `answer` as it is, before any check (a hostile partner's answer)."""
+        with self._lock:
+            self.raw_next.extend((endpoint, answer) for _ in range(times))
+
+    def _take_raw(self, method: str, path: str) -> RawAnswer | None:
+        with self._lock:
+            for i, (endpoint, answer) in enumerate(self.raw_next):
+                want_method, _, want_path = endpoint.partition(" ")
+                if method == want_method and path.startswith(want_path):
+                    del self.raw_next[i]
+                    return answer
+        return None
 
     def __post_init__(self) -> None:
         self.token_server = PartnerServer(self.partner)
@@ -279,7 +325,16 @@ class ZapierFake:
         routes = [Route("/oauth/token", self.token_server.token, methods=["POST"])]
         for op in self.operations():
             routes.append(Route(op.path, self._endpoint(op), methods=[op.method]))
-        return Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
+        inner = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            raw = self._take_raw(scope["method"], scope["path"]) if scope["type"] == "http" else None
+            if raw is None:
+                await inner(scope, receive, send)
+            else:
+                await raw.send(send)
+
+        return app  # type: ignore[return-value]
 
     def _endpoint(self, op: Operation) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
