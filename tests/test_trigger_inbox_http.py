@@ -41,8 +41,8 @@ class Setup:
     inbox_api: TriggerInboxFake
     answers: list[str] = field(default_factory=list)
 
-    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {api_key('web')}"}
+    def call(self, method: str, path: str, client: str = "web", **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {api_key(client)}"}
         response = httpx.request(method, self.keysvc.internal + path, headers=headers, timeout=30, **kw)
         self.answers.append(response.text)
         return response
@@ -71,6 +71,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "api_key_sha256": sha256_hex(api_key("web")), "keysets": ["zapier"],
             "audiences": ["connect.zapier.com"], "max_ttl": "5m", "zapier": True,
         }
+        for name, grant in (("narrow", {"apps": ["SlackCLIAPI"], "triggers": ["new_message"]}),
+                            ("actions-only", {"apps": ["SlackCLIAPI"], "actions": ["send_message"]})):
+            config["clients"][name] = {"api_key_sha256": sha256_hex(api_key(name)), "keysets": ["zapier"],
+                                       "audiences": ["connect.zapier.com"], "max_ttl": "5m", "zapier": grant}
         config["token_exchange"] = {
             "keyset": "zapier", "token_url": zapier.token_url, "api_url": zapier.api_url,
             "trigger_inbox_url": inbox_api.api_url, "client_id": zapier.partner.client_id,
@@ -278,6 +282,24 @@ def test_the_cli_drives_an_inbox(setup: Setup) -> None:
     assert cli("delete-inbox", inbox_id) == {"deleted": inbox_id}
     gone = run_cli(*base, "inbox", inbox_id, *who, env=env)
     assert gone.returncode == 1 and gone.stderr.startswith("keysvc: not_found: ")
+
+
+def test_a_clients_grant_limits_its_apps_and_triggers_before_any_call(setup: Setup) -> None:
+    """`zapier: {apps, triggers}`: ensure of another trigger or app is 403 before any call to Zapier; a
+    client granted no trigger may not use any inbox route; the list shows only allowed inboxes."""
+    before = sum(setup.inbox_api.counts().values())
+    other = setup.call("PUT", f"{INBOXES}/narrow-1", client="narrow", json={**USER, **SUB, "trigger": "new_reaction"})
+    assert other.status_code == 403 and other.json()["error"] == "forbidden"
+    app = setup.call("PUT", f"{INBOXES}/narrow-2", client="narrow", json={**USER, **SUB, "app": "GmailAPI"})
+    assert app.status_code == 403
+    for method, path, kw in (("PUT", f"{INBOXES}/x", {"json": {**USER, **SUB}}), ("GET", INBOXES, {"params": USER})):
+        assert setup.call(method, path, client="actions-only", **kw).status_code == 403
+    assert sum(setup.inbox_api.counts().values()) == before
+    setup.ensure("granted-other", trigger="new_reaction")  # by `web`, which may use everything
+    made = setup.call("PUT", f"{INBOXES}/granted", client="narrow", json={**USER, **SUB})
+    assert made.status_code == 200, made.text
+    listed = setup.call("GET", INBOXES, client="narrow", params=USER).json()["inboxes"]
+    assert listed and {i["trigger"] for i in listed} == {"new_message"}
 
 
 def test_zz_429_is_503_with_retry_after_and_the_budget_cools(setup: Setup) -> None:

@@ -1,8 +1,10 @@
 """The `/v1/zapier/trigger-inboxes*` routes of the internal listener: thin handlers over TriggerInboxes,
 declared in keysvc.partner.contracts (TRIGGERS). The client API key (Bearer) must belong to a client with
-`zapier` set (else 403); authentication, the client's rate limit and strict JSON bodies are the internal
-API's own (keysvc.http.context.RouteContext). User fields come in the body on PUT and POST, in the query on
-GET and DELETE.
+`zapier` set (else 403), and its grant (`clients.<name>.zapier`) decides before any call to Zapier: ensure
+needs the app and the trigger allowed, the routes by inbox id need some trigger allowed, and the list and
+a single inbox show only inboxes of allowed apps and triggers. Authentication, the client's rate limit
+and strict JSON bodies are the internal API's own (keysvc.http.context.RouteContext). User fields come in
+the body on PUT and POST, in the query on GET and DELETE.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keysvc.config import ClientSettings, TokenExchangeSettings
+from keysvc.config import ClientSettings, TokenExchangeSettings, ZapierGrant
 from keysvc.errors import Forbidden
 from keysvc.http.context import RouteContext
 from keysvc.partner import contracts as c
@@ -36,6 +38,9 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
             client = api.client(request)
             if not client.zapier:
                 raise Forbidden("this client may not call /v1/zapier/* (zapier is not set)")
+            grant = client.zapier_grant or _NOTHING
+            if not grant.everything and not grant.triggers:
+                raise Forbidden("this client may not use triggers (clients.<name>.zapier.triggers)")
             answer = await handle(request, client)
             if answer is NO_CONTENT:
                 return Response(status_code=204, headers=_NO_STORE)
@@ -52,13 +57,23 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
 
     async def ensure(request: Request, client: ClientSettings) -> Any:
         body = inputs_of.ensure_body(inbox(request), await api.body(request), exchange.run_wait_max)
+        grant = client.zapier_grant or _NOTHING
+        if not grant.allows_app(body.app):
+            raise Forbidden("this client may not use this app (clients.<name>.zapier.apps)")
+        if not grant.allows_trigger(body.trigger):
+            raise Forbidden("this client may not use this trigger (clients.<name>.zapier.triggers)")
         return await inboxes.ensure(client.name, body)
 
     async def listing(request: Request, client: ClientSettings) -> Any:
-        return await inboxes.inboxes(inputs_of.list_query(query(request)))
+        answer = await inboxes.inboxes(inputs_of.list_query(query(request)))
+        answer["inboxes"] = [i for i in answer["inboxes"] if _allowed(client, i)]
+        return answer
 
     async def one(request: Request, client: ClientSettings) -> Any:
-        return await inboxes.inbox(inputs_of.inbox_query(query(request), inbox(request)))
+        answer = await inboxes.inbox(inputs_of.inbox_query(query(request), inbox(request)))
+        if not _allowed(client, answer["inbox"]):
+            raise Forbidden("this client may not use this inbox's app or trigger (clients.<name>.zapier)")
+        return answer
 
     async def delete(request: Request, client: ClientSettings) -> Any:
         await inboxes.delete(client.name, inputs_of.inbox_query(query(request), inbox(request)))
@@ -91,3 +106,12 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
         route(c.INBOX_ACK, ack),
         route(c.INBOX_RELEASE, release),
     ]
+
+
+_NOTHING = ZapierGrant()
+
+
+def _allowed(client: ClientSettings, view: dict[str, Any]) -> bool:
+    """Whether the client's grant allows an inbox's app and trigger (as keysvc answers the inbox)."""
+    grant = client.zapier_grant or _NOTHING
+    return grant.allows_app(view.get("app")) and grant.allows_trigger(str(view.get("trigger")))
