@@ -214,10 +214,11 @@ def test_wrong_methods_are_405_with_allow(live: KeysvcProcess, method: str) -> N
 def gateway_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
     """keysvc whose gateway talks to the fake Partner API (tests/zapier_fake), so generated requests that
     pass validation reach Zapier's side and its answers, not only a 404."""
+    from tests.trigger_inbox_fake import partner_tokens, running_trigger_inbox
     from tests.zapier_fake import running_zapier
 
     tmp = tmp_path_factory.mktemp("fuzz-gateway")
-    with running_zapier() as zapier:
+    with running_zapier() as zapier, running_trigger_inbox(tokens=partner_tokens(zapier.partner)) as inbox_api:
         remember_secret(zapier.partner.client_secret)
         zapier.budget.per_ip = zapier.budget.per_partner = None
         secret_file = tmp / "partner-secret"
@@ -228,6 +229,7 @@ def gateway_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcPro
             "keyset": "zapier", "token_url": zapier.token_url, "api_url": zapier.api_url,
             "client_id": zapier.partner.client_id, "client_secret_file": str(secret_file), "total_timeout": "3s",
             "max_attempts": 1, "run_wait_max": "2s", "api_rate_limit": {"per_minute": 60000, "burst": 10000},
+            "trigger_inbox_url": inbox_api.api_url, "lease_wait_max": "2s",
         }
         config["log"] = {"access": False}
         slack = zapier.add_app("Slack")

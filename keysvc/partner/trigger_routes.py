@@ -27,13 +27,14 @@ from keysvc.partner.triggers import inputs as inputs_of
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 NO_CONTENT = object()  # a handler's answer for 204
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api: RouteContext) -> list[Route]:
     """The trigger-inbox routes (longest waits from `exchange`: run_wait_max, lease_wait_max)."""
     Handler = Callable[[Request, ClientSettings], Awaitable[Any]]
 
-    def route(contract: Contract, handle: Handler) -> Route:
+    def route(contract: Contract, handle: Handler) -> tuple[Contract, Endpoint]:
         async def endpoint(request: Request) -> Response:
             client = api.client(request)
             if not client.zapier:
@@ -47,7 +48,7 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
             return Response(orjson.dumps(answer), status_code=200, media_type="application/json", headers=_NO_STORE)
 
         endpoint.__name__ = contract.name  # the access log's and http_requests_total's bounded route label
-        return Route(contract.path, endpoint, methods=[contract.method])
+        return contract, endpoint
 
     def query(request: Request) -> list[tuple[str, str]]:
         return request.query_params.multi_items()
@@ -95,7 +96,7 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
     async def release(request: Request, client: ClientSettings) -> Any:
         return await inboxes.release(client.name, inputs_of.settle_body(await api.body(request), inbox(request)))
 
-    return [
+    return by_path([
         route(c.INBOX_LIST, listing),
         route(c.INBOX_ENSURE, ensure),
         route(c.INBOX_GET, one),
@@ -105,7 +106,29 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
         route(c.INBOX_LEASE, lease),
         route(c.INBOX_ACK, ack),
         route(c.INBOX_RELEASE, release),
-    ]
+    ])
+
+
+def by_path(endpoints: list[tuple[Contract, Endpoint]]) -> list[Route]:
+    """One Starlette route per path, so a wrong method is 405 with every method of the path in `Allow`
+    (PUT, GET and DELETE share one inbox path); the label stays the contract's name."""
+    paths: dict[str, dict[str, Endpoint]] = {}
+    for contract, endpoint in endpoints:
+        paths.setdefault(contract.path, {})[contract.method] = endpoint
+    routes = []
+    for path, methods in paths.items():
+        if len(methods) == 1:
+            [(method, endpoint)] = methods.items()
+            routes.append(Route(path, endpoint, methods=[method]))
+            continue
+
+        async def dispatch(request: Request, methods: dict[str, Endpoint] = methods) -> Response:
+            endpoint = methods["GET" if request.method == "HEAD" else request.method]
+            request.scope["endpoint"] = endpoint  # the access log's label: the contract's name
+            return await endpoint(request)
+
+        routes.append(Route(path, dispatch, methods=list(methods)))
+    return routes
 
 
 _NOTHING = ZapierGrant()
