@@ -38,6 +38,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "rotation_latency": (["--duration", "20", "--runs", "3"], ["--duration", "9", "--algs", "ES256", "--runs", "1"]),
     "soak": (["--duration", "30"], ["--duration", "8"]),
     "zapier_gateway": (["--runs", "3", "--requests", "200"], ["--runs", "1", "--requests", "30", "--action-runs", "1"]),
+    "trigger_inbox": (["--runs", "3", "--requests", "200"],
+                      ["--runs", "1", "--requests", "30", "--messages", "40", "--lags", "5"]),
     "gateway_store": (["--runs", "3", "--requests", "200", "--duration", "120"], ["--quick"]),
     "slowloris": (["--duration", "12"], ["--duration", "3", "--idle", "1000", "--slow", "100"]),
     "instructions": ([], []),

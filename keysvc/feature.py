@@ -7,6 +7,7 @@
             metrics=...,    # Prometheus collectors it defines (registry=None), registered by the service
             observer=...,   # a keyring events observer (keysvc.events), told after the audit log and metrics
             jobs=...,       # Job(name, interval, run): scheduled by Service.start
+            public=...,     # PublicRoute: a path prefix of the public listener it answers (raw ASGI)
             start=...,      # async start hook, awaited by Service.start before the listeners serve (it
                             # must not fail the service: a feature's outage is the feature's to handle)
             close=...,      # async close hook, run by Service.aclose in reverse order of opening
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
+    from starlette.types import Receive, Scope, Send
 
     from keysvc.events import Observer
     from keysvc.http.context import RouteSource
@@ -54,6 +56,16 @@ class Job:
 
 
 @dataclass(frozen=True)
+class PublicRoute:
+    """Requests of the public listener under `prefix`: `handle` answers one (raw ASGI) and returns its
+    status; a RequestError it raises is answered as JSON by the listener. `name` is the bounded metric label."""
+
+    prefix: str
+    name: str
+    handle: Callable[[Scope, Receive, Send], Awaitable[int]]
+
+
+@dataclass(frozen=True)
 class Feature:
     """One optional part of the service: what it contributes, and how it is closed (module docstring)."""
 
@@ -63,6 +75,7 @@ class Feature:
     metrics: Sequence[Collector] = ()
     observer: Observer | None = None
     jobs: Sequence[Job] = ()
+    public: PublicRoute | None = None
     start: CloseHook | None = None
     close: CloseHook | None = None
     part: object = None

@@ -186,5 +186,5 @@ def _build(settings: Settings, clock: Clock | None, resources: Resources) -> Ser
         if feature.observer is not None:
             late.observers.append(feature.observer)
     internal_app = build_internal_app(settings, keyring, metrics, features)
-    public_app = PublicApp(keyring, metrics)
+    public_app = PublicApp(keyring, metrics, [f.public for f in features if f.public is not None])
     return Service(settings, keyring, metrics, public_app, internal_app, features, resources)

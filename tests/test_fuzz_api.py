@@ -54,6 +54,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
             "keyset": "zapier", "token_url": f"{partner_url}/oauth/token", "client_id": state.client_id,
             "client_secret_file": str(secret_file), "total_timeout": "3s", "max_attempts": 1,
             "api_url": partner_url,  # no Partner API there: valid gateway calls end in a documented 404
+            "trigger_inbox_url": f"{partner_url}/trigger-inbox/v1",  # nor a Trigger Inbox API: 404 too
         }
         config["log"] = {"access": False}
         with KeysvcProcess(write_config(tmp / "keysvc.yaml", config), name="fuzz") as proc:
@@ -82,6 +83,9 @@ def test_openapi_document_is_valid_and_lists_every_route(live: KeysvcProcess) ->
         "/v1/zapier/apps", "/v1/zapier/connections", "/v1/zapier/connect", "/v1/zapier/connect/complete",
         "/v1/zapier/actions", "/v1/zapier/actions/{key}/inputs", "/v1/zapier/actions/{key}/inputs/{input_id}/choices",
         "/v1/zapier/action-runs", "/v1/zapier/action-runs/{run_id}",
+        "/v1/zapier/trigger-inboxes", "/v1/zapier/trigger-inboxes/{inbox}", "/v1/zapier/trigger-inboxes/{inbox}/pause",
+        "/v1/zapier/trigger-inboxes/{inbox}/resume", "/v1/zapier/trigger-inboxes/{inbox}/lease",
+        "/v1/zapier/trigger-inboxes/{inbox}/ack", "/v1/zapier/trigger-inboxes/{inbox}/release",
     }
 
 
@@ -108,8 +112,8 @@ def test_schemathesis_thousand_requests_zero_5xx_all_conforming(live: KeysvcProc
     auth = ("-H", f"Authorization: Bearer {api_key('admin')}")
     admin = schemathesis(live, *auth, "--exclude-path-regex", "^/v1/zapier/", examples=250)
     assert admin.returncode == 0, admin.stdout[-6000:] + admin.stderr[-2000:]
-    # the gateway's nine operations: fewer examples each, so the whole run stays within its timeout
-    gateway = schemathesis(live, *auth, "--include-path-regex", "^/v1/zapier/", examples=30)
+    # the gateway's operations (trigger inboxes too): fewer examples each, so the whole run stays within its timeout
+    gateway = schemathesis(live, *auth, "--include-path-regex", "^/v1/zapier/", examples=20)
     assert gateway.returncode == 0, gateway.stdout[-6000:] + gateway.stderr[-2000:]
     # unauthenticated, every request stops at the 401: no need for the coverage phase's edge cases
     anonymous = schemathesis(live, examples=60, phases="fuzzing")
@@ -210,10 +214,11 @@ def test_wrong_methods_are_405_with_allow(live: KeysvcProcess, method: str) -> N
 def gateway_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
     """keysvc whose gateway talks to the fake Partner API (tests/zapier_fake), so generated requests that
     pass validation reach Zapier's side and its answers, not only a 404."""
+    from tests.trigger_inbox_fake import partner_tokens, running_trigger_inbox
     from tests.zapier_fake import running_zapier
 
     tmp = tmp_path_factory.mktemp("fuzz-gateway")
-    with running_zapier() as zapier:
+    with running_zapier() as zapier, running_trigger_inbox(tokens=partner_tokens(zapier.partner)) as inbox_api:
         remember_secret(zapier.partner.client_secret)
         zapier.budget.per_ip = zapier.budget.per_partner = None
         secret_file = tmp / "partner-secret"
@@ -224,6 +229,7 @@ def gateway_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcPro
             "keyset": "zapier", "token_url": zapier.token_url, "api_url": zapier.api_url,
             "client_id": zapier.partner.client_id, "client_secret_file": str(secret_file), "total_timeout": "3s",
             "max_attempts": 1, "run_wait_max": "2s", "api_rate_limit": {"per_minute": 60000, "burst": 10000},
+            "trigger_inbox_url": inbox_api.api_url, "lease_wait_max": "2s",
         }
         config["log"] = {"access": False}
         slack = zapier.add_app("Slack")

@@ -247,4 +247,7 @@ def test_zz_openapi_documents_the_gateway(replicas: Replicas, tmp_path: Path) ->
         "/v1/zapier/apps", "/v1/zapier/connections", "/v1/zapier/connect", "/v1/zapier/connect/complete",
         "/v1/zapier/actions", "/v1/zapier/actions/{key}/inputs", "/v1/zapier/actions/{key}/inputs/{input_id}/choices",
         "/v1/zapier/action-runs", "/v1/zapier/action-runs/{run_id}",
+        "/v1/zapier/trigger-inboxes", "/v1/zapier/trigger-inboxes/{inbox}", "/v1/zapier/trigger-inboxes/{inbox}/pause",
+        "/v1/zapier/trigger-inboxes/{inbox}/resume", "/v1/zapier/trigger-inboxes/{inbox}/lease",
+        "/v1/zapier/trigger-inboxes/{inbox}/ack", "/v1/zapier/trigger-inboxes/{inbox}/release",
     }

@@ -136,9 +136,52 @@ class Calls:
         params = {**_user(user_id, tenant_id), **{k: str(v) for k, v in _given(wait=wait).items()}}
         return Call("GET", f"/v1/zapier/action-runs/{quote(run_id, safe='')}", params=params)
 
+    # trigger inboxes: `inbox` is the key on ensure, Zapier's inbox id everywhere else
+    @staticmethod
+    def ensure_inbox(user_id: str, tenant_id: str, key: str, app: str, trigger: str, connection: str | None = None,
+                     inputs: Mapping[str, Any] | None = None, wait: float | None = None) -> Call:
+        body = {**_user(user_id, tenant_id), "app": app, "trigger": trigger, "connection": connection,
+                "inputs": dict(inputs or {}), **_given(wait=wait)}
+        return Call("PUT", _inbox(key), json=body)
+
+    @staticmethod
+    def inboxes(user_id: str, tenant_id: str, status: str | None = None) -> Call:
+        return Call("GET", "/v1/zapier/trigger-inboxes", params={**_user(user_id, tenant_id), **_given(status=status)})
+
+    @staticmethod
+    def inbox(user_id: str, tenant_id: str, inbox_id: str) -> Call:
+        return Call("GET", _inbox(inbox_id), params=_user(user_id, tenant_id))
+
+    @staticmethod
+    def delete_inbox(user_id: str, tenant_id: str, inbox_id: str) -> Call:
+        return Call("DELETE", _inbox(inbox_id), params=_user(user_id, tenant_id))
+
+    @staticmethod
+    def switch_inbox(user_id: str, tenant_id: str, inbox_id: str, verb: str) -> Call:
+        return Call("POST", _inbox(inbox_id, verb), json=_user(user_id, tenant_id))
+
+    @staticmethod
+    def lease(user_id: str, tenant_id: str, inbox_id: str, limit: int | None = None, lease: float | None = None,
+              wait: float | None = None) -> Call:
+        body = {**_user(user_id, tenant_id), **_given(limit=limit, lease=lease, wait=wait)}
+        return Call("POST", _inbox(inbox_id, "lease"), json=body)
+
+    @staticmethod
+    def settle(user_id: str, tenant_id: str, inbox_id: str, verb: str, lease_id: str,
+               message_ids: list[str] | None = None) -> Call:
+        body = {**_user(user_id, tenant_id), "lease_id": lease_id, **_given(message_ids=message_ids)}
+        return Call("POST", _inbox(inbox_id, verb), json=body)
+
+
+def _inbox(inbox: str, verb: str | None = None) -> str:
+    path = f"/v1/zapier/trigger-inboxes/{quote(inbox, safe='')}"
+    return path if verb is None else f"{path}/{verb}"
+
 
 def read_answer(response: httpx.Response) -> dict[str, Any]:
-    """The JSON answer of a 200 or 202; any other status raises the keysvc error it carries."""
+    """The JSON answer of a 200 or 202 (`{}` for a 204); any other status raises the keysvc error it carries."""
+    if response.status_code == 204:
+        return {}
     try:
         body = response.json()
     except ValueError:
@@ -232,6 +275,47 @@ class ZapierClient(_Base):
         """A run's status, waiting up to `wait` seconds for it to end."""
         return await self.send(Calls.run_status(user_id, tenant_id, run_id, wait))
 
+    async def ensure_inbox(self, user_id: str, tenant_id: str, key: str, app: str, trigger: str,
+                           connection: str | None = None, inputs: Mapping[str, Any] | None = None,
+                           wait: float | None = None) -> dict[str, Any]:
+        """Ensure the user's trigger inbox `key` for (app, trigger, connection, inputs): `{"inbox": {...}}`."""
+        return await self.send(Calls.ensure_inbox(user_id, tenant_id, key, app, trigger, connection, inputs, wait))
+
+    async def inboxes(self, user_id: str, tenant_id: str, status: str | None = None) -> dict[str, Any]:
+        """Every trigger inbox of the user: `{"inboxes": [...]}`."""
+        return await self.send(Calls.inboxes(user_id, tenant_id, status))
+
+    async def inbox(self, user_id: str, tenant_id: str, inbox_id: str) -> dict[str, Any]:
+        """One trigger inbox: `{"inbox": {...}}`."""
+        return await self.send(Calls.inbox(user_id, tenant_id, inbox_id))
+
+    async def pause_inbox(self, user_id: str, tenant_id: str, inbox_id: str) -> dict[str, Any]:
+        """Pause a trigger inbox."""
+        return await self.send(Calls.switch_inbox(user_id, tenant_id, inbox_id, "pause"))
+
+    async def resume_inbox(self, user_id: str, tenant_id: str, inbox_id: str) -> dict[str, Any]:
+        """Resume a trigger inbox."""
+        return await self.send(Calls.switch_inbox(user_id, tenant_id, inbox_id, "resume"))
+
+    async def delete_inbox(self, user_id: str, tenant_id: str, inbox_id: str) -> None:
+        """Delete a trigger inbox."""
+        await self.send(Calls.delete_inbox(user_id, tenant_id, inbox_id))
+
+    async def lease(self, user_id: str, tenant_id: str, inbox_id: str, *, limit: int | None = None,
+                    lease: float | None = None, wait: float | None = None) -> dict[str, Any]:
+        """Lease messages: `{"lease_id", "leased_until", "messages": [{"id", "payload", "attributes"}]}`."""
+        return await self.send(Calls.lease(user_id, tenant_id, inbox_id, limit, lease, wait))
+
+    async def ack(self, user_id: str, tenant_id: str, inbox_id: str, lease_id: str,
+                  message_ids: list[str] | None = None) -> dict[str, Any]:
+        """Acknowledge leased messages (all of the lease, or `message_ids`): `{"acked": [...]}`."""
+        return await self.send(Calls.settle(user_id, tenant_id, inbox_id, "ack", lease_id, message_ids))
+
+    async def release(self, user_id: str, tenant_id: str, inbox_id: str, lease_id: str,
+                      message_ids: list[str] | None = None) -> dict[str, Any]:
+        """Give leased messages back at once: `{"released": [...]}`."""
+        return await self.send(Calls.settle(user_id, tenant_id, inbox_id, "release", lease_id, message_ids))
+
     async def aclose(self) -> None:
         """Close the HTTP client if this one created it."""
         if self._owns_client:
@@ -303,6 +387,47 @@ class SyncZapierClient(_Base):
     def run_status(self, user_id: str, tenant_id: str, run_id: str, *, wait: float | None = None) -> dict[str, Any]:
         """A run's status, waiting up to `wait` seconds for it to end."""
         return self.send(Calls.run_status(user_id, tenant_id, run_id, wait))
+
+    def ensure_inbox(self, user_id: str, tenant_id: str, key: str, app: str, trigger: str,
+                     connection: str | None = None, inputs: Mapping[str, Any] | None = None,
+                     wait: float | None = None) -> dict[str, Any]:
+        """Ensure the user's trigger inbox `key` for (app, trigger, connection, inputs): `{"inbox": {...}}`."""
+        return self.send(Calls.ensure_inbox(user_id, tenant_id, key, app, trigger, connection, inputs, wait))
+
+    def inboxes(self, user_id: str, tenant_id: str, status: str | None = None) -> dict[str, Any]:
+        """Every trigger inbox of the user: `{"inboxes": [...]}`."""
+        return self.send(Calls.inboxes(user_id, tenant_id, status))
+
+    def inbox(self, user_id: str, tenant_id: str, inbox_id: str) -> dict[str, Any]:
+        """One trigger inbox: `{"inbox": {...}}`."""
+        return self.send(Calls.inbox(user_id, tenant_id, inbox_id))
+
+    def pause_inbox(self, user_id: str, tenant_id: str, inbox_id: str) -> dict[str, Any]:
+        """Pause a trigger inbox."""
+        return self.send(Calls.switch_inbox(user_id, tenant_id, inbox_id, "pause"))
+
+    def resume_inbox(self, user_id: str, tenant_id: str, inbox_id: str) -> dict[str, Any]:
+        """Resume a trigger inbox."""
+        return self.send(Calls.switch_inbox(user_id, tenant_id, inbox_id, "resume"))
+
+    def delete_inbox(self, user_id: str, tenant_id: str, inbox_id: str) -> None:
+        """Delete a trigger inbox."""
+        self.send(Calls.delete_inbox(user_id, tenant_id, inbox_id))
+
+    def lease(self, user_id: str, tenant_id: str, inbox_id: str, *, limit: int | None = None,
+              lease: float | None = None, wait: float | None = None) -> dict[str, Any]:
+        """Lease messages: `{"lease_id", "leased_until", "messages": [{"id", "payload", "attributes"}]}`."""
+        return self.send(Calls.lease(user_id, tenant_id, inbox_id, limit, lease, wait))
+
+    def ack(self, user_id: str, tenant_id: str, inbox_id: str, lease_id: str,
+            message_ids: list[str] | None = None) -> dict[str, Any]:
+        """Acknowledge leased messages (all of the lease, or `message_ids`): `{"acked": [...]}`."""
+        return self.send(Calls.settle(user_id, tenant_id, inbox_id, "ack", lease_id, message_ids))
+
+    def release(self, user_id: str, tenant_id: str, inbox_id: str, lease_id: str,
+                message_ids: list[str] | None = None) -> dict[str, Any]:
+        """Give leased messages back at once: `{"released": [...]}`."""
+        return self.send(Calls.settle(user_id, tenant_id, inbox_id, "release", lease_id, message_ids))
 
     def close(self) -> None:
         """Close the HTTP client if this one created it."""

@@ -13,6 +13,12 @@ internal listener (so the replica's access-token cache and Partner API budget ar
     keysvc zapier run         --app APP --action KEY --action-type WRITE [--connection ID] [--inputs JSON]
                               [--wait SECONDS]
     keysvc zapier status RUN_ID [--wait SECONDS]
+    keysvc zapier ensure-inbox --key KEY --app APP_KEY --trigger KEY [--connection ID] [--inputs JSON]
+                              [--wait SECONDS]
+    keysvc zapier inboxes     [--status STATUS]
+    keysvc zapier inbox | pause-inbox | resume-inbox | delete-inbox INBOX_ID
+    keysvc zapier lease INBOX_ID [--limit N] [--lease SECONDS] [--wait SECONDS]
+    keysvc zapier ack | release INBOX_ID --lease-id ID [--message-id ID ...]
 
 --url and --api-key-file go before or after COMMAND. The API key is read from --api-key-file or
 $KEYSVC_API_KEY (never a command-line argument: it would show in `ps`). Every answer is printed as JSON on
@@ -136,6 +142,42 @@ def _status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the result (default 0)")
 
 
+def _ensure_inbox(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", required=True, help="the inbox's key (1 to 100 letters, digits, _ . : -)")
+    p.add_argument("--app", required=True, help="Zapier's app key (e.g. SlackCLIAPI)")
+    p.add_argument("--trigger", required=True, help="the trigger's key (keysvc zapier actions --action-type READ)")
+    p.add_argument("--connection", help="the connection id (omit for an app without authentication)")
+    p.add_argument("--inputs", type=json_object, default={}, help="the inputs as a JSON object (default {})")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait until it is active (default 0)")
+
+
+def _inboxes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--status", help="only inboxes with this status (active, paused, initializing, ...)")
+
+
+def _inbox(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inbox_id", help="Zapier's inbox id (keysvc zapier inboxes)")
+
+
+def _lease(p: argparse.ArgumentParser) -> None:
+    _inbox(p)
+    p.add_argument("--limit", type=int, help="at most this many messages (1-100, default 10)")
+    p.add_argument("--lease", type=float, help="seconds they stay leased (default 300)")
+    p.add_argument("--wait", type=float, help="seconds to wait for a message (default 0)")
+
+
+def _settle(p: argparse.ArgumentParser) -> None:
+    _inbox(p)
+    p.add_argument("--lease-id", required=True, help="the lease_id `keysvc zapier lease` printed")
+    p.add_argument("--message-id", action="append", dest="message_ids", metavar="ID",
+                   help="only this message of the lease (repeatable; default: the whole lease)")
+
+
+def _deleted(z: Any, a: argparse.Namespace) -> Mapping[str, Any]:
+    z.delete_inbox(a.user, a.tenant, a.inbox_id)
+    return {"deleted": a.inbox_id}
+
+
 COMMANDS: list[Command] = [
     Command("apps", "one page of Zapier's apps", _apps,
             lambda z, a: z.apps(a.user, a.tenant, query=a.query)),
@@ -159,6 +201,21 @@ COMMANDS: list[Command] = [
                                wait=a.wait), run_exit),
     Command("status", "an action run's status (exit 0 success, 1 error, 3 pending)", _status,
             lambda z, a: z.run_status(a.user, a.tenant, a.run_id, wait=a.wait), run_exit),
+    Command("ensure-inbox", "ensure the user's trigger inbox with this key", _ensure_inbox,
+            lambda z, a: z.ensure_inbox(a.user, a.tenant, a.key, a.app, a.trigger, a.connection, a.inputs,
+                                        wait=a.wait)),
+    Command("inboxes", "the user's trigger inboxes", _inboxes, lambda z, a: z.inboxes(a.user, a.tenant, a.status)),
+    Command("inbox", "one trigger inbox", _inbox, lambda z, a: z.inbox(a.user, a.tenant, a.inbox_id)),
+    Command("pause-inbox", "pause a trigger inbox", _inbox, lambda z, a: z.pause_inbox(a.user, a.tenant, a.inbox_id)),
+    Command("resume-inbox", "resume a trigger inbox", _inbox,
+            lambda z, a: z.resume_inbox(a.user, a.tenant, a.inbox_id)),
+    Command("delete-inbox", "delete a trigger inbox", _inbox, _deleted),
+    Command("lease", "lease a trigger inbox's messages", _lease,
+            lambda z, a: z.lease(a.user, a.tenant, a.inbox_id, limit=a.limit, lease=a.lease, wait=a.wait)),
+    Command("ack", "acknowledge leased messages (they are gone for good)", _settle,
+            lambda z, a: z.ack(a.user, a.tenant, a.inbox_id, a.lease_id, a.message_ids)),
+    Command("release", "give leased messages back at once", _settle,
+            lambda z, a: z.release(a.user, a.tenant, a.inbox_id, a.lease_id, a.message_ids)),
 ]
 
 
@@ -175,7 +232,8 @@ def _connection_options(parser: argparse.ArgumentParser, default: Callable[[str]
 def add_zapier_parser(subparsers: Any, commands: list[Command] | None = None) -> argparse.ArgumentParser:
     """Add `keysvc zapier` and one command per row of `commands` (default COMMANDS)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "zapier", help="drive the Zapier embed gateway of a running keysvc (apps, connections, actions, runs)",
+        "zapier",
+        help="drive the Zapier embed gateway of a running keysvc (apps, connections, actions, runs, trigger inboxes)",
         description="Call a running keysvc's /v1/zapier/* routes as a client with `zapier: true`; every answer "
         "is printed as JSON.",
         epilog="exit status: 0 success; 1 keysvc refused (printed as `keysvc: CODE: DESCRIPTION`) or a run "

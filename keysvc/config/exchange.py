@@ -5,6 +5,8 @@ Read by the shared reader like every other section, so each refusal is a ConfigE
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections.abc import Collection, Mapping
@@ -45,6 +47,15 @@ class ApiRateLimit:
     burst: int = 10
 
 
+@dataclass(frozen=True)
+class TriggerDeliverySettings:
+    """Push delivery of trigger-inbox messages to the partner's own service (Standard Webhooks)."""
+
+    url: str  # the partner's service; plain http only to loopback
+    secret: Secret | SecretFile  # "whsec_<base64>": signs every delivery
+    public_url: str  # where Zapier reaches keysvc's public listener (the notification URL's base)
+    lease: float = 300.0  # how long one delivery attempt may hold a message
+    sweep_interval: float = 300.0  # lease every known inbox at least this often
 # Zapier's Connect URL takes an optional `theme` query parameter naming the partner's Connect UI branding
 # (White Label docs, "Connection flow"): a theme name Zapier set up for the partner, not a colour scheme.
 CONNECT_THEME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -95,6 +106,9 @@ class TokenExchangeSettings:
     redirect_uris: tuple[str, ...] = ()  # exact-match allow-list of Connect redirects
     api_rate_limit: ApiRateLimit = ApiRateLimit()
     run_wait_max: float = 60.0  # the longest a caller may ask keysvc to wait for an action run
+    trigger_inbox_url: str = "https://api.zapier.com/trigger-inbox/v1"  # Zapier's Trigger Inbox API
+    lease_wait_max: float = 30.0  # the longest a caller may ask keysvc to wait for inbox messages
+    trigger_delivery: TriggerDeliverySettings | None = None  # push delivery (needs the gateway store)
     store: StoreConfig | None = None  # the gateway store shared by replicas (None: per-replica budget)
     connect_theme: str | None = None  # the Connect UI's theme when a call names none (CONNECT_THEME)
 
@@ -155,10 +169,17 @@ def read_token_exchange(
         redirect_uris=lambda: _redirect_uris(sec),
         api_rate_limit=lambda: _api_rate_limit(sec.section("api_rate_limit")),
         run_wait_max=lambda: _run_wait_max(sec, d.run_wait_max),
+        trigger_inbox_url=lambda: _url(sec, "trigger_inbox_url", d.trigger_inbox_url),
+        lease_wait_max=lambda: _wait_max(sec, "lease_wait_max", d.lease_wait_max),
+        trigger_delivery=lambda: _trigger_delivery(sec.section("trigger_delivery"))
+        if sec.present("trigger_delivery") else None,
         store=lambda: _store(sec.section("store")) if sec.present("store") else sec.get("store"),
         connect_theme=lambda: _connect_theme(sec),
     )
     settings = TokenExchangeSettings(**v)
+    if settings.trigger_delivery is not None and settings.store is None:
+        raise ConfigError(sec.name("trigger_delivery"), "needs the gateway store (token_exchange.store): push "
+                          "delivery records there the inboxes it serves")
     if settings.keyset not in unchecked:
         _check_keyset(sec, settings.keyset, keyset_algs)
     return settings
@@ -176,6 +197,46 @@ def _run_wait_max(sec: Section, default: float) -> float:
     if run_wait_max > MAX_RUN_WAIT:
         raise ConfigError(sec.name("run_wait_max"), f"must be at most {MAX_RUN_WAIT:g}s (10m)")
     return run_wait_max
+
+
+def _wait_max(sec: Section, key: str, default: float) -> float:
+    wait_max = sec.positive_duration(key, default)
+    if wait_max > MAX_RUN_WAIT:
+        raise ConfigError(sec.name(key), f"must be at most {MAX_RUN_WAIT:g}s (10m)")
+    return wait_max
+
+
+def _trigger_delivery(sec: Section) -> TriggerDeliverySettings:
+    v = sec.read(
+        url=lambda: _url(sec, "url", sec.required_text("url")),
+        secret=lambda: _webhook_secret(sec),
+        public_url=lambda: _url(sec, "public_url", sec.required_text("public_url")).rstrip("/"),
+        lease=lambda: _lease(sec),
+        sweep_interval=lambda: sec.positive_duration("sweep_interval", 300.0),
+    )
+    return TriggerDeliverySettings(**v)
+
+
+def _webhook_secret(sec: Section) -> Secret | SecretFile:
+    """Standard Webhooks' form, `whsec_` + standard base64 of 24 to 64 bytes (the text is never echoed)."""
+    secret = read_secret(sec, "secret", required=True)
+    assert secret is not None  # nosec B101 - required=True never answers None
+    if not sec.options.offline:
+        text = secret.reveal()
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_").strip(), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not text.startswith("whsec_") or not 24 <= len(key) <= 64:
+            raise ConfigError(sec.name("secret"), "must be whsec_ followed by the base64 of 24 to 64 random bytes")
+    return secret
+
+
+def _lease(sec: Section) -> float:
+    lease = sec.positive_duration("lease", 300.0)
+    if not 1 <= lease <= 3600 or lease != int(lease):
+        raise ConfigError(sec.name("lease"), "must be whole seconds from 1s to 1h (Zapier leases by the second)")
+    return lease
 
 
 def _cache_margin(sec: Section, default: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
@@ -16,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from keysvc import discovery
 from keysvc.config import Settings
 from keysvc.errors import MethodNotAllowed, NotFound, RequestError, Unavailable
+from keysvc.feature import PublicRoute
 from keysvc.http.common import Headers, first_headers, refuse_websocket, request_id
 from keysvc.http.errors import error_answer, log_unexpected, send_error
 from keysvc.jwks import JwksDocument
@@ -59,8 +61,9 @@ class PublicApp:
     """GET|HEAD /.well-known/jwks.json, /keysets/{name}/jwks.json, /.well-known/openid-configuration,
     /keysets/{name}/.well-known/openid-configuration, /healthz, /readyz."""
 
-    def __init__(self, keyring: Keyring, metrics: Metrics) -> None:
+    def __init__(self, keyring: Keyring, metrics: Metrics, routes: Sequence[PublicRoute] = ()) -> None:
         self.keyring = keyring
+        self._routes = tuple(routes)  # the features' public routes (keysvc.feature.PublicRoute), by prefix
         self.metrics = metrics
         self.log_from = log_from(keyring.settings)
         self.default = keyring.settings.default_keyset
@@ -92,7 +95,7 @@ class PublicApp:
         headers = first_headers(scope)
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
         try:
-            status = await self._route(scope, headers, rid, send)
+            status = await self._route(scope, headers, rid, send, receive)
         except Exception as exc:  # a RequestError, or a bug answered as the JSON 500
             status = await self._error(scope, exc, rid, send)
         if status >= self.log_from:
@@ -116,7 +119,8 @@ class PublicApp:
         self.metrics.http_requests.inc(("public", route, str(answer.status)))
         return answer.status
 
-    async def _route(self, scope: Scope, headers: dict[bytes, bytes], rid: str, send: Send) -> int:
+    async def _route(self, scope: Scope, headers: dict[bytes, bytes], rid: str, send: Send,
+                     receive: Receive) -> int:
         path: str = scope["path"]
         name = self._jwks_paths.get(path)
         if name is not None:
@@ -135,6 +139,11 @@ class PublicApp:
             await _respond(send, scope, 200, [_JSON, _NO_STORE, (b"x-request-id", rid.encode())], body)
             self.metrics.http_requests.inc(("public", path[1:], "200"))
             return 200
+        for route in self._routes:
+            if path.startswith(route.prefix):
+                status = await route.handle(scope, receive, send)
+                self.metrics.http_requests.inc(("public", route.name, str(status)))
+                return status
         raise NotFound("no such resource")
 
     async def _jwks(self, scope: Scope, name: str, headers: dict[bytes, bytes], rid: str, send: Send) -> int:

@@ -50,6 +50,7 @@ class Contract:
     answer: JsonObject | None = None  # the 200 body's schema (default: an object, or RUN when `runs`)
     answer_description: str = "The answer"
     body_schema_name: str | None = None  # the body's schema goes to components.schemas under this name
+    no_content: bool = False  # answers 204 without a body
 
     @property
     def fields(self) -> tuple[Field, ...]:
@@ -82,6 +83,8 @@ class Contract:
                        parameters=parameters or None)
         if self.runs:
             op["responses"]["202"] = json_answer("Still pending", RUN)
+        if self.no_content:
+            op["responses"]["204"] = {"description": op["responses"].pop("200")["description"]}
         return {self.method.lower(): op}
 
 
@@ -133,7 +136,66 @@ EXCHANGE = Contract(
 
 GATEWAY = (APPS, CONNECTIONS, CONNECT, COMPLETE, ACTIONS, INPUTS, CHOICES, RUN_CREATE, RUN_STATUS)
 
+# ---------------------------------------------------------------- trigger inboxes (Zapier's Trigger Inbox API)
+_INBOXES = "/v1/zapier/trigger-inboxes"
+_INBOX = _INBOXES + "/{inbox}"  # one path parameter name for the key (PUT) and Zapier's inbox id (the rest)
+_INBOX_ID = (("inbox", "Zapier's inbox id (a UUID)"),)
+_UUID = {"type": "string", "format": "uuid"}
+_DURATION = {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+             "description": "seconds, or a duration such as 10s or 5m"}
+INBOX_VIEW = {"type": "object", "required": ["id", "key", "status", "app", "trigger", "reconnect_required"],
+              "properties": {
+                  "id": _UUID, "key": {"type": ["string", "null"]}, "status": _STRING,
+                  "paused_reason": {"type": ["string", "null"]}, "app": _STRING, "trigger": _STRING,
+                  "connection": {"type": ["string", "null"]}, "reconnect_required": {"type": "boolean"}}}
+_ONE_INBOX = {"type": "object", "required": ["inbox"], "properties": {"inbox": INBOX_VIEW}}
+_LEASE = {"type": "object", "required": ["lease_id", "leased_until", "messages"], "properties": {
+    "lease_id": {"type": ["string", "null"]}, "leased_until": {"type": ["string", "null"]},
+    "messages": {"type": "array", "items": {"type": "object", "required": ["id", "payload", "attributes"],
+                                            "properties": {"id": _UUID, "payload": {}, "attributes": _OBJECT}}}}}
+_IDS = {"type": "array", "items": _UUID}
+_SETTLE = (*USER, Field("lease_id", _UUID, True, "0b9d2f8e-6c1a-4f7e-9a51-2d3c4b5a6979"),
+           Field("message_ids", {**_IDS, "minItems": 1, "maxItems": 100}))
+
+INBOX_ENSURE = Contract(
+    _INBOX, "PUT", "zapier_inbox_ensure", "Zapier: ensure the user's trigger inbox with this key (idempotent)",
+    body=(*USER, Field("app", _STRING, True, "SlackCLIAPI"), Field("trigger", _STRING, True, "new_message"),
+          Field("connection", {"type": ["string", "null"]}), Field("inputs", _OBJECT),
+          Field("wait", {**_DURATION, "description": "how long to wait for `active`, at most run_wait_max"})),
+    path_params=(("inbox", "the inbox key: 1 to 100 letters, digits, _ . : -"),), answer=_ONE_INBOX)
+INBOX_LIST = Contract(_INBOXES, "GET", "zapier_inboxes", "Zapier: the user's trigger inboxes (every page)",
+                      query=(*USER, Field("status", _STRING)),
+                      answer={"type": "object", "required": ["inboxes"],
+                              "properties": {"inboxes": {"type": "array", "items": INBOX_VIEW}}})
+INBOX_GET = Contract(_INBOX, "GET", "zapier_inbox", "Zapier: one trigger inbox", query=USER,
+                     path_params=_INBOX_ID, answer=_ONE_INBOX)
+INBOX_DELETE = Contract(_INBOX, "DELETE", "zapier_inbox_delete", "Zapier: delete a trigger inbox (204)",
+                        query=USER, path_params=_INBOX_ID, answer_description="Deleted", no_content=True)
+INBOX_PAUSE = Contract(_INBOX + "/pause", "POST", "zapier_inbox_pause", "Zapier: pause a trigger inbox",
+                       body=USER, path_params=_INBOX_ID, answer=_ONE_INBOX)
+INBOX_RESUME = Contract(_INBOX + "/resume", "POST", "zapier_inbox_resume", "Zapier: resume a trigger inbox",
+                        body=USER, path_params=_INBOX_ID, answer=_ONE_INBOX)
+INBOX_LEASE = Contract(
+    _INBOX + "/lease", "POST", "zapier_inbox_lease",
+    "Zapier: lease an inbox's messages, waiting up to `wait` for one to arrive",
+    body=(*USER, Field("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+          Field("lease", {**_DURATION, "description": "how long the messages stay leased, 1s to 1h (5m)"}),
+          Field("wait", {**_DURATION, "description": "how long to wait for a message, at most lease_wait_max"})),
+    path_params=_INBOX_ID, answer=_LEASE)
+INBOX_ACK = Contract(_INBOX + "/ack", "POST", "zapier_inbox_ack", "Zapier: acknowledge leased messages",
+                     body=_SETTLE, path_params=_INBOX_ID,
+                     answer={"type": "object", "required": ["acked"], "properties": {"acked": _IDS}})
+INBOX_RELEASE = Contract(_INBOX + "/release", "POST", "zapier_inbox_release", "Zapier: release leased messages",
+                         body=_SETTLE, path_params=_INBOX_ID,
+                         answer={"type": "object", "required": ["released"], "properties": {"released": _IDS}})
+
+TRIGGERS = (INBOX_ENSURE, INBOX_LIST, INBOX_GET, INBOX_DELETE, INBOX_PAUSE, INBOX_RESUME, INBOX_LEASE, INBOX_ACK,
+            INBOX_RELEASE)
+
 
 def gateway_paths() -> JsonObject:
-    """The OpenAPI paths of every gateway route."""
-    return {c.path: c.openapi() for c in GATEWAY}
+    """The OpenAPI paths of every gateway route (the trigger inboxes' too; several methods share a path)."""
+    paths: JsonObject = {}
+    for c in (*GATEWAY, *TRIGGERS):
+        paths.setdefault(c.path, {}).update(c.openapi())
+    return paths

@@ -12,6 +12,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
 from keysvc.metrics import BACKEND_BUCKETS, LATENCY_BUCKETS
+from keysvc.partner.triggers.answers import RECONNECT_REASONS, STATUSES
+
+INBOX_STATUSES = (*STATUSES, "paused_authentication", "other")
 
 
 class PartnerMetrics:
@@ -47,6 +50,29 @@ class PartnerMetrics:
             "replica's, in the gateway store; local: this replica's own or the store's fallback)",
             ["result", "budget"], registry=None,
         )
+        self.inbox_messages = Counter(
+            "keysvc_zapier_inbox_messages_total", "Trigger-inbox messages leased, acked and released through keysvc",
+            ["event"], registry=None,
+        )
+        self.inboxes_seen = Counter(
+            "keysvc_zapier_inboxes_seen_total", "Trigger inboxes keysvc saw in Zapier's answers, by status "
+            "(paused_authentication: paused until the user reconnects)", ["status"], registry=None,
+        )
+        self.push_deliveries = Counter(
+            "keysvc_zapier_push_deliveries_total", "Trigger-inbox messages POSTed to trigger_delivery.url: "
+            "delivered (2xx, then acked), refused (another status, released), failed (no answer, left leased)",
+            ["outcome"], registry=None,
+        )
+        self.push_latency = Histogram(
+            "keysvc_zapier_push_duration_seconds", "One POST to trigger_delivery.url", buckets=BACKEND_BUCKETS,
+            registry=None,
+        )
+        for outcome in ("delivered", "refused", "failed"):
+            self.push_deliveries.labels(outcome)
+        for event in ("leased", "acked", "released"):
+            self.inbox_messages.labels(event)
+        for status in INBOX_STATUSES:
+            self.inboxes_seen.labels(status)
         for result in ("waited", "refused", "cooling"):
             for kind in ("shared", "local"):
                 self.zapier_budget.labels(result, kind)  # at 0 from the start, so alerts see the first increment
@@ -68,7 +94,8 @@ class PartnerMetrics:
     def collectors(self) -> list[Collector]:
         """Every metric, for the service's registry."""
         return [self.exchange_calls, self.exchange_latency, self.exchange_cache, self.zapier_calls,
-                self.zapier_latency, self.zapier_runs, self.zapier_budget, self.store_up, self.registry_lookups]
+                self.zapier_latency, self.zapier_runs, self.zapier_budget, self.store_up, self.registry_lookups,
+                self.inbox_messages, self.inboxes_seen, self.push_deliveries, self.push_latency]
 
     def upstream(self, outcome: str, seconds: float) -> None:
         """One request to the partner's token endpoint."""
@@ -95,3 +122,18 @@ class PartnerMetrics:
     def run(self, status: str) -> None:
         """One action-run answer of the gateway."""
         self.zapier_runs.labels(status).inc()
+
+    def messages(self, event: str, count: int) -> None:
+        """`count` trigger-inbox messages leased, acked or released."""
+        self.inbox_messages.labels(event).inc(count)
+
+    def inbox_seen(self, status: str, paused_reason: str | None = None) -> None:
+        """One inbox in an answer, by status (an unknown word is `other`: the label stays bounded)."""
+        if status == "paused" and paused_reason in RECONNECT_REASONS:
+            status = "paused_authentication"
+        self.inboxes_seen.labels(status if status in INBOX_STATUSES else "other").inc()
+
+    def pushed(self, outcome: str, seconds: float) -> None:
+        """One POST of push delivery to the partner's service."""
+        self.push_deliveries.labels(outcome).inc()
+        self.push_latency.observe(seconds)

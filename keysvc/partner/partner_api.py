@@ -44,6 +44,7 @@ from keysvc.partner.outbound import PartnerHttp
 
 RETRYABLE = frozenset({500, 502, 503, 504})
 DEFAULT_RETRY_AFTER = 5
+PARTNER_API = "the Zapier Partner API"  # what errors and logs call it; the Trigger Inbox API has its own name
 MAX_DEPTH = 64  # levels of a Partner API answer (its documented shapes nest fewer than 10)
 BEARER = re.compile(r"[\x21-\x7e]+")  # visible ASCII (RFC 6750's b64token is a subset): safe in a header
 
@@ -110,9 +111,15 @@ class PartnerApi:
         observer: ApiObserver | None = None,
         backoff: float = 0.25,
         base_url: str | None = None,
+        name: str = PARTNER_API,
+        reauth_codes: frozenset[str] = frozenset(),
     ) -> None:
         """`base_url` is `settings.api_url` unless given: another Bearer-token API of the partner (the
-        Trigger Inbox API) is another PartnerApi over the same session, its own budget and base URL."""
+        Trigger Inbox API) is another PartnerApi over the same session and budget, its own base URL and
+        `name` (what its errors and logs call it); a 400 whose first error code is in `reauth_codes` is a
+        refused access token like a 401 (the Trigger Inbox's `unauthenticated`)."""
+        self._name = name
+        self._reauth_codes = reauth_codes
         self._settings = settings
         self._base = (base_url or settings.api_url).rstrip("/")
         self._http = http
@@ -123,7 +130,7 @@ class PartnerApi:
         self._backoff = backoff
 
     def __repr__(self) -> str:
-        return f"PartnerApi({self._http!r}, {self._budget!r})"
+        return f"PartnerApi({self._name!r}, {self._http!r}, {self._budget!r})"
 
     async def get(self, endpoint: str, path: str, token: str,
                   params: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -170,20 +177,24 @@ class PartnerApi:
         if body is not None:
             headers["Content-Type"] = "application/json"
             content = orjson.dumps(body)
-        answer = await self._http.attempt("the Zapier Partner API", method, self._base + path, headers=headers,
+        answer = await self._http.attempt(self._name, method, self._base + path, headers=headers,
                                           params=params, body=content, deadline=deadline,
                                           connect=s.connect_timeout, read=s.read_timeout, clock=self._clock)
         if isinstance(answer, Failure):
             return answer
+        if answer.status == 204:
+            return {}
         if 200 <= answer.status < 300:
             try:
-                return envelope(answer)
+                return envelope(answer, self._name)
             except UpstreamError as exc:
                 return Failure(exc, False, "malformed")
-        error = api_error(answer.status, answer.retry_after, _json(answer.content))
+        problem = _json(answer.content)
+        status = 401 if answer.status == 400 and _first_code(problem) in self._reauth_codes else answer.status
+        error = api_error(status, answer.retry_after, problem, self._name)
         if answer.status == 429:
             await self._budget.cool_down(float(error.retry_after or COOLDOWN_WITHOUT_RETRY_AFTER))
-        outcome = _OUTCOMES.get(answer.status, "upstream_error")
+        outcome = _OUTCOMES.get(status, "upstream_error")
         return Failure(error, answer.status in RETRYABLE, outcome)
 
 
@@ -194,16 +205,23 @@ def _json(content: bytes) -> Any:
         return None
 
 
-def envelope(answer: Answer) -> dict[str, Any]:
+def _first_code(body: Any) -> str | None:
+    errors = body.get("errors") if isinstance(body, dict) else None
+    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+    code = first.get("code")
+    return code if isinstance(code, str) else None
+
+
+def envelope(answer: Answer, name: str = PARTNER_API) -> dict[str, Any]:
     """A 2xx answer's JSON object; the Partner API's document types some lists as `[{links, meta, data}]`,
     so a one-element array around an object is the object."""
     body = _json(answer.content)
     if isinstance(body, list) and len(body) == 1:
         body = body[0]
     if not isinstance(body, dict):
-        raise UpstreamError(f"the Zapier Partner API answered HTTP {answer.status} without a JSON object")
+        raise UpstreamError(f"{name} answered HTTP {answer.status} without a JSON object")
     if _too_deep(body, MAX_DEPTH):
-        raise UpstreamError(f"the Zapier Partner API answered JSON nested deeper than {MAX_DEPTH} levels")
+        raise UpstreamError(f"{name} answered JSON nested deeper than {MAX_DEPTH} levels")
     return body
 
 
@@ -233,21 +251,21 @@ def partner_detail(body: Any) -> str:
     return ""
 
 
-def api_error(status: int, retry_after_header: str | None, body: Any) -> RequestError:
+def api_error(status: int, retry_after_header: str | None, body: Any, name: str = PARTNER_API) -> RequestError:
     """Map a non-2xx answer onto keysvc's errors (table in the module docstring)."""
     detail = partner_detail(body)
     said = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
     if status == 401:
-        return PartnerUnauthorized(f"the Zapier Partner API refused the user's access token ({said})")
+        return PartnerUnauthorized(f"{name} refused the user's access token ({said})")
     if status in (429, 503):
         fallback = COOLDOWN_WITHOUT_RETRY_AFTER if status == 429 else DEFAULT_RETRY_AFTER
         retry_after = parse_retry_after(retry_after_header) or fallback
-        return Unavailable(f"the Zapier Partner API is busy ({said})", retry_after=retry_after)
+        return Unavailable(f"{name} is busy ({said})", retry_after=retry_after)
     if status in (400, 403, 422) and refuses_authentication(body):
-        return PartnerAuthRefused(f"the Zapier Partner API refused the connection ({said})")
+        return PartnerAuthRefused(f"{name} refused the connection ({said})")
     error_class = _STATUS_ERRORS.get(status)
     if error_class is not None:
-        return error_class(f"the Zapier Partner API refused the request ({said})")
+        return error_class(f"{name} refused the request ({said})")
     if status >= 500:
-        return UpstreamError(f"the Zapier Partner API failed ({said})")
-    return UpstreamError(f"the Zapier Partner API answered an unexpected error ({said})")
+        return UpstreamError(f"{name} failed ({said})")
+    return UpstreamError(f"{name} answered an unexpected error ({said})")

@@ -39,6 +39,9 @@ from keysvc.partner.partner_api import PartnerApi
 from keysvc.partner.registry import ConnectionRegistry, MemoryRegistry, StoreRegistry
 from keysvc.partner.state import StateCodec
 from keysvc.partner.store import GatewayStore, SharedBudget, StoreSettings, StoreUnavailable, open_store
+from keysvc.partner.trigger_inboxes import REAUTH_CODES, TRIGGER_INBOX_API, TriggerInboxes
+from keysvc.partner.trigger_notify import Push, build_push
+from keysvc.partner.trigger_routes import trigger_routes
 
 log = logging.getLogger("keysvc.partner.store")
 STORE_CHECK_INTERVAL = 5.0  # seconds between the job's migration attempts (until done) and pings
@@ -97,11 +100,14 @@ class Partner:
     gateway: ZapierGateway
     http: PartnerHttp
     metrics: PartnerMetrics
+    inboxes: TriggerInboxes
     keeper: StoreKeeper | None = field(default=None)
+    push: Push | None = None  # push delivery of trigger-inbox messages (trigger_delivery, with the store)
 
     def routes(self, api: RouteContext) -> Sequence[BaseRoute]:
         """The internal listener's partner routes."""
-        return [*exchange_routes(self.exchanger, api), *zapier_routes(self.gateway, self.settings, api)]
+        return [*exchange_routes(self.exchanger, api), *zapier_routes(self.gateway, self.settings, api),
+                *trigger_routes(self.inboxes, self.settings, api)]
 
     async def start(self) -> None:
         """Migrate the gateway store when there is one (a failure is logged; the job tries again)."""
@@ -109,9 +115,11 @@ class Partner:
             await self.keeper.check()
 
     async def aclose(self) -> None:
-        """Close the session to the partner (the token endpoint's and the Partner API's connections), then
-        the gateway store."""
+        """Stop push deliveries in flight, close the session to the partner (the token endpoint's and the
+        Partner API's connections), then the gateway store."""
         try:
+            if self.push is not None:
+                await self.push.delivery.aclose()
             await self.http.aclose()
         finally:
             if self.keeper is not None:
@@ -119,10 +127,13 @@ class Partner:
 
     def feature(self) -> Feature:
         """This partner side as the service's feature: routes, OpenAPI part, metrics, start and close hooks,
-        and the store's check job."""
+        the store's check job, and push delivery's sweep job and public route when it is configured."""
         jobs = [] if self.keeper is None else [Job("gateway-store", STORE_CHECK_INTERVAL, self.keeper.check)]
+        if self.push is not None:
+            jobs.append(self.push.job())
         return Feature("partner", routes=self.routes, openapi=partner_openapi(), metrics=self.metrics.collectors(),
-                       jobs=jobs, start=self.start, close=self.aclose, part=self)
+                       jobs=jobs, start=self.start, close=self.aclose, part=self,
+                       public=None if self.push is None else self.push.route())
 
 
 def build_partner(settings: Settings, keyring: Keyring) -> Partner:
@@ -137,10 +148,18 @@ def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     endpoint = AiohttpTokenEndpoint(exchange, http, observer=metrics, budget=budget, budget_observer=metrics)
     exchanger = TokenExchanger(exchange, signer, endpoint=endpoint, observer=metrics)
     api = PartnerApi(exchange, http, budget, observer=metrics)
+    # the Trigger Inbox API: same session, same budget (every call counts against the Partner API's limit)
+    inbox_api = PartnerApi(exchange, http, budget, observer=metrics, base_url=exchange.trigger_inbox_url,
+                           name=TRIGGER_INBOX_API, reauth_codes=REAUTH_CODES)
+    inboxes = TriggerInboxes(exchanger, inbox_api, observer=metrics)
+    store = None if keeper is None else keeper.store
+    push = build_push(exchange, inboxes, http, store, observer=metrics)
+    if push is not None and store is not None:
+        inboxes.push_to(store, push.notification_url)
     states = StateCodec(exchange.client_secret.reveal)  # the key follows a rotated secret file
     gateway = ZapierGateway(exchanger, api, states, on_run=metrics.run, registry=registry,
                             connect_theme=exchange.connect_theme, on_registry=metrics.registry)
-    return Partner(exchange, exchanger, gateway, http, metrics, keeper)
+    return Partner(exchange, exchanger, gateway, http, metrics, inboxes, keeper, push)
 
 
 def _shared_state(exchange: TokenExchangeSettings) -> tuple[Budget, ConnectionRegistry, StoreKeeper | None]:

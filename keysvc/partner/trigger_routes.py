@@ -1,0 +1,140 @@
+"""The `/v1/zapier/trigger-inboxes*` routes of the internal listener: thin handlers over TriggerInboxes,
+declared in keysvc.partner.contracts (TRIGGERS). The client API key (Bearer) must belong to a client with
+`zapier` set (else 403), and its grant (`clients.<name>.zapier`) decides before any call to Zapier: ensure
+needs the app and the trigger allowed, the routes by inbox id need some trigger allowed, and the list and
+a single inbox show only inboxes of allowed apps and triggers. Authentication, the client's rate limit
+and strict JSON bodies are the internal API's own (keysvc.http.context.RouteContext). User fields come in
+the body on PUT and POST, in the query on GET and DELETE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from keysvc.config import ClientSettings, TokenExchangeSettings, ZapierGrant
+from keysvc.errors import Forbidden
+from keysvc.http.context import RouteContext
+from keysvc.partner import contracts as c
+from keysvc.partner.contracts import Contract
+from keysvc.partner.trigger_inboxes import TriggerInboxes
+from keysvc.partner.triggers import inputs as inputs_of
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+NO_CONTENT = object()  # a handler's answer for 204
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api: RouteContext) -> list[Route]:
+    """The trigger-inbox routes (longest waits from `exchange`: run_wait_max, lease_wait_max)."""
+    Handler = Callable[[Request, ClientSettings], Awaitable[Any]]
+
+    def route(contract: Contract, handle: Handler) -> tuple[Contract, Endpoint]:
+        async def endpoint(request: Request) -> Response:
+            client = api.client(request)
+            if not client.zapier:
+                raise Forbidden("this client may not call /v1/zapier/* (zapier is not set)")
+            grant = client.zapier_grant or _NOTHING
+            if not grant.everything and not grant.triggers:
+                raise Forbidden("this client may not use triggers (clients.<name>.zapier.triggers)")
+            answer = await handle(request, client)
+            if answer is NO_CONTENT:
+                return Response(status_code=204, headers=_NO_STORE)
+            return Response(orjson.dumps(answer), status_code=200, media_type="application/json", headers=_NO_STORE)
+
+        endpoint.__name__ = contract.name  # the access log's and http_requests_total's bounded route label
+        return contract, endpoint
+
+    def query(request: Request) -> list[tuple[str, str]]:
+        return request.query_params.multi_items()
+
+    def inbox(request: Request) -> str:
+        return str(request.path_params["inbox"])
+
+    async def ensure(request: Request, client: ClientSettings) -> Any:
+        body = inputs_of.ensure_body(inbox(request), await api.body(request), exchange.run_wait_max)
+        grant = client.zapier_grant or _NOTHING
+        if not grant.allows_app(body.app):
+            raise Forbidden("this client may not use this app (clients.<name>.zapier.apps)")
+        if not grant.allows_trigger(body.trigger):
+            raise Forbidden("this client may not use this trigger (clients.<name>.zapier.triggers)")
+        return await inboxes.ensure(client.name, body)
+
+    async def listing(request: Request, client: ClientSettings) -> Any:
+        answer = await inboxes.inboxes(inputs_of.list_query(query(request)))
+        answer["inboxes"] = [i for i in answer["inboxes"] if _allowed(client, i)]
+        return answer
+
+    async def one(request: Request, client: ClientSettings) -> Any:
+        answer = await inboxes.inbox(inputs_of.inbox_query(query(request), inbox(request)))
+        if not _allowed(client, answer["inbox"]):
+            raise Forbidden("this client may not use this inbox's app or trigger (clients.<name>.zapier)")
+        return answer
+
+    async def delete(request: Request, client: ClientSettings) -> Any:
+        await inboxes.delete(client.name, inputs_of.inbox_query(query(request), inbox(request)))
+        return NO_CONTENT
+
+    async def pause(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.pause(client.name, inputs_of.inbox_body(await api.body(request), inbox(request)))
+
+    async def resume(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.resume(client.name, inputs_of.inbox_body(await api.body(request), inbox(request)))
+
+    async def lease(request: Request, client: ClientSettings) -> Any:
+        body = inputs_of.lease_body(await api.body(request), inbox(request), exchange.lease_wait_max)
+        return await inboxes.lease(body)
+
+    async def ack(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.ack(client.name, inputs_of.settle_body(await api.body(request), inbox(request)))
+
+    async def release(request: Request, client: ClientSettings) -> Any:
+        return await inboxes.release(client.name, inputs_of.settle_body(await api.body(request), inbox(request)))
+
+    return by_path([
+        route(c.INBOX_LIST, listing),
+        route(c.INBOX_ENSURE, ensure),
+        route(c.INBOX_GET, one),
+        route(c.INBOX_DELETE, delete),
+        route(c.INBOX_PAUSE, pause),
+        route(c.INBOX_RESUME, resume),
+        route(c.INBOX_LEASE, lease),
+        route(c.INBOX_ACK, ack),
+        route(c.INBOX_RELEASE, release),
+    ])
+
+
+def by_path(endpoints: list[tuple[Contract, Endpoint]]) -> list[Route]:
+    """One Starlette route per path, so a wrong method is 405 with every method of the path in `Allow`
+    (PUT, GET and DELETE share one inbox path); the label stays the contract's name."""
+    paths: dict[str, dict[str, Endpoint]] = {}
+    for contract, endpoint in endpoints:
+        paths.setdefault(contract.path, {})[contract.method] = endpoint
+    routes = []
+    for path, methods in paths.items():
+        if len(methods) == 1:
+            [(method, endpoint)] = methods.items()
+            routes.append(Route(path, endpoint, methods=[method]))
+            continue
+
+        async def dispatch(request: Request, methods: dict[str, Endpoint] = methods) -> Response:
+            endpoint = methods["GET" if request.method == "HEAD" else request.method]
+            request.scope["endpoint"] = endpoint  # the access log's label: the contract's name
+            return await endpoint(request)
+
+        routes.append(Route(path, dispatch, methods=list(methods)))
+    return routes
+
+
+_NOTHING = ZapierGrant()
+
+
+def _allowed(client: ClientSettings, view: dict[str, Any]) -> bool:
+    """Whether the client's grant allows an inbox's app and trigger (as keysvc answers the inbox)."""
+    grant = client.zapier_grant or _NOTHING
+    return grant.allows_app(view.get("app")) and grant.allows_trigger(str(view.get("trigger")))
