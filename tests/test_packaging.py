@@ -45,8 +45,10 @@ PROBE = """
 import importlib, json, sys
 for name in NAMES:
     importlib.import_module(name)
+from keysvc.cli import build_parser
 from keysvc.config import parse_settings
 from keysvc.service import build_service
+build_parser().parse_args(["serve", "--dev"])  # what `keysvc serve` runs before serving: every command's parser
 service = build_service(parse_settings(json.loads(sys.stdin.read())))
 assert [f.name for f in service.features] == ["partner", "canary"], service.features
 service.resources.close_from_sync()
@@ -57,7 +59,8 @@ print(json.dumps(sorted(sys.modules)))
 @pytest.mark.system
 def test_the_server_stack_imports_one_outbound_http_library(tmp_path: Path) -> None:
     """In a fresh interpreter, importing the server (`keysvc serve` is keysvc.cli, then keysvc.serve and
-    keysvc.service) and every module of the partner package, then building a service with the partner side
+    keysvc.service) and every module of the partner package, building the CLI's parser as `keysvc serve`
+    does, then building a service with the partner side
     and the canary configured, loads aiohttp and never httpx: the token endpoint, the Partner API and the
     canary all go out over the one aiohttp stack."""
     (tmp_path / "secret").write_text("s3cr3t")

@@ -9,12 +9,14 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from keysvc.client.exchanger import TokenExchanger
-from keysvc.client.signer import TokenSigner
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError
+
+if TYPE_CHECKING:  # a protocol for annotations: its module loads httpx (RemoteSigner), which `keysvc serve` never needs
+    from keysvc.client.signer import TokenSigner
 
 
 def add_exchange_parser(subparsers: Any) -> argparse.ArgumentParser:
