@@ -33,7 +33,9 @@ DEFAULT_LIMITS: Mapping[str, Any] = {"run_wait_max": 60.0, "lease_wait_max": 30.
 _PARTNER_ID = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"  # Zapier's connection, run and input ids
 APP_ID = Uuid("Zapier's app id, a UUID from /v1/zapier/apps")
 ACTION_KEY = Text(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}", "an action key from /v1/zapier/actions")
-ACTION_TYPE = Text(r"[A-Z][A-Z_]{0,31}", "an action type such as READ, WRITE or SEARCH")
+# the action types the Partner API takes in a request (an Action it lists may also say FILTER)
+ACTION_TYPE = Text(r"(READ|READ_BULK|SEARCH|SEARCH_AND_WRITE|SEARCH_OR_WRITE|WRITE)",
+                   "an action type: READ, READ_BULK, SEARCH, SEARCH_AND_WRITE, SEARCH_OR_WRITE or WRITE")
 CONNECTION = Text(_PARTNER_ID, "a Zapier connection id (letters, digits, _ . : -), or null for an app without "
                                "authentication")
 PARTNER_ID = Text(_PARTNER_ID, "a Zapier id (letters, digits, _ . : -)")
@@ -94,9 +96,15 @@ class Field:
     rule: Rule | JsonObject
     required: bool = False
     example: Any = "x"
+    null_absent: bool = True  # (optional body fields) null counts as absent
 
     def schema(self, limits: Limits) -> JsonObject:
         return self.rule if isinstance(self.rule, dict) else self.rule.schema(limits)
+
+    def body_schema(self, limits: Limits) -> JsonObject:
+        """Its schema as a body field: an optional one may be null (absent) unless `null_absent` is off."""
+        schema = self.schema(limits)
+        return schema if self.required or not self.null_absent else nullable(schema)
 
 
 @dataclass(frozen=True)
@@ -135,9 +143,10 @@ class Contract:
         fields = self.body or ()
         schema: JsonObject = {"type": "object", "required": [f.name for f in fields if f.required],
                               "additionalProperties": False,
-                              "properties": {f.name: f.schema(limits) for f in fields}}
-        if self.one_of:
-            schema["oneOf"] = [{"required": [name]} for name in self.one_of]
+                              "properties": {f.name: f.body_schema(limits) for f in fields}}
+        if self.one_of:  # exactly one of them present and not null
+            schema["oneOf"] = [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                               for name in self.one_of]
         return {**schema, **(self.body_extra or {})}
 
     def openapi(self, limits: Limits = DEFAULT_LIMITS) -> JsonObject:
@@ -162,19 +171,32 @@ class Contract:
 
 
 def _query_schema(schema: JsonObject) -> JsonObject:
-    """A duration in a query is text: a plain number of seconds or a duration."""
+    """A duration in a query is text: its number of seconds with or without the `s`."""
     if "oneOf" not in schema:
         return schema
-    number = schema["oneOf"][0]
-    seconds = r"[0-9]{1,6}(\.[0-9]{1,3})?" if number["type"] == "number" else "[0-9]{1,6}"
-    text = schema["oneOf"][1]["pattern"][1:-1]
-    return {"type": "string", "pattern": f"^({seconds}|{text})$", "description": schema["description"]}
+    text = schema["oneOf"][1]["pattern"]
+    return {"type": "string", "pattern": text[:-2] + "s?$", "description": schema["description"]}
+
+
+def nullable(schema: JsonObject) -> JsonObject:
+    """`schema` or null: an optional body field sent as null counts as absent."""
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        out = {**schema, "type": [kind, "null"]}
+        if "enum" in schema:
+            out["enum"] = [*schema["enum"], None]
+        return out
+    if isinstance(kind, list):
+        return schema
+    if "oneOf" in schema:
+        return {**schema, "oneOf": [*schema["oneOf"], {"type": "null"}]}
+    return {"anyOf": [schema, {"type": "null"}]}
 
 
 USER = (Field("user_id", IDENTIFIER, True, "u-1"), Field("tenant_id", IDENTIFIER, True, "t-9"))
 APP = Field("app", APP_ID, True, APP_UUID)
 _CALL = (*USER, APP, Field("action_type", ACTION_TYPE, True, "WRITE"),
-         Field("connection", CONNECTION), Field("inputs", INPUTS_OBJECT))
+         Field("connection", CONNECTION), Field("inputs", INPUTS_OBJECT, null_absent=False))
 _KEY = Field("key", ACTION_KEY)
 
 APPS = Contract("/v1/zapier/apps", "GET", "zapier_apps", "Zapier: apps for the app picker", query=(

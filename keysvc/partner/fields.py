@@ -63,7 +63,8 @@ class Uuid:
 
 @dataclass(frozen=True)
 class Integer:
-    """An integer from `low` to `high` (in a query, its decimal digits)."""
+    """An integer from `low` to `high` (in a query, its decimal digits; in JSON, 19.0 is 19 as JSON Schema
+    says)."""
 
     low: int
     high: int
@@ -86,11 +87,23 @@ class Duration:
         return float(limits[self.limit]) if self.limit is not None else self.high
 
     def schema(self, limits: Limits) -> JsonObject:
+        """A number within the bounds, or text: the document's text form is whole seconds with `s` (such as
+        30s) of at most as many digits as keep it within the bounds (any longer duration the parser reads,
+        such as 5m or 1h30m, is within the description's words but not the pattern: a schema cannot bound
+        a duration's text)."""
         most = self.most(limits)
         bound = f" (at most {self.limit})" if self.limit else ""
         number: JsonObject = {"type": "integer" if self.whole else "number", "minimum": self.low, "maximum": most}
-        return {"description": f"seconds, or a duration such as 10s or 5m, from {self.low:g} to {most:g}{bound}",
-                "oneOf": [number, {"type": "string", "pattern": DURATION_TEXT.schema(limits)["pattern"]}]}
+        return {"description": f"seconds, or a duration such as 30s or 5m, from {self.low:g} to {most:g}{bound}",
+                "oneOf": [number, {"type": "string", "pattern": f"^{self.digits(limits)}s$"}]}
+
+    def digits(self, limits: Limits) -> str:
+        """A regular expression of whole numbers within the bounds (not all of them: 0 to 999 of 0 to 3600)."""
+        low, high = math.ceil(self.low), math.floor(self.most(limits))
+        if high < 10:
+            return f"[{low}-{high}]"
+        first, more = "[1-9]" if low >= 1 else "[0-9]", len(str(high)) - 2
+        return first + (f"[0-9]{{0,{more}}}" if more else "")
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,8 @@ class Fields:
             return None
         if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
             value = int(value)
+        elif isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+            value = int(value)  # JSON Schema's integer: 19.0 is 19
         if isinstance(value, bool) or not isinstance(value, int) or not rule.low <= value <= rule.high:
             raise InvalidRequest(f"{self.where} {name} must be an integer from {rule.low} to {rule.high}")
         return value
