@@ -302,6 +302,34 @@ def test_a_clients_grant_limits_its_apps_and_triggers_before_any_call(setup: Set
     assert listed and {i["trigger"] for i in listed} == {"new_message"}
 
 
+def test_routes_by_inbox_id_check_the_inboxs_own_app_and_trigger(setup: Setup) -> None:
+    """A client granted only `new_message` may not pause, resume, delete, lease, ack or release an inbox of
+    another trigger: 403 `forbidden` after one GET of the inbox (no push store here) and no state-changing
+    call to Zapier; its own inbox works; a client with `zapier: true` sends no look-up at all."""
+    made = setup.ensure("foreign-trigger", trigger="new_reaction", wait="5s")
+    assert made.status_code == 200, made.text
+    foreign = made.json()["inbox"]["id"]
+    settle = {**USER, "lease_id": "00000000-0000-4000-8000-000000000001"}
+    calls = (("POST", "/pause", {"json": USER}), ("POST", "/resume", {"json": USER}),
+             ("DELETE", "", {"params": USER}), ("POST", "/lease", {"json": USER}),
+             ("POST", "/ack", {"json": settle}), ("POST", "/release", {"json": settle}))
+    before = setup.inbox_api.counts()
+    for method, suffix, kw in calls:
+        refused = setup.call(method, f"{INBOXES}/{foreign}{suffix}", client="narrow", **kw)
+        assert refused.status_code == 403, (suffix, refused.text)
+        assert refused.json()["error"] == "forbidden"
+    sent = setup.inbox_api.counts() - before
+    assert sent == {"GET /inboxes/{id}": len(calls)}, sent
+    own = setup.call("PUT", f"{INBOXES}/narrow-own", client="narrow", json={**USER, **SUB, "wait": "5s"})
+    assert own.status_code == 200, own.text
+    own_id = own.json()["inbox"]["id"]
+    paused = setup.call("POST", f"{INBOXES}/{own_id}/pause", client="narrow", json=USER)
+    assert paused.status_code == 200 and paused.json()["inbox"]["status"] == "paused"
+    before = setup.inbox_api.counts()
+    assert setup.call("POST", f"{INBOXES}/{foreign}/pause", json=USER).status_code == 200  # `web`: zapier: true
+    assert setup.inbox_api.counts() - before == {"POST /inboxes/{id}/pause": 1}
+
+
 def test_zz_429_is_503_with_retry_after_and_the_budget_cools(setup: Setup) -> None:
     """Zapier's 429 answers 503 unavailable with Retry-After; during the cooldown keysvc sends nothing to
     Zapier (the shared Partner API budget) and answers 503 at once."""

@@ -27,6 +27,7 @@ from keysvc.errors import RequestError, UpstreamError
 from keysvc.logs import audit_request
 from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
 from keysvc.partner.store.base import InboxRecord
+from keysvc.partner.store.errors import StoreUnavailable
 from keysvc.partner.triggers.answers import (
     Inbox,
     Lease,
@@ -75,6 +76,9 @@ class InboxRecorder(Protocol):
 
     async def delete_inbox(self, inbox_id: str) -> bool:
         """Forget an inbox."""
+
+    async def inbox(self, inbox_id: str) -> InboxRecord | None:
+        """The recorded inbox, or None."""
 
 
 class InboxObserver(Protocol):
@@ -191,6 +195,22 @@ class TriggerInboxes:
     async def _get(self, user: User, inbox_id: str) -> Inbox:
         path = f"/inboxes/{quote(inbox_id, safe='')}"
         return parse_inbox(await self._with_token(user, lambda token: self._api.get("inbox_get", path, token)))
+
+    async def subscription(self, user: User, inbox_id: str) -> tuple[str, str]:
+        """The (app key, trigger key) the user's inbox subscribes to, for the routes' least-privilege check:
+        the store's record when push delivery recorded this inbox of this user (no call to Zapier), else
+        GET /inboxes/{id} (one call within the Partner API budget; an unknown or foreign inbox is Zapier's
+        404). A store failure falls back to the GET: the answer never comes from a guess."""
+        if self._recorder is not None:
+            try:
+                record = await self._recorder.inbox(inbox_id)
+            except StoreUnavailable:
+                record = None
+            if record is not None and (record.tenant_id, record.user_id) == (user.tenant_id, user.user_id):
+                return record.app, record.trigger
+        inbox = await self._get(user, inbox_id)
+        self._observer.inbox_seen(inbox.status, inbox.paused_reason)
+        return inbox.subscription.app_key, inbox.subscription.action_key
 
     async def pause(self, client: str, r: InboxRef) -> dict[str, Any]:
         """Pause the inbox (Zapier stops collecting; queued messages can still be leased)."""
