@@ -330,6 +330,33 @@ def test_routes_by_inbox_id_check_the_inboxs_own_app_and_trigger(setup: Setup) -
     assert setup.inbox_api.counts() - before == {"POST /inboxes/{id}/pause": 1}
 
 
+def test_an_ensure_may_omit_the_connection_it_named_before(setup: Setup) -> None:
+    """`connection` omitted on ensure: with none recorded for (user, app key), 409 connection_required
+    before any call to Zapier; `connection: null` is an app without authentication; once an ensure named
+    a connection Zapier took, later ensures of that app may omit it; an inbox seen paused for
+    `authentication` marks it expired: re-ensuring that inbox from the registry is 409 reconnect_required
+    naming the connection, and a new ensure omitting it is 409 connection_required again."""
+    user = {"user_id": "u-registry", "tenant_id": "t-9"}
+    bare = {k: v for k, v in SUB.items() if k != "connection"}
+    before = sum(setup.inbox_api.counts().values())
+    missing = setup.call("PUT", f"{INBOXES}/reg-0", json={**user, **bare})
+    assert missing.status_code == 409 and missing.json()["error"] == "connection_required", missing.text
+    assert sum(setup.inbox_api.counts().values()) == before
+    no_auth = setup.call("PUT", f"{INBOXES}/reg-null", json={**user, **bare, "connection": None})
+    assert no_auth.status_code == 200 and no_auth.json()["inbox"]["connection"] is None, no_auth.text
+    named = setup.call("PUT", f"{INBOXES}/reg-1", json={**user, **SUB, "wait": "5s"})
+    assert named.status_code == 200, named.text
+    omitted = setup.call("PUT", f"{INBOXES}/reg-2", json={**user, **bare, "wait": "5s"})
+    assert omitted.status_code == 200, omitted.text
+    assert omitted.json()["inbox"]["connection"] == SUB["connection"]
+    setup.inbox_api.force_status(omitted.json()["inbox"]["id"], "paused", "authentication")
+    again = setup.call("PUT", f"{INBOXES}/reg-2", json={**user, **bare})
+    assert again.status_code == 409 and again.json()["error"] == "reconnect_required", again.text
+    assert again.json()["connection"] == SUB["connection"]
+    expired = setup.call("PUT", f"{INBOXES}/reg-3", json={**user, **bare})
+    assert expired.status_code == 409 and expired.json()["error"] == "connection_required", expired.text
+
+
 def test_zz_429_is_503_with_retry_after_and_the_budget_cools(setup: Setup) -> None:
     """Zapier's 429 answers 503 unavailable with Retry-After; during the cooldown keysvc sends nothing to
     Zapier (the shared Partner API budget) and answers 503 at once."""
