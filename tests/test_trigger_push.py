@@ -311,6 +311,47 @@ def test_an_inboxs_subscription_comes_from_the_store_when_it_recorded_the_inbox(
     run_with_store(tmp_path, scenario)
 
 
+def test_the_sweep_notices_an_inbox_paused_for_authentication(world: World, tmp_path: Path) -> None:
+    """A recorded inbox Zapier paused for `authentication` and drained answers the sweep's lease 409; the
+    sweep then GETs it once, so its status is counted (paused for authentication) with no caller involved
+    (that GET is TriggerInboxes.inbox, which also expires the inbox's connection in the registry)."""
+    from keysvc.partner.registry import MemoryRegistry
+
+    class Seen:
+        def __init__(self) -> None:
+            self.statuses: list[tuple[str, str | None]] = []
+
+        def messages(self, event: str, count: int) -> None:
+            """Not needed here."""
+
+        def inbox_seen(self, status: str, paused_reason: str | None = None) -> None:
+            self.statuses.append((status, paused_reason))
+
+    async def scenario(store: GatewayStore) -> None:
+        inbox_api, _, url = world
+        record = await active_inbox(inbox_api, store, "paused-for-auth")
+        inbox_api.force_status(record.inbox_id, "paused", "authentication")
+        settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), total_timeout=5.0)
+        http = PartnerHttp()
+        api = PartnerApi(settings, http, ReplicaBudget(ApiBudget(6000, 100)), base_url=inbox_api.api_url,
+                         name=TRIGGER_INBOX_API, reauth_codes=REAUTH_CODES)
+        seen, registry = Seen(), MemoryRegistry()
+        inboxes = TriggerInboxes(Tokens(inbox_api), api, observer=seen, registry=registry)
+        target = Target(url, (WebhookSecret.parse(SECRET),), lease_seconds=2, batch=5, timeout=5.0)
+        push = PushDelivery(inboxes, http, store, target)
+        try:
+            before = inbox_api.counts()
+            await push.sweep()
+            assert inbox_api.counts() - before == {"POST /inboxes/{inbox_id}/messages/lease": 1,
+                                                   "GET /inboxes/{id}": 1}
+            assert ("paused", "authentication") in seen.statuses
+        finally:
+            await push.aclose()
+            await http.aclose()
+
+    run_with_store(tmp_path, scenario)
+
+
 def test_the_notification_route_answers_202_at_once_and_delivers(world: World, tmp_path: Path) -> None:
     """POST {public_url}/zapier/inbox-notifications/{sealed}: 202 and the inbox delivered in the background;
     the URL keysvc gives the inbox is that route; a forged token is 404, another method 405, a body over
