@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
@@ -56,6 +57,7 @@ REAUTH_CODES = frozenset({"unauthenticated"})  # its errors guide: an expired or
 PAGE = 100  # inboxes per list page (the most Zapier serves)
 MAX_PAGES = 100  # 10,000 inboxes of one user: past that, something is wrong upstream
 FIRST_POLL, MAX_POLL = 0.25, 4.0
+MAX_KNOWN_SUBSCRIPTIONS = 10_000  # inboxes whose app and trigger this replica remembers
 
 
 def poll_delay(polls: int) -> float:
@@ -137,6 +139,9 @@ class TriggerInboxes:
         self._sleep = sleep
         self._observer = observer or NullInboxObserver()
         self._recorder: InboxRecorder | None = None
+        # (inbox id, tenant, user) -> (app key, trigger key): an inbox's subscription never changes (the
+        # same key with another subscription is a 409), so Zapier's answer is kept, bounded, oldest out
+        self._subscriptions: OrderedDict[tuple[str, str, str], tuple[str, str]] = OrderedDict()
         self._notification_url: Callable[[str, str, str], str] | None = None
 
     def __repr__(self) -> str:
@@ -172,6 +177,7 @@ class TriggerInboxes:
                 await self._sleep(min(poll_delay(polls), remaining))
                 polls += 1
                 inbox = await self._get(e.user, inbox.id)
+            self._know(e.user, inbox)
             if await self._noticed(e.user, inbox) and not e.connection_given and connection is not None:
                 raise ReconnectRequired("the inbox is paused because Zapier refused the recorded connection: "
                                         "reconnect it (open Connect with reconnect_id)", connection)
@@ -253,9 +259,14 @@ class TriggerInboxes:
 
     async def subscription(self, user: User, inbox_id: str) -> tuple[str, str]:
         """The (app key, trigger key) the user's inbox subscribes to, for the routes' least-privilege check:
-        the store's record when push delivery recorded this inbox of this user (no call to Zapier), else
+        remembered from an ensure or an earlier look-up, or the store's record when push delivery recorded
+        this inbox of this user (no call to Zapier), else
         GET /inboxes/{id} (one call within the Partner API budget; an unknown or foreign inbox is Zapier's
-        404). A store failure falls back to the GET: the answer never comes from a guess."""
+        404), remembered for this user (an inbox's subscription never changes). A store failure falls back
+        to the GET: the answer never comes from a guess."""
+        known = self._subscriptions.get((inbox_id, user.tenant_id, user.user_id))
+        if known is not None:
+            return known
         if self._recorder is not None:
             try:
                 record = await self._recorder.inbox(inbox_id)
@@ -265,7 +276,16 @@ class TriggerInboxes:
                 return record.app, record.trigger
         inbox = await self._get(user, inbox_id)
         self._observer.inbox_seen(inbox.status, inbox.paused_reason)
-        return inbox.subscription.app_key, inbox.subscription.action_key
+        return self._know(user, inbox)
+
+    def _know(self, user: User, inbox: Inbox) -> tuple[str, str]:
+        """Remember the inbox's (app key, trigger key) for this user."""
+        key = (inbox.id, user.tenant_id, user.user_id)
+        self._subscriptions.pop(key, None)
+        known = self._subscriptions[key] = (inbox.subscription.app_key, inbox.subscription.action_key)
+        while len(self._subscriptions) > MAX_KNOWN_SUBSCRIPTIONS:
+            self._subscriptions.popitem(last=False)
+        return known
 
     async def pause(self, client: str, r: InboxRef) -> dict[str, Any]:
         """Pause the inbox (Zapier stops collecting; queued messages can still be leased)."""
@@ -295,6 +315,7 @@ class TriggerInboxes:
         try:
             await self._with_token(r.user, lambda token: self._api.request(
                 "DELETE", "inbox_delete", path, token, retry=True))
+            self._subscriptions.pop((r.inbox_id, r.user.tenant_id, r.user.user_id), None)
             if self._recorder is not None:
                 await self._recorder.delete_inbox(r.inbox_id)
         except RequestError as exc:

@@ -2,9 +2,10 @@
 declared in keysvc.partner.contracts (TRIGGERS). The client API key (Bearer) must belong to a client with
 `zapier` set (else 403), and its grant (`clients.<name>.zapier`) decides before any call to Zapier: ensure
 needs the app and the trigger allowed; pause, resume, delete, lease, ack and release need the inbox's own
-app and trigger allowed (from the gateway store's record of the inbox when push delivery recorded it, else
-one GET of the inbox from Zapier first, within the Partner API budget; a client with `zapier: true` skips
-that look-up), checked before any state-changing call; the list and a single inbox show only inboxes of
+app and trigger allowed (TriggerInboxes.subscription: remembered from an ensure or an earlier look-up, or
+the gateway store's record when push delivery recorded the inbox, else one GET of the inbox from Zapier
+first, within the Partner API budget; a client with `zapier: true` skips that look-up), checked before any
+state-changing call; the list and a single inbox show only inboxes of
 allowed apps and triggers. Authentication, the client's rate limit
 and strict JSON bodies are the internal API's own (keysvc.http.context.RouteContext). User fields come in
 the body on PUT and POST, in the query on GET and DELETE.
