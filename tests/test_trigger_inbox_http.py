@@ -362,6 +362,25 @@ def test_an_ensure_may_omit_the_connection_it_named_before(setup: Setup) -> None
     assert expired.status_code == 409 and expired.json()["error"] == "connection_required", expired.text
 
 
+def test_a_connection_completed_through_connect_serves_inboxes_of_its_app_key(setup: Setup) -> None:
+    """Connect opened with `connect_app` naming the app by key (`SlackCLIAPI`) records the completed
+    connection under that key too, so an ensure of an inbox of that app key may omit `connection` right
+    after Connect (the gateway's own entry stays keyed by the app's UUID)."""
+    user = {"user_id": "u-connected", "tenant_id": "t-9"}
+    slack = setup.zapier.add_app("Slack CLI", slug="SlackCLIAPI")
+    started = setup.call("POST", "/v1/zapier/connect", json={**user, "app": slack.id, "connect_app": "SlackCLIAPI"})
+    assert started.status_code == 200, started.text
+    setup.answers.pop()  # the Connect URL carries the connect token by design (the end check is for access tokens)
+    new_id = setup.zapier.connect(("u-connected", "t-9"), slack)
+    done = setup.call("POST", "/v1/zapier/connect/complete",
+                      json={**user, "state": started.json()["state"], "authentication_id": new_id})
+    assert done.status_code == 200, done.text
+    bare = {k: v for k, v in SUB.items() if k != "connection"}
+    made = setup.call("PUT", f"{INBOXES}/after-connect", json={**user, **bare})
+    assert made.status_code == 200, made.text
+    assert made.json()["inbox"]["connection"] == new_id
+
+
 def test_zz_429_is_503_with_retry_after_and_the_budget_cools(setup: Setup) -> None:
     """Zapier's 429 answers 503 unavailable with Retry-After; during the cooldown keysvc sends nothing to
     Zapier (the shared Partner API budget) and answers 503 at once."""

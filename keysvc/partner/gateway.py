@@ -169,7 +169,8 @@ class ZapierGateway:
         u = b.user
         fields = _audit(client, u, b.app, outcome="ok", redirect=b.redirect_uri is not None,
                         reconnect=b.reconnect_id is not None)
-        state = self._states.seal(u.user_id, u.tenant_id, b.app, b.redirect_uri, self._wall())
+        state = self._states.seal(u.user_id, u.tenant_id, b.app, b.redirect_uri, self._wall(),
+                                  connect_app=b.connect_app)
         try:
             with self._deadline():
                 token = await self._exchanger.connect_token(u.user_id, u.tenant_id, b.connect_app)
@@ -211,6 +212,8 @@ class ZapierGateway:
             audit_request("zapier.complete", {**fields, "outcome": exc.code})
             raise
         await self._remember(u, opened.app, found)
+        if opened.connect_app is not None:  # also by the app's key or slug: trigger inboxes name it so
+            await self._remember(u, opened.connect_app, found)
         audit_request("zapier.complete", fields)
         return {"connection": found}
 
