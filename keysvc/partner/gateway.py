@@ -15,10 +15,11 @@ A 401 from the Partner API drops the cached access token and runs the step once 
 a second 401 is a 502.
 
 The connection registry (keysvc.partner.registry): complete and connections record the user's verified
-usable connection per app; inputs, choices and runs that omit `connection` use it (none: 409
-connection_required); Zapier refusing it (an inputs or choices call refused for the authentication, a run
-ending with an error of code `authentication`) marks it expired and answers 409 reconnect_required with
-its id. A Connect state completes once (single use, across replicas with the store).
+usable connection per app (complete also under the state's `connect_app`, an app key trigger inboxes
+use); inputs, choices and runs that omit `connection` use it (none: 409 connection_required); Zapier
+refusing it (an inputs or choices call refused for the authentication, a run ending with an error of code
+`authentication`) marks it expired and answers 409 reconnect_required with its id. A Connect state
+completes once (single use, across replicas with the store).
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ the step once more with a new one; a second refusal is a 502. An inbox paused fo
 
 The connection registry (keysvc.partner.registry), keyed here by the app as inboxes name it (its key,
 `SlackCLIAPI`; the gateway's entries are keyed by the app's UUID, and Zapier's published app objects carry
-no key to relate the two): an ensure that names `connection` records it for (tenant, user, app key) once
-Zapier took the subscription; an ensure that omits `connection` uses the recorded one (none: 409
-connection_required; `connection: null` is an app without authentication). An inbox seen paused for
-`authentication` marks its connection expired; when that connection came from the registry, the ensure
-answers 409 reconnect_required with its id, as the gateway's actions do.
+no key to relate the two): a Connect opened with `connect_app` set to the app key records the completed
+connection under it (keysvc.partner.gateway), and an ensure that names `connection` records it for
+(tenant, user, app key) once Zapier took the subscription; an ensure that omits `connection` uses the
+recorded one (none: 409 connection_required; `connection: null` is an app without authentication). An
+inbox seen paused for `authentication` marks its connection expired; when that connection came from the
+registry, the ensure answers 409 reconnect_required with its id, as the gateway's actions do.
 """
 
 from __future__ import annotations
