@@ -46,6 +46,7 @@ class EnsureInbox:
     connection: str | None  # None: the registry's recorded connection, or an app without authentication
     inputs: dict[str, Any]
     wait: float
+    connection_given: bool = True  # False: `connection` omitted, the registry's recorded one is used
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ def ensure_body(key: str, body: Any, wait_max: float) -> EnsureInbox:
         f.text("connection", CONNECTION, "a Zapier connection id (letters, digits, _ . : -), or null"),
         inputs_value(f.raw.get("inputs")),
         f.duration("wait", 0, wait_max, 0.0, " (run_wait_max)"),
+        "connection" in f.raw,
     )
 
 
