@@ -861,6 +861,90 @@ def test_gateway_store_values_render_a_store_keysvc_accepts() -> None:
     assert single["ok"], single.get("error")
 
 
+TX = {"config": {"token_exchange": {"client_id": "x"}}, "secrets": {"tokenExchangeClientSecret": "s"}}
+STORE = {"gatewayStore": {"url": "postgresql://keysvc@db:5432/keysvc"}}
+DELIVERY = {"url": "https://partner.example.com/zapier-messages", "secret": {"name": "whsec", "key": "webhook"}}
+INGRESS = {"ingress": {"enabled": True, "host": "jwks.example.com"}}
+
+# case: (values on top of TX, the public_url keysvc.yaml's trigger_delivery must name)
+DELIVERY_PUBLIC_URLS: dict[str, tuple[dict[str, Any], str]] = {
+    "its own publicUrl wins": (
+        {"triggerDelivery": {**DELIVERY, "publicUrl": "https://hooks.example.com"},
+         "config": {"public_url": "https://keys.example.com"}, **INGRESS},
+        "https://hooks.example.com"),
+    "else config.public_url": (
+        {"triggerDelivery": DELIVERY, "config": {"public_url": "https://keys.example.com"},
+         "ingress": {"enabled": True, "host": "jwks.example.com"}},
+        "https://keys.example.com"),
+    "else the Ingress's https host": (
+        {"triggerDelivery": DELIVERY, "ingress": {"enabled": True, "host": "jwks.example.com"}},
+        "https://jwks.example.com"),
+}
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("case", sorted(DELIVERY_PUBLIC_URLS))
+def test_trigger_delivery_values_render_a_delivery_keysvc_accepts(case: str) -> None:
+    """triggerDelivery: url, lease, sweepInterval and the public URL (defaulting like config.public_url)
+    land in token_exchange.trigger_delivery, the whsec_ Secret is mounted read-only as the file secret_file
+    names (never in keysvc.yaml), the Ingress routes /zapier/inbox-notifications/ to the public Service, and
+    keysvc's parser accepts the result."""
+    from keysvc.config import ReadOptions, parse_yaml
+
+    extra, public_url = DELIVERY_PUBLIC_URLS[case]
+    answer = render_raw(merge(merge(TX, STORE), extra))
+    assert answer["ok"], answer.get("error")
+    out = Rendered(answer["manifests"])
+    assert out.config["token_exchange"]["trigger_delivery"] == {
+        "url": "https://partner.example.com/zapier-messages", "public_url": public_url, "lease": "5m",
+        "sweep_interval": "5m", "secret_file": "/run/secrets/keysvc-trigger-delivery/webhook"}
+    volume = next(v for v in out.pod["volumes"] if v["name"] == "trigger-delivery-secret")
+    assert volume["secret"]["secretName"] == "whsec"
+    assert volume["secret"]["items"] == [{"key": "webhook", "path": "webhook"}]
+    mount = next(m for m in out.container["volumeMounts"] if m["name"] == "trigger-delivery-secret")
+    assert mount["readOnly"] is True and mount["mountPath"] == "/run/secrets/keysvc-trigger-delivery"
+    paths = [(p["path"], p["pathType"], p["backend"]["service"]["port"]["name"])
+             for p in out.one("Ingress")["spec"]["rules"][0]["http"]["paths"]]
+    assert paths[-1] == ("/zapier/inbox-notifications/", "Prefix", "http-public")
+    assert parse_yaml(yaml.safe_dump(out.config), ReadOptions(offline=True)) is not None
+
+
+@pytest.mark.system
+def test_without_trigger_delivery_nothing_of_it_renders() -> None:
+    """No triggerDelivery.url: no trigger_delivery in keysvc.yaml, no secret volume, no notification path."""
+    answer = render_raw(merge(merge(TX, STORE), {"ingress": {"enabled": True, "host": "jwks.example.com"}}))
+    assert answer["ok"], answer.get("error")
+    out = Rendered(answer["manifests"])
+    assert "trigger_delivery" not in out.config["token_exchange"]
+    assert all(v["name"] != "trigger-delivery-secret" for v in out.pod["volumes"])
+    assert all("inbox-notifications" not in p["path"]
+               for p in out.one("Ingress")["spec"]["rules"][0]["http"]["paths"])
+
+
+# case: (values on top of TX, what the refusal must say)
+DELIVERY_REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "without the gateway store": ({"triggerDelivery": {**DELIVERY, "publicUrl": "https://h.example.com"}},
+                                  "triggerDelivery.url needs gatewayStore.url"),
+    "without the secret": (
+        {**STORE, "triggerDelivery": {"url": DELIVERY["url"], "publicUrl": "https://h.example.com"}},
+        "triggerDelivery.url needs triggerDelivery.secret.name"),
+    "without any public URL": (
+        {**STORE, "triggerDelivery": DELIVERY}, "triggerDelivery.url needs triggerDelivery.publicUrl"),
+    "a lease that is no duration": ({**STORE, "triggerDelivery": {**DELIVERY, "lease": "5 minutes"}}, "lease"),
+}
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("case", sorted(DELIVERY_REFUSED))
+def test_trigger_delivery_without_what_it_needs_is_refused(case: str) -> None:
+    """Push delivery without the gateway store, its signing secret or a public URL for Zapier fails the
+    render (keysvc would refuse it at start), naming the value."""
+    extra, expected = DELIVERY_REFUSED[case]
+    answer = render_raw(merge(TX, extra))
+    assert not answer["ok"], f"{case}: rendered anyway"
+    assert expected in answer["error"], answer["error"]
+
+
 @pytest.mark.system
 def test_file_mode_shares_a_read_write_many_volume() -> None:
     """File backend: an RWX claim kept on uninstall, mounted at backend.path; secrets as files."""

@@ -302,6 +302,85 @@ def test_a_clients_grant_limits_its_apps_and_triggers_before_any_call(setup: Set
     assert listed and {i["trigger"] for i in listed} == {"new_message"}
 
 
+def test_routes_by_inbox_id_check_the_inboxs_own_app_and_trigger(setup: Setup) -> None:
+    """A client granted only `new_message` may not pause, resume, delete, lease, ack or release an inbox of
+    another trigger: 403 `forbidden` with no state-changing call to Zapier (keysvc remembers the app and
+    trigger of the inboxes it ensured, so no call at all); an inbox id keysvc never saw for that user costs
+    one GET first (here Zapier's 404: not that user's); its own inbox works; a client with `zapier: true`
+    sends no look-up."""
+    made = setup.ensure("foreign-trigger", trigger="new_reaction", wait="5s")
+    assert made.status_code == 200, made.text
+    foreign = made.json()["inbox"]["id"]
+    settle = {**USER, "lease_id": "00000000-0000-4000-8000-000000000001"}
+    calls = (("POST", "/pause", {"json": USER}), ("POST", "/resume", {"json": USER}),
+             ("DELETE", "", {"params": USER}), ("POST", "/lease", {"json": USER}),
+             ("POST", "/ack", {"json": settle}), ("POST", "/release", {"json": settle}))
+    before = setup.inbox_api.counts()
+    for method, suffix, kw in calls:
+        refused = setup.call(method, f"{INBOXES}/{foreign}{suffix}", client="narrow", **kw)
+        assert refused.status_code == 403, (suffix, refused.text)
+        assert refused.json()["error"] == "forbidden"
+    assert setup.inbox_api.counts() - before == {}
+    stranger = {"user_id": "u-stranger", "tenant_id": "t-9"}
+    unseen = setup.call("POST", f"{INBOXES}/{foreign}/pause", client="narrow", json=stranger)
+    assert unseen.status_code == 404 and unseen.json()["error"] == "not_found", unseen.text
+    assert setup.inbox_api.counts() - before == {"GET /inboxes/{id}": 1}
+    own = setup.call("PUT", f"{INBOXES}/narrow-own", client="narrow", json={**USER, **SUB, "wait": "5s"})
+    assert own.status_code == 200, own.text
+    own_id = own.json()["inbox"]["id"]
+    paused = setup.call("POST", f"{INBOXES}/{own_id}/pause", client="narrow", json=USER)
+    assert paused.status_code == 200 and paused.json()["inbox"]["status"] == "paused"
+    before = setup.inbox_api.counts()
+    assert setup.call("POST", f"{INBOXES}/{foreign}/pause", json=USER).status_code == 200  # `web`: zapier: true
+    assert setup.inbox_api.counts() - before == {"POST /inboxes/{id}/pause": 1}
+
+
+def test_an_ensure_may_omit_the_connection_it_named_before(setup: Setup) -> None:
+    """`connection` omitted on ensure: with none recorded for (user, app key), 409 connection_required
+    before any call to Zapier; `connection: null` is an app without authentication; once an ensure named
+    a connection Zapier took, later ensures of that app may omit it; an inbox seen paused for
+    `authentication` marks it expired: re-ensuring that inbox from the registry is 409 reconnect_required
+    naming the connection, and a new ensure omitting it is 409 connection_required again."""
+    user = {"user_id": "u-registry", "tenant_id": "t-9"}
+    bare = {k: v for k, v in SUB.items() if k != "connection"}
+    before = sum(setup.inbox_api.counts().values())
+    missing = setup.call("PUT", f"{INBOXES}/reg-0", json={**user, **bare})
+    assert missing.status_code == 409 and missing.json()["error"] == "connection_required", missing.text
+    assert sum(setup.inbox_api.counts().values()) == before
+    no_auth = setup.call("PUT", f"{INBOXES}/reg-null", json={**user, **bare, "connection": None})
+    assert no_auth.status_code == 200 and no_auth.json()["inbox"]["connection"] is None, no_auth.text
+    named = setup.call("PUT", f"{INBOXES}/reg-1", json={**user, **SUB, "wait": "5s"})
+    assert named.status_code == 200, named.text
+    omitted = setup.call("PUT", f"{INBOXES}/reg-2", json={**user, **bare, "wait": "5s"})
+    assert omitted.status_code == 200, omitted.text
+    assert omitted.json()["inbox"]["connection"] == SUB["connection"]
+    setup.inbox_api.force_status(omitted.json()["inbox"]["id"], "paused", "authentication")
+    again = setup.call("PUT", f"{INBOXES}/reg-2", json={**user, **bare})
+    assert again.status_code == 409 and again.json()["error"] == "reconnect_required", again.text
+    assert again.json()["connection"] == SUB["connection"]
+    expired = setup.call("PUT", f"{INBOXES}/reg-3", json={**user, **bare})
+    assert expired.status_code == 409 and expired.json()["error"] == "connection_required", expired.text
+
+
+def test_a_connection_completed_through_connect_serves_inboxes_of_its_app_key(setup: Setup) -> None:
+    """Connect opened with `connect_app` naming the app by key (`SlackCLIAPI`) records the completed
+    connection under that key too, so an ensure of an inbox of that app key may omit `connection` right
+    after Connect (the gateway's own entry stays keyed by the app's UUID)."""
+    user = {"user_id": "u-connected", "tenant_id": "t-9"}
+    slack = setup.zapier.add_app("Slack CLI", slug="SlackCLIAPI")
+    started = setup.call("POST", "/v1/zapier/connect", json={**user, "app": slack.id, "connect_app": "SlackCLIAPI"})
+    assert started.status_code == 200, started.text
+    setup.answers.pop()  # the Connect URL carries the connect token by design (the end check is for access tokens)
+    new_id = setup.zapier.connect(("u-connected", "t-9"), slack)
+    done = setup.call("POST", "/v1/zapier/connect/complete",
+                      json={**user, "state": started.json()["state"], "authentication_id": new_id})
+    assert done.status_code == 200, done.text
+    bare = {k: v for k, v in SUB.items() if k != "connection"}
+    made = setup.call("PUT", f"{INBOXES}/after-connect", json={**user, **bare})
+    assert made.status_code == 200, made.text
+    assert made.json()["inbox"]["connection"] == new_id
+
+
 def test_zz_429_is_503_with_retry_after_and_the_budget_cools(setup: Setup) -> None:
     """Zapier's 429 answers 503 unavailable with Retry-After; during the cooldown keysvc sends nothing to
     Zapier (the shared Partner API budget) and answers 503 at once."""

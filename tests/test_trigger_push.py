@@ -278,6 +278,81 @@ def test_a_notification_token_names_the_inbox_and_a_forged_one_is_refused(world:
     run_with_store(tmp_path, scenario)
 
 
+def test_an_inboxs_subscription_comes_from_the_store_when_it_recorded_the_inbox(world: World, tmp_path: Path) -> None:
+    """The least-privilege look-up (TriggerInboxes.subscription): an inbox the store recorded for this user
+    answers its app and trigger with no call to Zapier; one recorded for another user costs one GET of the
+    inbox, Zapier's answer wins over the record and is remembered (no second GET)."""
+    from keysvc.partner.triggers.inputs import User
+
+    async def scenario(store: GatewayStore) -> None:
+        inbox_api = world[0]
+        record = await active_inbox(inbox_api, store, "least-privilege")
+        settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), total_timeout=5.0)
+        http = PartnerHttp()
+        api = PartnerApi(settings, http, ReplicaBudget(ApiBudget(6000, 100)), base_url=inbox_api.api_url,
+                         name=TRIGGER_INBOX_API, reauth_codes=REAUTH_CODES)
+        inboxes = TriggerInboxes(Tokens(inbox_api), api)
+        inboxes.push_to(store, lambda inbox, user, tenant: f"http://127.0.0.1:1/{inbox}")
+        try:
+            owner = User(USER[0], USER[1])
+            before = sum(inbox_api.counts().values())
+            assert await inboxes.subscription(owner, record.inbox_id) == ("SlackCLIAPI", "new_message")
+            assert sum(inbox_api.counts().values()) == before, "the store knew the inbox: no call to Zapier"
+            await store.record_inbox(InboxRecord(record.inbox_id, "t-9", "u-other", "x", "GmailAPI", "new_email"))
+            before = inbox_api.counts()
+            # the record now names another user: not trusted for this caller, Zapier is asked
+            assert await inboxes.subscription(owner, record.inbox_id) == ("SlackCLIAPI", "new_message")
+            assert inbox_api.counts() - before == {"GET /inboxes/{id}": 1}
+            await store.delete_inbox(record.inbox_id)  # Zapier's answer is remembered: no second GET
+            assert await inboxes.subscription(owner, record.inbox_id) == ("SlackCLIAPI", "new_message")
+            assert inbox_api.counts() - before == {"GET /inboxes/{id}": 1}
+        finally:
+            await http.aclose()
+
+    run_with_store(tmp_path, scenario)
+
+
+def test_the_sweep_notices_an_inbox_paused_for_authentication(world: World, tmp_path: Path) -> None:
+    """A recorded inbox Zapier paused for `authentication` and drained answers the sweep's lease 409; the
+    sweep then GETs it once, so its status is counted (paused for authentication) with no caller involved
+    (that GET is TriggerInboxes.inbox, which also expires the inbox's connection in the registry)."""
+    from keysvc.partner.registry import MemoryRegistry
+
+    class Seen:
+        def __init__(self) -> None:
+            self.statuses: list[tuple[str, str | None]] = []
+
+        def messages(self, event: str, count: int) -> None:
+            """Not needed here."""
+
+        def inbox_seen(self, status: str, paused_reason: str | None = None) -> None:
+            self.statuses.append((status, paused_reason))
+
+    async def scenario(store: GatewayStore) -> None:
+        inbox_api, _, url = world
+        record = await active_inbox(inbox_api, store, "paused-for-auth")
+        inbox_api.force_status(record.inbox_id, "paused", "authentication")
+        settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), total_timeout=5.0)
+        http = PartnerHttp()
+        api = PartnerApi(settings, http, ReplicaBudget(ApiBudget(6000, 100)), base_url=inbox_api.api_url,
+                         name=TRIGGER_INBOX_API, reauth_codes=REAUTH_CODES)
+        seen, registry = Seen(), MemoryRegistry()
+        inboxes = TriggerInboxes(Tokens(inbox_api), api, observer=seen, registry=registry)
+        target = Target(url, (WebhookSecret.parse(SECRET),), lease_seconds=2, batch=5, timeout=5.0)
+        push = PushDelivery(inboxes, http, store, target)
+        try:
+            before = inbox_api.counts()
+            await push.sweep()
+            assert inbox_api.counts() - before == {"POST /inboxes/{inbox_id}/messages/lease": 1,
+                                                   "GET /inboxes/{id}": 1}
+            assert ("paused", "authentication") in seen.statuses
+        finally:
+            await push.aclose()
+            await http.aclose()
+
+    run_with_store(tmp_path, scenario)
+
+
 def test_the_notification_route_answers_202_at_once_and_delivers(world: World, tmp_path: Path) -> None:
     """POST {public_url}/zapier/inbox-notifications/{sealed}: 202 and the inbox delivered in the background;
     the URL keysvc gives the inbox is that route; a forged token is 404, another method 405, a body over

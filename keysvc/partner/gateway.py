@@ -15,10 +15,11 @@ A 401 from the Partner API drops the cached access token and runs the step once 
 a second 401 is a 502.
 
 The connection registry (keysvc.partner.registry): complete and connections record the user's verified
-usable connection per app; inputs, choices and runs that omit `connection` use it (none: 409
-connection_required); Zapier refusing it (an inputs or choices call refused for the authentication, a run
-ending with an error of code `authentication`) marks it expired and answers 409 reconnect_required with
-its id. A Connect state completes once (single use, across replicas with the store).
+usable connection per app (complete also under the state's `connect_app`, an app key trigger inboxes
+use); inputs, choices and runs that omit `connection` use it (none: 409 connection_required); Zapier
+refusing it (an inputs or choices call refused for the authentication, a run ending with an error of code
+`authentication`) marks it expired and answers 409 reconnect_required with its id. A Connect state
+completes once (single use, across replicas with the store).
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ class ZapierGateway:
         u = b.user
         fields = _audit(client, u, b.app, outcome="ok", redirect=b.redirect_uri is not None,
                         reconnect=b.reconnect_id is not None)
-        state = self._states.seal(u.user_id, u.tenant_id, b.app, b.redirect_uri, self._wall())
+        state = self._states.seal(u.user_id, u.tenant_id, b.app, b.redirect_uri, self._wall(),
+                                  connect_app=b.connect_app)
         try:
             with self._deadline():
                 token = await self._exchanger.connect_token(u.user_id, u.tenant_id, b.connect_app)
@@ -210,6 +212,8 @@ class ZapierGateway:
             audit_request("zapier.complete", {**fields, "outcome": exc.code})
             raise
         await self._remember(u, opened.app, found)
+        if opened.connect_app is not None:  # also by the app's key or slug: trigger inboxes name it so
+            await self._remember(u, opened.connect_app, found)
         audit_request("zapier.complete", fields)
         return {"connection": found}
 

@@ -52,6 +52,7 @@ class ConnectState:
     app: str
     redirect_uri: str | None
     expires_at: int
+    connect_app: str | None = None  # the Connect URL's app segment when it is not `app` (an app key or slug)
 
 
 def state_key(client_secret: str) -> bytes:
@@ -88,10 +89,13 @@ class StateCodec:
         return f"StateCodec(ttl={self.ttl})"
 
     def seal(self, user_id: str, tenant_id: str, app: str, redirect_uri: str | None, now: float,
-             nonce: bytes | None = None) -> str:
+             nonce: bytes | None = None, connect_app: str | None = None) -> str:
         """A fresh state for this flow, valid `ttl` seconds from `now`."""
         nonce = os.urandom(12) if nonce is None else nonce
-        payload = {"u": user_id, "t": tenant_id, "a": app, "r": redirect_uri, "e": int(now) + self.ttl}
+        payload: dict[str, str | int | None] = {"u": user_id, "t": tenant_id, "a": app, "r": redirect_uri,
+                                                "e": int(now) + self.ttl}
+        if connect_app is not None and connect_app != app:
+            payload["k"] = connect_app
         plain = json.dumps(payload, separators=(",", ":")).encode()
         sealed = nonce + self._keys()[0].encrypt(nonce, plain, _AAD)
         return _PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
@@ -109,7 +113,11 @@ class StateCodec:
                 raise ValueError("not the canonical encoding")
             plain = self._decrypt(sealed)
             payload = json.loads(plain)
-            opened = ConnectState(payload["u"], payload["t"], payload["a"], payload["r"], int(payload["e"]))
+            connect_app = payload.get("k")
+            if connect_app is not None and not isinstance(connect_app, str):
+                raise TypeError("k")
+            opened = ConnectState(payload["u"], payload["t"], payload["a"], payload["r"], int(payload["e"]),
+                                  connect_app)
         except (binascii.Error, ValueError, InvalidTag, KeyError, TypeError):
             raise InvalidRequest("state is not one keysvc issued") from None
         if now >= opened.expires_at:

@@ -13,20 +13,33 @@ goes only to the Trigger Inbox API (its own PartnerApi over the one session, wit
 A refused access token (401, or the Trigger Inbox's 400 `unauthenticated`) drops the cached token and runs
 the step once more with a new one; a second refusal is a 502. An inbox paused for `authentication` answers
 `reconnect_required: true`: only a new Connect of the user's connection ends that pause.
+
+The connection registry (keysvc.partner.registry), keyed here by the app as inboxes name it (its key,
+`SlackCLIAPI`; the gateway's entries are keyed by the app's UUID, and Zapier's published app objects carry
+no key to relate the two): a Connect opened with `connect_app` set to the app key records the completed
+connection under it (keysvc.partner.gateway), and an ensure that names `connection` records it for
+(tenant, user, app key) once Zapier took the subscription; an ensure that omits `connection` uses the
+recorded one (none: 409 connection_required; `connection: null` is an app without authentication). An
+inbox seen paused for `authentication` marks its connection expired; when that connection came from the
+registry, the ensure answers 409 reconnect_required with its id, as the gateway's actions do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
-from keysvc.errors import RequestError, UpstreamError
+from keysvc.errors import ConnectionRequired, ReconnectRequired, RequestError, Unavailable, UpstreamError
 from keysvc.logs import audit_request
 from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
+from keysvc.partner.registry import ConnectionRegistry
 from keysvc.partner.store.base import InboxRecord
+from keysvc.partner.store.errors import StoreUnavailable
 from keysvc.partner.triggers.answers import (
     Inbox,
     Lease,
@@ -39,11 +52,13 @@ from keysvc.partner.triggers.delivery import inbox_view, lease_view
 from keysvc.partner.triggers.inputs import EnsureInbox, InboxRef, LeaseCall, ListInboxes, SettleCall, User
 
 T = TypeVar("T")
+log = logging.getLogger("keysvc.zapier")
 TRIGGER_INBOX_API = "the Zapier Trigger Inbox API"
 REAUTH_CODES = frozenset({"unauthenticated"})  # its errors guide: an expired or revoked access token
 PAGE = 100  # inboxes per list page (the most Zapier serves)
 MAX_PAGES = 100  # 10,000 inboxes of one user: past that, something is wrong upstream
 FIRST_POLL, MAX_POLL = 0.25, 4.0
+MAX_KNOWN_SUBSCRIPTIONS = 10_000  # inboxes whose app and trigger this replica remembers
 
 
 def poll_delay(polls: int) -> float:
@@ -75,6 +90,9 @@ class InboxRecorder(Protocol):
 
     async def delete_inbox(self, inbox_id: str) -> bool:
         """Forget an inbox."""
+
+    async def inbox(self, inbox_id: str) -> InboxRecord | None:
+        """The recorded inbox, or None."""
 
 
 class InboxObserver(Protocol):
@@ -113,13 +131,18 @@ class TriggerInboxes:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observer: InboxObserver | None = None,
+        registry: ConnectionRegistry | None = None,
     ) -> None:
         self._exchanger = exchanger
+        self._registry = registry  # None: `connection` omitted is an app without authentication
         self._api = api
         self._clock = clock
         self._sleep = sleep
         self._observer = observer or NullInboxObserver()
         self._recorder: InboxRecorder | None = None
+        # (inbox id, tenant, user) -> (app key, trigger key): an inbox's subscription never changes (the
+        # same key with another subscription is a 409), so Zapier's answer is kept, bounded, oldest out
+        self._subscriptions: OrderedDict[tuple[str, str, str], tuple[str, str]] = OrderedDict()
         self._notification_url: Callable[[str, str, str], str] | None = None
 
     def __repr__(self) -> str:
@@ -135,12 +158,13 @@ class TriggerInboxes:
         """The user's inbox with this key for this subscription (created when missing; 409 when the key
         names another subscription), waiting up to `e.wait` for it to turn `active`."""
         deadline = self._clock() + e.wait
-        subscription: dict[str, Any] = {"app_key": e.app, "action_key": e.trigger, "inputs": e.inputs}
-        if e.connection is not None:
-            subscription["connection_id"] = e.connection
-        body: dict[str, Any] = {"key": e.key, "subscription": subscription}
         fields = _audit(client, e.user, key=e.key, app=e.app, trigger=e.trigger, outcome="ok")
         try:
+            connection = await self._connection(e)
+            subscription: dict[str, Any] = {"app_key": e.app, "action_key": e.trigger, "inputs": e.inputs}
+            if connection is not None:
+                subscription["connection_id"] = connection
+            body: dict[str, Any] = {"key": e.key, "subscription": subscription}
             inbox = parse_inbox(await self._with_token(e.user, lambda token: self._api.request(
                 "PUT", "inbox_ensure", "/inboxes", token, body=body, retry=True)))
             if self._notification_url is not None and self._recorder is not None:
@@ -154,11 +178,49 @@ class TriggerInboxes:
                 await self._sleep(min(poll_delay(polls), remaining))
                 polls += 1
                 inbox = await self._get(e.user, inbox.id)
+            self._know(e.user, inbox)
+            if await self._noticed(e.user, inbox) and not e.connection_given and connection is not None:
+                raise ReconnectRequired("the inbox is paused because Zapier refused the recorded connection: "
+                                        "reconnect it (open Connect with reconnect_id)", connection)
+            if e.connection_given and connection is not None and not inbox.reconnect_required:
+                await self._remember(e.user, e.app, connection)
         except RequestError as exc:
             audit_request("zapier.inbox.ensure", {**fields, "outcome": exc.code})
             raise
         audit_request("zapier.inbox.ensure", {**fields, "inbox": inbox.id, "status": inbox.status})
         return {"inbox": self._seen(inbox)}
+
+    async def _connection(self, e: EnsureInbox) -> str | None:
+        """The connection the subscription names: the caller's, else the registry's recorded one."""
+        if e.connection_given or self._registry is None:
+            return e.connection
+        found = await self._registry.usable(e.user.tenant_id, e.user.user_id, e.app)
+        if found is None:
+            raise ConnectionRequired("no usable connection of this user's is recorded for this app key: pass "
+                                     "`connection` (null for an app without authentication) on one ensure first")
+        return found.connection_id
+
+    async def _remember(self, user: User, app: str, connection: str) -> None:
+        """Record the connection Zapier took for (user, app key); best effort."""
+        if self._registry is None:
+            return
+        try:
+            await self._registry.record(user.tenant_id, user.user_id, app, connection)
+        except Unavailable:
+            log.warning("the connection registry could not record an inbox's connection", extra={"app": app})
+
+    async def _noticed(self, user: User, inbox: Inbox) -> bool:
+        """Whether the inbox is paused for authentication; if so its connection is marked expired (best
+        effort: the store failing must not fail the answer)."""
+        if not inbox.reconnect_required:
+            return False
+        sub = inbox.subscription
+        if self._registry is not None and sub.connection_id is not None:
+            try:
+                await self._registry.expire(user.tenant_id, user.user_id, sub.app_key, sub.connection_id)
+            except Unavailable:
+                log.warning("the connection registry could not expire a connection", extra={"app": sub.app_key})
+        return True
 
     async def _patch_notification_url(self, user: User, inbox_id: str, url: str) -> Inbox:
         path = f"/inboxes/{quote(inbox_id, safe='')}"
@@ -176,6 +238,8 @@ class TriggerInboxes:
                 if q.status is not None:
                     params["status"] = q.status
                 listed = parse_inbox_page(await self._api.get("inbox_list", "/inboxes", token, params))
+                for i in listed.inboxes:
+                    await self._noticed(q.user, i)
                 found.extend(self._seen(i) for i in listed.inboxes)
                 if not listed.has_next or not listed.inboxes:
                     return
@@ -186,11 +250,43 @@ class TriggerInboxes:
 
     async def inbox(self, r: InboxRef) -> dict[str, Any]:
         """One inbox of the user."""
-        return {"inbox": self._seen(await self._get(r.user, r.inbox_id))}
+        inbox = await self._get(r.user, r.inbox_id)
+        await self._noticed(r.user, inbox)
+        return {"inbox": self._seen(inbox)}
 
     async def _get(self, user: User, inbox_id: str) -> Inbox:
         path = f"/inboxes/{quote(inbox_id, safe='')}"
         return parse_inbox(await self._with_token(user, lambda token: self._api.get("inbox_get", path, token)))
+
+    async def subscription(self, user: User, inbox_id: str) -> tuple[str, str]:
+        """The (app key, trigger key) the user's inbox subscribes to, for the routes' least-privilege check:
+        remembered from an ensure or an earlier look-up, or the store's record when push delivery recorded
+        this inbox of this user (no call to Zapier), else
+        GET /inboxes/{id} (one call within the Partner API budget; an unknown or foreign inbox is Zapier's
+        404), remembered for this user (an inbox's subscription never changes). A store failure falls back
+        to the GET: the answer never comes from a guess."""
+        known = self._subscriptions.get((inbox_id, user.tenant_id, user.user_id))
+        if known is not None:
+            return known
+        if self._recorder is not None:
+            try:
+                record = await self._recorder.inbox(inbox_id)
+            except StoreUnavailable:
+                record = None
+            if record is not None and (record.tenant_id, record.user_id) == (user.tenant_id, user.user_id):
+                return record.app, record.trigger
+        inbox = await self._get(user, inbox_id)
+        self._observer.inbox_seen(inbox.status, inbox.paused_reason)
+        return self._know(user, inbox)
+
+    def _know(self, user: User, inbox: Inbox) -> tuple[str, str]:
+        """Remember the inbox's (app key, trigger key) for this user."""
+        key = (inbox.id, user.tenant_id, user.user_id)
+        self._subscriptions.pop(key, None)
+        known = self._subscriptions[key] = (inbox.subscription.app_key, inbox.subscription.action_key)
+        while len(self._subscriptions) > MAX_KNOWN_SUBSCRIPTIONS:
+            self._subscriptions.popitem(last=False)
+        return known
 
     async def pause(self, client: str, r: InboxRef) -> dict[str, Any]:
         """Pause the inbox (Zapier stops collecting; queued messages can still be leased)."""
@@ -210,6 +306,7 @@ class TriggerInboxes:
             audit_request(f"zapier.inbox.{verb}", {**fields, "outcome": exc.code})
             raise
         audit_request(f"zapier.inbox.{verb}", {**fields, "status": inbox.status})
+        await self._noticed(r.user, inbox)
         return {"inbox": self._seen(inbox)}
 
     async def delete(self, client: str, r: InboxRef) -> None:
@@ -219,6 +316,7 @@ class TriggerInboxes:
         try:
             await self._with_token(r.user, lambda token: self._api.request(
                 "DELETE", "inbox_delete", path, token, retry=True))
+            self._subscriptions.pop((r.inbox_id, r.user.tenant_id, r.user.user_id), None)
             if self._recorder is not None:
                 await self._recorder.delete_inbox(r.inbox_id)
         except RequestError as exc:

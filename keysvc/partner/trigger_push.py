@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keysvc.client.retry import Failure
-from keysvc.errors import RequestError
+from keysvc.errors import Conflict, RequestError
 from keysvc.partner.outbound import PartnerHttp
 from keysvc.partner.store.base import InboxRecord
 from keysvc.partner.trigger_inboxes import TriggerInboxes
 from keysvc.partner.triggers.answers import Inbox, Subscription
 from keysvc.partner.triggers.delivery import delivery
-from keysvc.partner.triggers.inputs import LeaseCall, SettleCall, User
+from keysvc.partner.triggers.inputs import InboxRef, LeaseCall, SettleCall, User
 from keysvc.partner.triggers.sealing import NotificationSealer
 from keysvc.partner.triggers.signing import WebhookSecret
 
@@ -143,11 +143,24 @@ class PushDelivery:
                 for _ in range(MAX_ROUNDS):
                     if not await self._round(record, done):
                         break
+        except Conflict:  # the lease's 409: the inbox is paused (or failed) and drained
+            await self._look_at(record)
         except RequestError as exc:
             log.warning("trigger push delivery stopped", extra={"inbox": record.inbox_id, "reason": exc.description})
         finally:
             self._busy.discard(record.inbox_id)
         return done
+
+    async def _look_at(self, record: InboxRecord) -> None:
+        """One GET of a paused, drained inbox, so the sweep notices why it is paused without a caller
+        touching it: counted by status (keysvc_zapier_inboxes_seen_total{status="paused_authentication"})
+        and, when paused for authentication, its connection marked expired in the registry. Costs one
+        Partner API call per such inbox per sweep."""
+        try:
+            await self._inboxes.inbox(InboxRef(User(record.user_id, record.tenant_id), record.inbox_id))
+        except RequestError as exc:
+            log.warning("trigger push could not look at a paused inbox",
+                        extra={"inbox": record.inbox_id, "reason": exc.description})
 
     async def _round(self, record: InboxRecord, done: Delivered) -> bool:
         """One lease and its messages; True when it was a full batch that all went through."""

@@ -1,8 +1,12 @@
 """The `/v1/zapier/trigger-inboxes*` routes of the internal listener: thin handlers over TriggerInboxes,
 declared in keysvc.partner.contracts (TRIGGERS). The client API key (Bearer) must belong to a client with
 `zapier` set (else 403), and its grant (`clients.<name>.zapier`) decides before any call to Zapier: ensure
-needs the app and the trigger allowed, the routes by inbox id need some trigger allowed, and the list and
-a single inbox show only inboxes of allowed apps and triggers. Authentication, the client's rate limit
+needs the app and the trigger allowed; pause, resume, delete, lease, ack and release need the inbox's own
+app and trigger allowed (TriggerInboxes.subscription: remembered from an ensure or an earlier look-up, or
+the gateway store's record when push delivery recorded the inbox, else one GET of the inbox from Zapier
+first, within the Partner API budget; a client with `zapier: true` skips that look-up), checked before any
+state-changing call; the list and a single inbox show only inboxes of
+allowed apps and triggers. Authentication, the client's rate limit
 and strict JSON bodies are the internal API's own (keysvc.http.context.RouteContext). User fields come in
 the body on PUT and POST, in the query on GET and DELETE.
 """
@@ -24,6 +28,7 @@ from keysvc.partner import contracts as c
 from keysvc.partner.contracts import Contract
 from keysvc.partner.trigger_inboxes import TriggerInboxes
 from keysvc.partner.triggers import inputs as inputs_of
+from keysvc.partner.triggers.inputs import User
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 NO_CONTENT = object()  # a handler's answer for 204
@@ -76,25 +81,45 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
             raise Forbidden("this client may not use this inbox's app or trigger (clients.<name>.zapier)")
         return answer
 
+    async def owned(client: ClientSettings, user: User, inbox_id: str) -> None:
+        """403 unless the grant allows the inbox's own app and trigger (fail closed, before the call)."""
+        grant = client.zapier_grant or _NOTHING
+        if grant.everything:
+            return
+        app, trigger = await inboxes.subscription(user, inbox_id)
+        if not grant.allows_app(app) or not grant.allows_trigger(trigger):
+            raise Forbidden("this client may not use this inbox's app or trigger (clients.<name>.zapier)")
+
     async def delete(request: Request, client: ClientSettings) -> Any:
-        await inboxes.delete(client.name, inputs_of.inbox_query(query(request), inbox(request)))
+        ref = inputs_of.inbox_query(query(request), inbox(request))
+        await owned(client, ref.user, ref.inbox_id)
+        await inboxes.delete(client.name, ref)
         return NO_CONTENT
 
     async def pause(request: Request, client: ClientSettings) -> Any:
-        return await inboxes.pause(client.name, inputs_of.inbox_body(await api.body(request), inbox(request)))
+        ref = inputs_of.inbox_body(await api.body(request), inbox(request))
+        await owned(client, ref.user, ref.inbox_id)
+        return await inboxes.pause(client.name, ref)
 
     async def resume(request: Request, client: ClientSettings) -> Any:
-        return await inboxes.resume(client.name, inputs_of.inbox_body(await api.body(request), inbox(request)))
+        ref = inputs_of.inbox_body(await api.body(request), inbox(request))
+        await owned(client, ref.user, ref.inbox_id)
+        return await inboxes.resume(client.name, ref)
 
     async def lease(request: Request, client: ClientSettings) -> Any:
         body = inputs_of.lease_body(await api.body(request), inbox(request), exchange.lease_wait_max)
+        await owned(client, body.user, body.inbox_id)
         return await inboxes.lease(body)
 
     async def ack(request: Request, client: ClientSettings) -> Any:
-        return await inboxes.ack(client.name, inputs_of.settle_body(await api.body(request), inbox(request)))
+        settle = inputs_of.settle_body(await api.body(request), inbox(request))
+        await owned(client, settle.user, settle.inbox_id)
+        return await inboxes.ack(client.name, settle)
 
     async def release(request: Request, client: ClientSettings) -> Any:
-        return await inboxes.release(client.name, inputs_of.settle_body(await api.body(request), inbox(request)))
+        settle = inputs_of.settle_body(await api.body(request), inbox(request))
+        await owned(client, settle.user, settle.inbox_id)
+        return await inboxes.release(client.name, settle)
 
     return by_path([
         route(c.INBOX_LIST, listing),

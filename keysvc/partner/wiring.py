@@ -157,7 +157,7 @@ def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     # the Trigger Inbox API: same session, same budget (every call counts against the Partner API's limit)
     inbox_api = PartnerApi(exchange, http, budget, observer=metrics, base_url=exchange.trigger_inbox_url,
                            name=TRIGGER_INBOX_API, reauth_codes=REAUTH_CODES)
-    inboxes = TriggerInboxes(exchanger, inbox_api, observer=metrics)
+    inboxes = TriggerInboxes(exchanger, inbox_api, observer=metrics, registry=registry)
     store = None if keeper is None else keeper.store
     push = build_push(exchange, inboxes, http, store, observer=metrics)
     if push is not None and store is not None:

@@ -73,6 +73,15 @@ app.kubernetes.io/part-of: keysvc
 {{- define "keysvc.tlsDir" -}}/run/tls/keysvc{{- end }}
 {{- define "keysvc.clientCaDir" -}}/run/tls/keysvc-client-ca{{- end }}
 {{- define "keysvc.storeSecretDir" -}}/run/secrets/keysvc-gateway-store{{- end }}
+{{- define "keysvc.deliverySecretDir" -}}/run/secrets/keysvc-trigger-delivery{{- end }}
+{{/* Push delivery's public URL: triggerDelivery.publicUrl, else config.public_url, else the Ingress's https host. */}}
+{{- define "keysvc.deliveryPublicUrl" -}}
+{{- $v := .Values }}
+{{- if $v.triggerDelivery.publicUrl }}{{ $v.triggerDelivery.publicUrl }}
+{{- else if $v.config.public_url }}{{ $v.config.public_url }}
+{{- else if and $v.ingress.enabled $v.ingress.host }}https://{{ $v.ingress.host }}
+{{- end }}
+{{- end }}
 
 {{/* The kubernetes.io/tls Secret of the internal listener: the one given, or the cert-manager Certificate's. */}}
 {{- define "keysvc.tlsSecretName" -}}
@@ -142,6 +151,11 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- end }}
 {{- $_ := set $tx "store" $store }}
 {{- end }}{{ end }}
+{{- with $v.triggerDelivery }}{{ if .url }}
+{{- $delivery := dict "url" .url "public_url" (include "keysvc.deliveryPublicUrl" $) "lease" .lease "sweep_interval" .sweepInterval }}
+{{- $_ := set $delivery "secret_file" (printf "%s/%s" (include "keysvc.deliverySecretDir" $) .secret.key) }}
+{{- $_ := set $tx "trigger_delivery" $delivery }}
+{{- end }}{{ end }}
 {{- $_ := set $cfg "token_exchange" $tx }}
 {{- end }}
 {{- toYaml $cfg }}
@@ -171,6 +185,16 @@ values.schema.json cannot express fail here, at install time, with the value to 
 {{- end }}
 {{- if and $store.passwordSecret.name (hasPrefix "sqlite:" $store.url) }}
 {{- fail "gatewayStore.passwordSecret is for PostgreSQL; a SQLite store takes no password" }}
+{{- end }}
+{{- $delivery := $v.triggerDelivery }}
+{{- if and $delivery.url (not $store.url) }}
+{{- fail "triggerDelivery.url needs gatewayStore.url: push delivery finds the inboxes keysvc ensured in the gateway store" }}
+{{- end }}
+{{- if and $delivery.url (not $delivery.secret.name) }}
+{{- fail "triggerDelivery.url needs triggerDelivery.secret.name: the Secret holding the whsec_ signing secret" }}
+{{- end }}
+{{- if and $delivery.url (not (include "keysvc.deliveryPublicUrl" .)) }}
+{{- fail "triggerDelivery.url needs triggerDelivery.publicUrl (or config.public_url, or ingress.enabled with ingress.host): Zapier notifies keysvc there" }}
 {{- end }}
 {{- if eq (int $v.ports.public) (int $v.ports.internal) }}
 {{- fail "ports.public and ports.internal must differ: the internal listener must never share the public port" }}
@@ -453,6 +477,11 @@ check-config init container; the file backend's key volume is the server's alone
 {{- if .Values.gatewayStore.passwordSecret.name }}
 - name: gateway-store-password
   mountPath: {{ include "keysvc.storeSecretDir" . }}
+  readOnly: true
+{{- end }}
+{{- if and .Values.triggerDelivery.url .Values.triggerDelivery.secret.name }}
+- name: trigger-delivery-secret
+  mountPath: {{ include "keysvc.deliverySecretDir" . }}
   readOnly: true
 {{- end }}
 {{- if .Values.internalTls.enabled }}

@@ -46,6 +46,7 @@ class EnsureInbox:
     connection: str | None  # None: the registry's recorded connection, or an app without authentication
     inputs: dict[str, Any]
     wait: float
+    connection_given: bool = True  # False: `connection` omitted, the registry's recorded one is used
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def ensure_body(key: str, body: Any, wait_max: float) -> EnsureInbox:
         f.text("connection", INBOX_CONNECTION),
         inputs_value(f.raw.get("inputs")),
         f.duration("wait", RUN_WAIT, {"run_wait_max": wait_max}) or 0.0,
+        "connection" in f.raw,
     )
 
 
