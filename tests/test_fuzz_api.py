@@ -57,6 +57,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeysvcProcess]:
             "api_url": partner_url,  # no Partner API there: valid gateway calls end in a documented 404
             "trigger_inbox_url": f"{partner_url}/trigger-inbox/v1",  # nor a Trigger Inbox API: 404 too
             "run_wait_max": "100ms", "lease_wait_max": "100ms",  # stated by the document: generated waits stay short
+            # schema-valid gateway calls now reach the (absent) Partner API: a budget that never makes them wait
+            "api_rate_limit": {"per_minute": 600000, "burst": 1000},
         }
         config["log"] = {"access": False}
         with KeysvcProcess(write_config(tmp / "keysvc.yaml", config), name="fuzz") as proc:
