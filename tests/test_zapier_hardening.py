@@ -24,6 +24,7 @@ from keysvc.config.secrets import SecretFile
 from keysvc.errors import InvalidRequest, RequestError, Unavailable, UpstreamError
 from keysvc.partner import gateway_inputs as requests
 from keysvc.partner.budget import ApiBudget
+from keysvc.partner.contracts import CONNECT_ERROR
 from keysvc.partner.gateway import ZapierGateway
 from keysvc.partner.outbound import PartnerHttp
 from keysvc.partner.partner_api import PartnerApi, api_error
@@ -180,7 +181,7 @@ def test_complete_refuses_an_undocumented_error_without_echoing_it(error: Any) -
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("error", sorted(requests.CONNECT_ERRORS))
+@pytest.mark.parametrize("error", sorted(CONNECT_ERROR.values))
 def test_complete_accepts_the_documented_codes(error: str) -> None:
     """access_denied, invalid_request, server_error, temporarily_unavailable pass."""
     assert requests.complete_body({**USER, "state": "v1.x", "error": error}).error == error

@@ -9,17 +9,16 @@ its `token_exchange` flag, runs the exchange and writes its audit line.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from keysvc.client.connect import APP_NAME
 from keysvc.client.exchanger import normalise_scope
 from keysvc.errors import Forbidden, InvalidRequest
-from keysvc.partner.contracts import EXCHANGE
+from keysvc.partner.contracts import EXCHANGE, TOKEN
+from keysvc.partner.fields import IDENTIFIER
 
 _FIELDS = frozenset(EXCHANGE.names)  # the route's contract (keysvc.partner.contracts)
-_IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces: ends up in a JWT claim
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def parse_body(body: Any) -> ExchangeBody:
         raise InvalidRequest(f"unknown field {unknown[0]!r}")
     user_id, tenant_id = _identifier(body, "user_id"), _identifier(body, "tenant_id")
     kind = body.get("token")
-    if kind not in ("access", "connect"):
+    if kind not in TOKEN.values:
         raise InvalidRequest('token must be "access" or "connect"')
     app = body.get("app")
     if kind == "connect" and not (isinstance(app, str) and APP_NAME.fullmatch(app)):
@@ -57,9 +56,9 @@ def parse_body(body: Any) -> ExchangeBody:
 
 def _identifier(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise InvalidRequest(f"{name} must be a non-empty string of printable ASCII (at most 256 characters)")
-    return value
+    if not IDENTIFIER.matches(value):  # it ends up in a JWT claim
+        raise InvalidRequest(f"{name} must be {IDENTIFIER.what}")
+    return str(value)
 
 
 def allowed_scope(requested: str | None, allowed: frozenset[str] | None, default: str, client: str) -> str:

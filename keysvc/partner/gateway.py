@@ -49,9 +49,8 @@ from keysvc.errors import (
     UpstreamError,
 )
 from keysvc.logs import audit_request
+from keysvc.partner.contracts import MAX_OFFSET, PARTNER_ID
 from keysvc.partner.gateway_inputs import (
-    MAX_OFFSET,
-    PARTNER_ID,
     ActionCall,
     ActionsQuery,
     AppQuery,
@@ -312,7 +311,7 @@ class ZapierGateway:
             run_id = _data(created).get("id")
             if isinstance(run_id, int) and not isinstance(run_id, bool):
                 run_id = str(run_id)
-            if not isinstance(run_id, str) or not PARTNER_ID.fullmatch(run_id):
+            if not isinstance(run_id, str) or not PARTNER_ID.matches(run_id):
                 raise UpstreamError("the Zapier Partner API created a run without an id")
         except RequestError as exc:
             audit_request("zapier.run", {**fields, "outcome": exc.code})

@@ -8,38 +8,34 @@ Nothing here does I/O. Which fields each route accepts is its contract's (keysvc
 
 from __future__ import annotations
 
-import math
-import re
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from keysvc.client.connect import APP_NAME
-from keysvc.config import parse_duration
-from keysvc.config.exchange import CONNECT_THEME
-from keysvc.errors import ConfigError, InvalidRequest
+from keysvc.errors import InvalidRequest
 from keysvc.partner import contracts as contract
+from keysvc.partner.contracts import (
+    ACTION_KEY,
+    ACTION_TYPE,
+    AUTHENTICATION_ID,
+    CONNECT_APP,
+    CONNECT_ERROR,
+    CONNECTION,
+    LIMIT,
+    MAX_QUERY,
+    OFFSET,
+    PAGE,
+    PARTNER_ID,
+    RECONNECT_ID,
+    RUN_WAIT,
+    THEME,
+)
+from keysvc.partner.fields import Fields, User, body_fields, is_uuid, query_fields
 from keysvc.partner.triggers.json_bounds import JsonBoundsError, check_json
 
-IDENTIFIER = re.compile(r"[\x21-\x7e]{1,256}")  # as /v1/token-exchange: it ends up in a JWT claim
-PARTNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")  # Zapier's connection, run and input ids
-ACTION_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}")
-ACTION_TYPE = re.compile(r"[A-Z][A-Z_]{0,31}")
-MAX_QUERY = 200
-# The codes the Connect flow documents for `error` (RFC 6749 §4.1.2.1's); anything else is refused, never echoed.
-CONNECT_ERRORS = frozenset({"access_denied", "invalid_request", "server_error", "temporarily_unavailable"})
-MAX_OFFSET = 1_000_000
+__all__ = ["User", "is_uuid"]  # shared with the trigger inboxes' parsers (keysvc.partner.fields)
 MAX_INPUTS_DEPTH = 32  # levels of `inputs` (the object itself is level 1): Zapier's fields are flat or shallow
 MAX_INPUTS_BYTES = 64 * 1024  # encoded: what the internal listener accepts as a whole body
-
-
-@dataclass(frozen=True)
-class User:
-    """Who the call is for: the partner JWT's `sub` and tenant claim."""
-
-    user_id: str
-    tenant_id: str
 
 
 @dataclass(frozen=True)
@@ -118,83 +114,15 @@ class RunQuery:
     wait: float
 
 
-class Fields:
-    """A request's fields (a JSON object, or query parameters without repeats) and the names it may have."""
-
-    def __init__(self, raw: Mapping[str, Any], known: Iterable[str], where: str) -> None:
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise InvalidRequest(f"unknown {where} {unknown[0][:64]!r}")
-        self.raw, self.where = raw, where
-
-    def text(self, name: str, pattern: re.Pattern[str], what: str, *, required: bool = False) -> str | None:
-        value = self.raw.get(name)
-        if value is None:
-            if required:
-                raise InvalidRequest(f"{self.where} {name} is required: {what}")
-            return None
-        if not isinstance(value, str) or not pattern.fullmatch(value):
-            raise InvalidRequest(f"{self.where} {name} must be {what}")
-        return value
-
-    def required(self, name: str, pattern: re.Pattern[str], what: str) -> str:
-        value = self.text(name, pattern, what, required=True)
-        assert value is not None  # nosec B101 - required=True never answers None
-        return value
-
-    def user(self) -> User:
-        what = "a non-empty string of printable ASCII (at most 256 characters)"
-        return User(self.required("user_id", IDENTIFIER, what), self.required("tenant_id", IDENTIFIER, what))
-
-    def app(self, name: str = "app") -> str:
-        value = self.raw.get(name)
-        if not isinstance(value, str) or not is_uuid(value):
-            raise InvalidRequest(f"{self.where} {name} must be Zapier's app id, a UUID from /v1/zapier/apps")
-        return value.lower()
-
-    def integer(self, name: str, low: int, high: int) -> int | None:
-        value = self.raw.get(name)
-        if value is None:
-            return None
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise InvalidRequest(f"{self.where} {name} must be an integer from {low} to {high}")
-        return value
-
-    def wait(self, most: float) -> float:
-        value = self.raw.get("wait")
-        if value is None:
-            return 0.0
-        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,3})?", value):
-            value = float(value)
-        try:
-            seconds = parse_duration(value, "wait")
-        except (ConfigError, OverflowError, ValueError):
-            seconds = math.nan
-        if not 0 <= seconds <= most:
-            raise InvalidRequest(f"{self.where} wait must be a duration from 0 to {most:g} seconds (run_wait_max)")
-        return float(seconds)
+def _app(f: Fields) -> str:
+    """The `app` field: Zapier's app id (a UUID), lower-cased."""
+    if not contract.APP_ID.matches(f.raw.get("app")):
+        raise InvalidRequest(f"{f.where} app must be {contract.APP_ID.what}")
+    return str(f.raw["app"]).lower()
 
 
-def query_fields(items: Iterable[tuple[str, str]], known: Iterable[str]) -> Fields:
-    """Fields from query parameters; a parameter given twice is refused (which one would count?)."""
-    raw: dict[str, str] = {}
-    for name, value in items:
-        if name in raw:
-            raise InvalidRequest(f"query parameter {name[:64]!r} is repeated")
-        raw[name] = value
-    return Fields(raw, known, "query parameter")
-
-
-def body_fields(body: Any, known: Iterable[str]) -> Fields:
-    """Fields from a JSON body, which must be an object."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return Fields(body, known, "field")
-
-
-_CONNECTION = "a Zapier connection id (letters, digits, _ . : -), or null for an app without authentication"
+def _wait(f: Fields, wait_max: float) -> float:
+    return f.duration("wait", RUN_WAIT, {"run_wait_max": wait_max}) or 0.0
 
 
 def apps_query(items: Iterable[tuple[str, str]]) -> AppsQuery:
@@ -203,32 +131,32 @@ def apps_query(items: Iterable[tuple[str, str]]) -> AppsQuery:
     query = f.raw.get("query")
     if query is not None and (not query.isprintable() or len(query) > MAX_QUERY):
         raise InvalidRequest(f"query parameter query must be printable text of at most {MAX_QUERY} characters")
-    return AppsQuery(f.user(), query or None, f.integer("limit", 1, 100), f.integer("offset", 0, MAX_OFFSET))
+    return AppsQuery(f.user(), query or None, f.integer("limit", LIMIT), f.integer("offset", OFFSET))
 
 
 def connections_query(items: Iterable[tuple[str, str]]) -> AppQuery:
     """GET /v1/zapier/connections"""
     f = query_fields(items, contract.CONNECTIONS.names)
-    return AppQuery(f.user(), f.app())
+    return AppQuery(f.user(), _app(f))
 
 
 def actions_query(items: Iterable[tuple[str, str]]) -> ActionsQuery:
     """GET /v1/zapier/actions"""
     f = query_fields(items, contract.ACTIONS.names)
-    action_type = f.text("action_type", ACTION_TYPE, "an action type such as READ, WRITE or SEARCH")
-    return ActionsQuery(f.user(), f.app(), action_type)
+    action_type = f.text("action_type", ACTION_TYPE)
+    return ActionsQuery(f.user(), _app(f), action_type)
 
 
 def connect_body(body: Any, redirect_uris: tuple[str, ...]) -> ConnectBody:
     """POST /v1/zapier/connect; `redirect_uri` must be one of the registered ones, exactly."""
     f = body_fields(body, contract.CONNECT.names)
-    user, app = f.user(), f.app()
-    connect_app = f.text("connect_app", APP_NAME, "the Connect URL's app segment (letters, digits, _ . -)")
+    user, app = f.user(), _app(f)
+    connect_app = f.text("connect_app", CONNECT_APP)
     redirect_uri = f.raw.get("redirect_uri")
     if redirect_uri is not None and (not isinstance(redirect_uri, str) or redirect_uri not in redirect_uris):
         raise InvalidRequest("redirect_uri must be one of token_exchange.redirect_uris, exactly")
-    reconnect_id = f.text("reconnect_id", PARTNER_ID, "the id of the user's expired connection")
-    theme = f.text("theme", CONNECT_THEME, "a Connect UI theme name Zapier set up for you (letters, digits, _ . -)")
+    reconnect_id = f.text("reconnect_id", RECONNECT_ID)
+    theme = f.text("theme", THEME)
     return ConnectBody(user, app, connect_app or app, redirect_uri, reconnect_id, theme)
 
 
@@ -239,10 +167,10 @@ def complete_body(body: Any) -> CompleteBody:
     state = f.raw.get("state")
     if not isinstance(state, str) or not state:
         raise InvalidRequest("field state is required: the state /v1/zapier/connect answered")
-    authentication_id = f.text("authentication_id", PARTNER_ID, "the connection id the partner returned")
+    authentication_id = f.text("authentication_id", AUTHENTICATION_ID)
     error = f.raw.get("error")
-    if error is not None and (not isinstance(error, str) or error not in CONNECT_ERRORS):
-        codes = ", ".join(sorted(CONNECT_ERRORS))
+    if error is not None and error not in CONNECT_ERROR.values:
+        codes = ", ".join(sorted(CONNECT_ERROR.values))
         raise InvalidRequest(f"field error must be one of the Connect flow's codes: {codes}")
     if (authentication_id is None) == (error is None):
         raise InvalidRequest("send exactly one of authentication_id and error")
@@ -257,13 +185,13 @@ def complete_body(body: Any) -> CompleteBody:
 
 def action_call(f: Fields, action: str | None) -> ActionCall:
     """The action part of an inputs, choices or run body (`action` from the path, or the body's field)."""
-    user, app = f.user(), f.app()
+    user, app = f.user(), _app(f)
     if action is None:
-        action = f.required("action", ACTION_KEY, "an action key from /v1/zapier/actions")
-    elif not ACTION_KEY.fullmatch(action):
+        action = f.required("action", ACTION_KEY)
+    elif not ACTION_KEY.matches(action):
         raise InvalidRequest("the action key in the path is malformed")
-    action_type = f.required("action_type", ACTION_TYPE, "an action type such as READ, WRITE or SEARCH")
-    connection = f.text("connection", PARTNER_ID, _CONNECTION)
+    action_type = f.required("action_type", ACTION_TYPE)
+    connection = f.text("connection", CONNECTION)
     inputs = f.raw.get("inputs", {})
     if not isinstance(inputs, dict):
         raise InvalidRequest("field inputs must be a JSON object of input values")
@@ -282,31 +210,21 @@ def inputs_body(body: Any, action: str) -> ActionCall:
 def choices_body(body: Any, action: str, input_id: str) -> ChoicesCall:
     """POST /v1/zapier/actions/{key}/inputs/{input_id}/choices"""
     f = body_fields(body, contract.CHOICES.names)
-    if not PARTNER_ID.fullmatch(input_id):
+    if not PARTNER_ID.matches(input_id):
         raise InvalidRequest("the input id in the path is malformed")
-    return ChoicesCall(action_call(f, action), input_id, f.integer("page", 1, MAX_OFFSET))
+    return ChoicesCall(action_call(f, action), input_id, f.integer("page", PAGE))
 
 
 def run_body(body: Any, wait_max: float) -> RunBody:
     """POST /v1/zapier/action-runs"""
     f = body_fields(body, contract.RUN_CREATE.names)
-    return RunBody(action_call(f, None), f.wait(wait_max))
+    return RunBody(action_call(f, None), _wait(f, wait_max))
 
 
 def run_query(items: Iterable[tuple[str, str]], run_id: str, wait_max: float) -> RunQuery:
     """GET /v1/zapier/action-runs/{id}"""
     f = query_fields(items, contract.RUN_STATUS.names)
-    if not PARTNER_ID.fullmatch(run_id):
+    if not PARTNER_ID.matches(run_id):
         raise InvalidRequest("the run id in the path is malformed")
-    return RunQuery(f.user(), run_id, f.wait(wait_max))
+    return RunQuery(f.user(), run_id, _wait(f, wait_max))
 
-
-def is_uuid(value: str) -> bool:
-    """True for a UUID in its 36-character form."""
-    if len(value) != 36:
-        return False
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True

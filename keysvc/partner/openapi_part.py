@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from keysvc.feature import OpenApiPart
 from keysvc.openapi import JsonObject
-from keysvc.partner.contracts import EXCHANGE, gateway_paths
+from keysvc.partner.contracts import DEFAULT_LIMITS, EXCHANGE, gateway_paths
+from keysvc.partner.fields import Limits
 
 
 def _exchange_schemas() -> JsonObject:
@@ -25,9 +26,10 @@ def _exchange_schemas() -> JsonObject:
     }
 
 
-def partner_openapi() -> OpenApiPart:
-    """The partner feature's paths and schemas."""
-    paths: JsonObject = {EXCHANGE.path: EXCHANGE.openapi()}
-    paths.update(gateway_paths())
-    schemas = {EXCHANGE.body_schema_name or "": EXCHANGE.body_schema(), **_exchange_schemas()}
+def partner_openapi(limits: Limits = DEFAULT_LIMITS) -> OpenApiPart:
+    """The partner feature's paths and schemas; the configured bounds (`run_wait_max`, `lease_wait_max`,
+    `redirect_uris`) stated as this replica's settings set them."""
+    paths: JsonObject = {EXCHANGE.path: EXCHANGE.openapi(limits)}
+    paths.update(gateway_paths(limits))
+    schemas = {EXCHANGE.body_schema_name or "": EXCHANGE.body_schema(limits), **_exchange_schemas()}
     return OpenApiPart(paths=paths, schemas=schemas)

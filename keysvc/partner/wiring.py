@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.routing import BaseRoute
 
@@ -125,14 +126,19 @@ class Partner:
             if self.keeper is not None:
                 await self.keeper.aclose()
 
+    def limits(self) -> dict[str, Any]:
+        """The configured bounds the OpenAPI document states (the parsers apply the same ones)."""
+        s = self.settings
+        return {"run_wait_max": s.run_wait_max, "lease_wait_max": s.lease_wait_max, "redirect_uris": s.redirect_uris}
+
     def feature(self) -> Feature:
         """This partner side as the service's feature: routes, OpenAPI part, metrics, start and close hooks,
         the store's check job, and push delivery's sweep job and public route when it is configured."""
         jobs = [] if self.keeper is None else [Job("gateway-store", STORE_CHECK_INTERVAL, self.keeper.check)]
         if self.push is not None:
             jobs.append(self.push.job())
-        return Feature("partner", routes=self.routes, openapi=partner_openapi(), metrics=self.metrics.collectors(),
-                       jobs=jobs, start=self.start, close=self.aclose, part=self,
+        return Feature("partner", routes=self.routes, openapi=partner_openapi(self.limits()),
+                       metrics=self.metrics.collectors(), jobs=jobs, start=self.start, close=self.aclose, part=self,
                        public=None if self.push is None else self.push.route())
 
 

@@ -10,12 +10,12 @@ KeyError or TypeError and never the partner's value itself.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from keysvc.errors import UpstreamError
+from keysvc.partner.fields import is_uuid
 from keysvc.partner.triggers.json_bounds import JsonBoundsError, check_json
 
 STATUSES = ("initializing", "active", "paused", "deleting", "initialization_failure")
@@ -201,16 +201,6 @@ class _Reader:
             raise self.bad(member)
         return value
 
-
-def is_uuid(value: str) -> bool:
-    """True for a UUID in its 36-character hyphenated form."""
-    if len(value) != ID_CHARS or value.count("-") != 4:
-        return False
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_inbox(value: Any) -> Inbox:
