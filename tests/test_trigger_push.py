@@ -133,8 +133,22 @@ def run_with_store(tmp_path: Path, scenario: Callable[[GatewayStore], Awaitable[
     asyncio.run(main())
 
 
+@dataclass
+class PushRecord:
+    """A push observer that keeps what it was told."""
+
+    outcomes: list[str] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    redelivered: int = 0
+
+    def pushed(self, outcome: str, seconds: float, *, lag: float | None = None, redelivered: bool = False) -> None:
+        self.outcomes.append(outcome)
+        self.lags.extend([lag] if lag is not None else [])
+        self.redelivered += redelivered
+
+
 def deliverer(inbox_api: TriggerInboxFake, url: str, directory: GatewayStore, lease: int = 2,
-              timeout: float = 5.0) -> tuple[PushDelivery, PartnerHttp]:
+              timeout: float = 5.0, observer: PushRecord | None = None) -> tuple[PushDelivery, PartnerHttp]:
     """One replica's push delivery: its own session, budget and token cache."""
     settings = TokenExchangeSettings(client_id="c", client_secret=Secret("s"), total_timeout=5.0)
     http = PartnerHttp()
@@ -143,7 +157,7 @@ def deliverer(inbox_api: TriggerInboxFake, url: str, directory: GatewayStore, le
                      reauth_codes=REAUTH_CODES)
     inboxes = TriggerInboxes(Tokens(inbox_api), api)
     target = Target(url, (WebhookSecret.parse(SECRET),), lease_seconds=lease, batch=5, timeout=timeout)
-    return PushDelivery(inboxes, http, directory, target), http
+    return PushDelivery(inboxes, http, directory, target, observer=observer), http
 
 
 async def active_inbox(inbox_api: TriggerInboxFake, directory: GatewayStore, key: str) -> InboxRecord:
@@ -172,13 +186,15 @@ async def until_empty(push: PushDelivery, inbox_api: TriggerInboxFake, inbox_id:
 
 def test_a_failing_receiver_gets_every_message_again_none_acked_before_2xx(world: World, tmp_path: Path) -> None:
     """The receiver answers 503 to the first two attempts of every message: the messages are released
-    and delivered again; in the end all 7 were delivered, acked only after their 2xx, signatures valid."""
+    and delivered again; in the end all 7 were delivered, acked only after their 2xx, signatures valid; the
+    observer saw every redelivery (each message leased 3 times: 2 redeliveries) and each delivered message's lag."""
     async def scenario(store: GatewayStore) -> None:
         inbox_api, receiver, url = world
         receiver.fail_first = 2
         record = await active_inbox(inbox_api, store, "push-failing")
         ids = inbox_api.inject(record.inbox_id, *({"n": n} for n in range(7)))
-        push, http = deliverer(inbox_api, url, store)
+        seen = PushRecord()
+        push, http = deliverer(inbox_api, url, store, observer=seen)
         try:
             await until_empty(push, inbox_api, record.inbox_id, 20)
         finally:
@@ -187,6 +203,10 @@ def test_a_failing_receiver_gets_every_message_again_none_acked_before_2xx(world
         assert all(receiver.attempts[i] >= 3 for i in ids)
         assert receiver.acked_early == [] and receiver.bad_signatures == 0
         assert inbox_api.pending(record.inbox_id) == 0
+        # at least once: a lease that expires under a slow machine may deliver a message once more
+        assert seen.outcomes.count("delivered") >= 7 and seen.outcomes.count("refused") >= 14
+        assert seen.redelivered >= 14  # every attempt after a message's first lease
+        assert len(seen.lags) == seen.outcomes.count("delivered") and all(0.0 <= lag < 60.0 for lag in seen.lags)
 
 
     run_with_store(tmp_path, scenario)

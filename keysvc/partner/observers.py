@@ -15,6 +15,9 @@ from keysvc.metrics import BACKEND_BUCKETS, LATENCY_BUCKETS
 from keysvc.partner.triggers.answers import RECONNECT_REASONS, STATUSES
 
 INBOX_STATUSES = (*STATUSES, "paused_authentication", "other")
+# a message's lag, creation at Zapier to the receiver's 2xx: seconds normally, up to the lease and sweep
+# intervals (minutes) when a notification was missed or an attempt failed, hours when the receiver is down
+LAG_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
 
 
 class PartnerMetrics:
@@ -67,9 +70,13 @@ class PartnerMetrics:
             "keysvc_zapier_push_duration_seconds", "One POST to trigger_delivery.url", buckets=BACKEND_BUCKETS,
             registry=None,
         )
+        self.push_lag = Histogram(
+            "keysvc_zapier_push_lag_seconds", "From a trigger-inbox message's creation at Zapier to its 2xx from "
+            "trigger_delivery.url", buckets=LAG_BUCKETS, registry=None,
+        )
         for outcome in ("delivered", "refused", "failed"):
             self.push_deliveries.labels(outcome)
-        for event in ("leased", "acked", "released"):
+        for event in ("leased", "acked", "released", "redelivered"):
             self.inbox_messages.labels(event)
         for status in INBOX_STATUSES:
             self.inboxes_seen.labels(status)
@@ -95,7 +102,8 @@ class PartnerMetrics:
         """Every metric, for the service's registry."""
         return [self.exchange_calls, self.exchange_latency, self.exchange_cache, self.zapier_calls,
                 self.zapier_latency, self.zapier_runs, self.zapier_budget, self.store_up, self.registry_lookups,
-                self.inbox_messages, self.inboxes_seen, self.push_deliveries, self.push_latency]
+                self.inbox_messages, self.inboxes_seen, self.push_deliveries, self.push_latency,
+                self.push_lag]
 
     def upstream(self, outcome: str, seconds: float) -> None:
         """One request to the partner's token endpoint."""
@@ -133,7 +141,11 @@ class PartnerMetrics:
             status = "paused_authentication"
         self.inboxes_seen.labels(status if status in INBOX_STATUSES else "other").inc()
 
-    def pushed(self, outcome: str, seconds: float) -> None:
-        """One POST of push delivery to the partner's service."""
+    def pushed(self, outcome: str, seconds: float, *, lag: float | None = None, redelivered: bool = False) -> None:
+        """One POST of push delivery to the partner's service (its lag when delivered; a redelivery counted)."""
         self.push_deliveries.labels(outcome).inc()
         self.push_latency.observe(seconds)
+        if redelivered:
+            self.inbox_messages.labels("redelivered").inc()
+        if lag is not None:
+            self.push_lag.observe(max(0.0, lag))

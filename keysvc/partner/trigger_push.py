@@ -74,12 +74,14 @@ class Delivered:
 class PushObserver(Protocol):
     """Where push delivery reports (keysvc feeds Prometheus)."""
 
-    def pushed(self, outcome: str, seconds: float) -> None:
-        """One POST to the receiver: `delivered` (2xx), `refused` (another status), `failed` (no answer)."""
+    def pushed(self, outcome: str, seconds: float, *, lag: float | None = None, redelivered: bool = False) -> None:
+        """One POST to the receiver: `delivered` (2xx), `refused` (another status), `failed` (no answer);
+        `lag`: seconds from the message's creation at Zapier to its 2xx (delivered only, when Zapier dated it);
+        `redelivered`: Zapier had leased this message before (a failed or crashed earlier attempt)."""
 
 
 class NullPushObserver:
-    def pushed(self, outcome: str, seconds: float) -> None:
+    def pushed(self, outcome: str, seconds: float, *, lag: float | None = None, redelivered: bool = False) -> None:
         """Drop it."""
 
 
@@ -183,14 +185,16 @@ class PushDelivery:
                                               deadline=started + t.timeout, connect=t.connect_timeout,
                                               read=t.timeout, clock=self._clock)
             seconds = self._clock() - started
+            again = (message.lease_count or 0) > 1  # this lease counts too: more than one is a redelivery
             if isinstance(answer, Failure):
-                self._observer.pushed("failed", seconds)
+                self._observer.pushed("failed", seconds, redelivered=again)
                 done.left += 1
             elif 200 <= answer.status < 300:
-                self._observer.pushed("delivered", seconds)
+                lag = self._wall() - message.created_at.timestamp() if message.created_at is not None else None
+                self._observer.pushed("delivered", seconds, lag=lag, redelivered=again)
                 acked.append(message.id)
             else:
-                self._observer.pushed("refused", seconds)
+                self._observer.pushed("refused", seconds, redelivered=again)
                 refused.append(message.id)
         if acked:  # only what the receiver answered 2xx, never before its answer
             settled = await self._inboxes.ack(PUSH_CLIENT, SettleCall(user, record.inbox_id, lease.lease_id,
