@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-
-from starlette.requests import Request
-from starlette.responses import Response
+from typing import TYPE_CHECKING, Any
 
 from keysvc import __version__
 from keysvc.config import Settings
 from keysvc.feature import OpenApiPart
 from keysvc.tokens import RESERVED_CLAIMS
+
+if TYPE_CHECKING:  # the document itself is data: only serving it needs starlette (a route's contract does not)
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 JsonObject = dict[str, Any]
 
@@ -231,6 +232,8 @@ def build_openapi(settings: Settings, parts: Sequence[OpenApiPart] = ()) -> Json
 
 def openapi_endpoint(settings: Settings, parts: Sequence[OpenApiPart] = ()) -> Callable[[Request], Awaitable[Response]]:
     """A route handler serving the document (serialised once)."""
+    from starlette.responses import Response
+
     body = json.dumps(build_openapi(settings, parts), separators=(",", ":")).encode("utf-8")
 
     async def openapi(request: Request) -> Response:
