@@ -63,7 +63,7 @@ from keysvc.partner.gateway_inputs import (
     User,
     is_uuid,
 )
-from keysvc.partner.partner_api import PartnerApi, PartnerAuthRefused, PartnerUnauthorized
+from keysvc.partner.partner_api import PartnerApi, PartnerAuthRefused, with_access_token
 from keysvc.partner.registry import ConnectionRegistry, MemoryRegistry
 from keysvc.partner.state import StateCodec
 
@@ -376,13 +376,7 @@ class ZapierGateway:
 
     async def _with_token(self, user: User, step: Callable[[str], Awaitable[T]]) -> T:
         """Run `step` with the user's access token; after a 401, once more with a new token."""
-        token = await self._exchanger.access_token(user.user_id, user.tenant_id)
-        try:
-            return await step(token.access_token)
-        except PartnerUnauthorized:
-            self._exchanger.forget_access_token(user.user_id, user.tenant_id)
-        token = await self._exchanger.access_token(user.user_id, user.tenant_id)
-        return await step(token.access_token)
+        return await with_access_token(self._exchanger, user.user_id, user.tenant_id, step)
 
 
 def _audit(client: str, user: User, app: str | None, **extra: Any) -> dict[str, Any]:

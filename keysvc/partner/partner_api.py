@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -269,3 +269,26 @@ def api_error(status: int, retry_after_header: str | None, body: Any, name: str 
     if status >= 500:
         return UpstreamError(f"{name} failed ({said})")
     return UpstreamError(f"{name} answered an unexpected error ({said})")
+
+
+_T = TypeVar("_T")
+
+
+class AccessTokens(Protocol):
+    """What a flow needs of the token exchanger: a user's access token, and forgetting a refused one."""
+
+    async def access_token(self, user_id: str, tenant_id: str) -> Any: ...
+
+    def forget_access_token(self, user_id: str, tenant_id: str) -> None: ...
+
+
+async def with_access_token(tokens: AccessTokens, user_id: str, tenant_id: str,
+                            step: Callable[[str], Awaitable[_T]]) -> _T:
+    """Run `step` with the user's access token; after the partner refused it, once more with a new token."""
+    token = await tokens.access_token(user_id, tenant_id)
+    try:
+        return await step(token.access_token)
+    except PartnerUnauthorized:
+        tokens.forget_access_token(user_id, tenant_id)
+    token = await tokens.access_token(user_id, tenant_id)
+    return await step(token.access_token)

@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from keysvc.errors import ConnectionRequired, ReconnectRequired, RequestError, Unavailable, UpstreamError
 from keysvc.logs import audit_request
-from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
+from keysvc.partner.partner_api import PartnerApi, with_access_token
 from keysvc.partner.registry import ConnectionRegistry
 from keysvc.partner.store.base import InboxRecord
 from keysvc.partner.store.errors import StoreUnavailable
@@ -384,13 +384,7 @@ class TriggerInboxes:
 
     async def _with_token(self, user: User, step: Callable[[str], Awaitable[T]]) -> T:
         """Run `step` with the user's access token; after a refusal of it, once more with a new token."""
-        token = await self._exchanger.access_token(user.user_id, user.tenant_id)
-        try:
-            return await step(token.access_token)
-        except PartnerUnauthorized:
-            self._exchanger.forget_access_token(user.user_id, user.tenant_id)
-        token = await self._exchanger.access_token(user.user_id, user.tenant_id)
-        return await step(token.access_token)
+        return await with_access_token(self._exchanger, user.user_id, user.tenant_id, step)
 
 
 def _audit(client: str, user: User, **extra: Any) -> dict[str, Any]:
