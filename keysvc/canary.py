@@ -69,6 +69,22 @@ class CanaryMetrics:
         return [self.canary_success, self.canary_latency, self.canary_last_success, self.canary_runs,
                 self.canary_etag]
 
+    def prime(self, keyset: str) -> None:
+        """Create every outcome's series of `keyset` at 0, so rate() sees the first failure."""
+        for outcome in OUTCOMES:
+            self.canary_runs.labels(keyset, outcome)
+
+    def ran(self, keyset: str, outcome: str, seconds: float, etag: str | None) -> None:
+        """One check of `keyset` ended with `outcome` (one of OUTCOMES) after `seconds`, having seen `etag`."""
+        ok = outcome == "ok"
+        self.canary_runs.labels(keyset, outcome).inc()
+        self.canary_success.labels(keyset).set(1.0 if ok else 0.0)
+        self.canary_latency.labels(keyset).set(seconds)
+        if ok:
+            self.canary_last_success.labels(keyset).set(time.time())
+        if etag is not None:
+            self.canary_etag.labels(keyset).info({"etag": etag.removeprefix("W/").strip('"')[:128]})
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -138,9 +154,8 @@ class Canary:
         self.metrics = metrics
         self.timeout = settings.canary.timeout
         self.targets = targets(settings)
-        for keyset in self.targets:  # every series exists from the start, so rate() sees the first failure
-            for outcome in OUTCOMES:
-                metrics.canary_runs.labels(keyset, outcome)
+        for keyset in self.targets:
+            metrics.prime(keyset)
         if not self.targets:
             LOG.warning("canary: no default keyset and no {keyset} in canary.jwks_url: nothing to check")
 
@@ -155,7 +170,7 @@ class Canary:
             for keyset, url in self.targets.items():
                 started = time.perf_counter()
                 verdict, etag = await self._check(client, keyset, url)
-                self._export(keyset, verdict, etag, time.perf_counter() - started)
+                self.metrics.ran(keyset, verdict.outcome, time.perf_counter() - started, etag)
                 if not verdict.ok:
                     LOG.warning("canary failed", extra={
                         "keyset": keyset, "outcome": verdict.outcome, "detail": verdict.detail,
@@ -181,15 +196,6 @@ class Canary:
             return Verdict("http_error", f"HTTP {status}"), etag
         return verify(token.token, content, kid=token.kid, alg=token.alg), etag
 
-    def _export(self, keyset: str, verdict: Verdict, etag: str | None, seconds: float) -> None:
-        m = self.metrics
-        m.canary_runs.labels(keyset, verdict.outcome).inc()
-        m.canary_success.labels(keyset).set(1.0 if verdict.ok else 0.0)
-        m.canary_latency.labels(keyset).set(seconds)
-        if verdict.ok:
-            m.canary_last_success.labels(keyset).set(time.time())
-        if etag is not None:
-            m.canary_etag.labels(keyset).info({"etag": etag.removeprefix("W/").strip('"')[:128]})
 
 
 def canary_feature(settings: Settings, keyring: Keyring) -> Feature:

@@ -2,6 +2,10 @@
 canary) defines its own metrics and the service registers them through the seam (keysvc.feature:
 `Feature.metrics`), so this module names no feature.
 
+Only `Metrics` writes its metrics: the keyring tells it events (`notify`), the request paths call a method
+named for what they answered (`signed`, `sign_refused`, `jwks_answered`, `answered`, `client_rate_limited`).
+tests/test_architecture.py fails when any other module names one of its metric objects.
+
 Labels hold only bounded, non-secret values: configured client and keyset names, our own kids, outcomes.
 Never a caller-supplied value, a user id or a token. Keyset gauges are computed at scrape time from the
 keyring (a custom collector), so they are never stale.
@@ -129,6 +133,37 @@ class Metrics:
             "keysvc_rate_limited_total", "Requests refused by rate limit", ["client"], registry=r
         )
         self._keysets: frozenset[str] = frozenset()  # the configured keysets: key event labels stay bounded
+
+    # What the request paths report, on the event loop. The HTTP layer says what it answered; only this class
+    # writes a metric (tests/test_architecture.py: no other module names one of its metric objects).
+
+    def describe(self, version: str, backend: str) -> None:
+        """This process's version and backend (keysvc_build_info)."""
+        self.build_info.info({"version": version, "backend": backend})
+
+    def answered(self, listener: str, route: str, status: int) -> None:
+        """A request answered on `listener` (internal | public); `route` is a bounded name, never a path."""
+        self.http_requests.inc((listener, route, str(status)))
+
+    def jwks_answered(self, keyset: str, status: int, body_bytes: int = 0) -> None:
+        """A JWKS request (`keyset` is "-" for an unknown one) and the body bytes it sent."""
+        self.jwks_requests.inc((keyset, str(status)))
+        if body_bytes:
+            self.jwks_bytes.inc((keyset,), body_bytes)
+
+    def signed(self, client: str, keyset: str, kid: str, seconds: float) -> None:
+        """A /v1/sign request answered with a token signed by `kid`, `seconds` after its body was read."""
+        self.sign_latency.observe((keyset,), seconds)
+        self.sign_requests.inc((client, keyset, "ok"))
+        self.tokens_signed.inc((keyset, kid))
+
+    def sign_refused(self, client: str, keyset: str, code: str) -> None:
+        """A /v1/sign request refused with error `code` (`keyset` is "-" when it names no configured one)."""
+        self.sign_requests.inc((client, keyset, code))
+
+    def client_rate_limited(self, client: str) -> None:
+        """A request refused by its client's rate limit."""
+        self.rate_limited.labels(client).inc()
 
     def watch(self, keyring: Keyring) -> None:
         """Export the keyring's per-keyset state at scrape time."""

@@ -165,7 +165,7 @@ def _build(settings: Settings, clock: Clock | None, resources: Resources) -> Ser
     # queues in the pool instead of waiting on connections
     workers = int(getattr(backend, "max_workers", 8))
     metrics = Metrics()
-    metrics.build_info.info({"version": __version__, "backend": settings.backend.type})
+    metrics.describe(__version__, settings.backend.type)
     metrics.prime(settings.keysets)
     late = FeatureObservers()
     observers: list[Observer] = [AuditLog(), metrics, late]  # the audit line first: it precedes the answer

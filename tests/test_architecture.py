@@ -267,3 +267,49 @@ def test_the_partner_wing_has_no_cycle_even_at_the_type_level() -> None:
     wrong = sorted((e.source, e.target) for e in edges()
                    if under(e.source, (CLIENT_PACKAGE,)) and under(e.target, ("keysvc.partner",)))
     assert wrong == []
+
+
+# the classes that define metric objects: each writes its own, and nothing else names one of them
+METRICS_OWNERS = {"keysvc.metrics": "Metrics", "keysvc.partner.observers": "PartnerMetrics",
+                  "keysvc.canary": "CanaryMetrics"}
+
+
+def _metric_attributes() -> dict[str, str]:
+    """Every metric object's attribute name -> the class that owns it, read from live instances."""
+    from prometheus_client import CollectorRegistry
+
+    from keysvc.canary import CanaryMetrics
+    from keysvc.metrics import Metrics
+    from keysvc.partner.observers import PartnerMetrics
+
+    names: dict[str, str] = {}
+    for owner in (Metrics(), PartnerMetrics(), CanaryMetrics()):
+        for attribute, value in vars(owner).items():
+            if hasattr(value, "collect") and not isinstance(value, CollectorRegistry):
+                names[attribute] = type(owner).__name__
+    return names
+
+
+def _names_outside(tree: ast.AST, attributes: dict[str, str], owner: str | None) -> Iterator[tuple[int, str]]:
+    """(line, attribute) of each metric attribute named outside the class `owner`."""
+    def visit(node: ast.AST, inside: bool) -> Iterator[tuple[int, str]]:
+        if isinstance(node, ast.ClassDef) and node.name == owner:
+            inside = True
+        if isinstance(node, ast.Attribute) and node.attr in attributes and not inside:
+            yield node.lineno, node.attr
+        for child in ast.iter_child_nodes(node):
+            yield from visit(child, inside)
+    yield from visit(tree, False)
+
+
+def test_metrics_are_written_only_by_the_class_that_defines_them() -> None:
+    """One way to count: code says what happened (a keyring event to the observers, or a call such as
+    `Metrics.signed`, `PartnerMetrics.call`, `CanaryMetrics.ran`) and only the metrics class touches its
+    counters. No module reaches into a metric object (`metrics.sign_requests.inc(...)`)."""
+    attributes = _metric_attributes()
+    assert {"sign_requests", "jwks_requests", "zapier_calls", "canary_runs"} <= attributes.keys()  # it sees them
+    found = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(), str(path))
+        found += [f"{name}:{line} {attr}" for line, attr in _names_outside(tree, attributes, METRICS_OWNERS.get(name))]
+    assert found == []

@@ -37,7 +37,7 @@ class AccessLog:
 
     def __init__(self, metrics: Metrics, *, enabled: bool) -> None:
         self.enabled = enabled
-        self._requests = metrics.http_requests
+        self._metrics = metrics
 
     def asgi(self, app: ASGIApp) -> ASGIApp:
         """`app` behind the access log; its route is the matched Starlette handler's name."""
@@ -90,7 +90,7 @@ class AccessLog:
         return rid
 
     def _done(self, scope: Scope, route: str, status: int, rid: str, started: float) -> None:
-        self._requests.inc(("internal", route, str(status)))
+        self._metrics.answered("internal", route, status)
         if self.enabled:
             event(LOG, "access", {
                 "listener": "internal", "method": scope["method"], "route": route, "status": status,

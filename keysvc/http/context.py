@@ -66,7 +66,7 @@ class InternalApi:
         scope.setdefault("state", {})["client"] = client.name
         bucket = self.buckets.get(client.name)
         if bucket is not None and (wait := bucket.take(time.monotonic())) > 0:
-            self.metrics.rate_limited.labels(client.name).inc()  # refusals only: not the hot path
+            self.metrics.client_rate_limited(client.name)  # refusals only: not the hot path
             raise RateLimited("too many requests for this client", retry_after=retry_after(wait))
         return client
 

@@ -116,7 +116,7 @@ class PublicApp:
             route = "unexpected"
             log_unexpected(exc, "public", rid)
         await send_error(send, answer, head=scope["method"] == "HEAD", tail=[(b"x-request-id", rid.encode())])
-        self.metrics.http_requests.inc(("public", route, str(answer.status)))
+        self.metrics.answered("public", route, answer.status)
         return answer.status
 
     async def _route(self, scope: Scope, headers: dict[bytes, bytes], rid: str, send: Send,
@@ -127,7 +127,7 @@ class PublicApp:
             _check_method(scope)
             return await self._jwks(scope, name, headers, rid, send)
         if path == _WELL_KNOWN or (path.startswith("/keysets/") and path.endswith("/jwks.json")):
-            self.metrics.jwks_requests.inc(("-", "404"))  # never the caller's path as a label
+            self.metrics.jwks_answered("-", 404)  # never the caller's path as a label
             raise NotFound("no such keyset")
         if path.endswith(discovery.WELL_KNOWN):
             return await self._discovery_answer(scope, path, headers, rid, send)
@@ -137,12 +137,12 @@ class PublicApp:
                 raise Unavailable("no active key loaded yet for every keyset", retry_after=5)
             body = json.dumps({"status": "ok" if path == "/healthz" else "ready"}).encode()
             await _respond(send, scope, 200, [_JSON, _NO_STORE, (b"x-request-id", rid.encode())], body)
-            self.metrics.http_requests.inc(("public", path[1:], "200"))
+            self.metrics.answered("public", path[1:], 200)
             return 200
         for route in self._routes:
             if path.startswith(route.prefix):
                 status = await route.handle(scope, receive, send)
-                self.metrics.http_requests.inc(("public", route.name, str(status)))
+                self.metrics.answered("public", route.name, status)
                 return status
         raise NotFound("no such resource")
 
@@ -150,7 +150,7 @@ class PublicApp:
         view = self.keyring.view(name)
         if view is None or not view.document.kids:
             # fail closed: never serve an empty key set as if it were fine
-            self.metrics.jwks_requests.inc((name, "503"))
+            self.metrics.jwks_answered(name, 503)
             raise Unavailable("the key set is not loaded yet", retry_after=5)
         doc = view.document
         full, common, etag = self._jwks_headers(doc)
@@ -159,14 +159,12 @@ class PublicApp:
         if inm is not None and _etag_matches(inm, etag):
             await send({"type": "http.response.start", "status": 304, "headers": [*common, rid_header]})
             await send({"type": "http.response.body", "body": b""})
-            self.metrics.jwks_requests.inc((name, "304"))
+            self.metrics.jwks_answered(name, 304)
             return 304
         await send({"type": "http.response.start", "status": 200, "headers": [*full, rid_header]})
         head = scope["method"] == "HEAD"
         await send({"type": "http.response.body", "body": b"" if head else doc.body})
-        self.metrics.jwks_requests.inc((name, "200"))
-        if not head:
-            self.metrics.jwks_bytes.inc((name,), len(doc.body))
+        self.metrics.jwks_answered(name, 200, 0 if head else len(doc.body))
         return 200
 
     async def _discovery_answer(self, scope: Scope, path: str, headers: dict[bytes, bytes], rid: str,
@@ -186,7 +184,7 @@ class PublicApp:
             await send({"type": "http.response.start", "status": 200, "headers": [*answer.heads.full, rid_header]})
             await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else answer.body})
             status = 200
-        self.metrics.http_requests.inc(("public", "openid-configuration", str(status)))
+        self.metrics.answered("public", "openid-configuration", status)
         return status
 
 

@@ -61,7 +61,7 @@ class SignEndpoint:
         except RequestError as exc:
             keyset = body.get("keyset") if isinstance(body, dict) else None
             label = keyset if isinstance(keyset, str) and keyset in self.keysets else "-"
-            self.metrics.sign_requests.inc((client.name, label, exc.code))
+            self.metrics.sign_refused(client.name, label, exc.code)
             raise
         try:
             token = await self.keyring.sign(checked.keyset, checked.claims, checked.ttl, audit={
@@ -69,11 +69,9 @@ class SignEndpoint:
                 "aud": checked.claims.get("aud"),
             })
         except RequestError as exc:
-            self.metrics.sign_requests.inc((client.name, checked.keyset, exc.code))
+            self.metrics.sign_refused(client.name, checked.keyset, exc.code)
             raise
-        self.metrics.sign_latency.observe((checked.keyset,), time.perf_counter() - started)
-        self.metrics.sign_requests.inc((client.name, checked.keyset, "ok"))
-        self.metrics.tokens_signed.inc((checked.keyset, token.kid))
+        self.metrics.signed(client.name, checked.keyset, token.kid, time.perf_counter() - started)
         # What json.dumps(answer, ensure_ascii=False, separators=(",", ":")) writes, without its generic
         # machinery; a compact JWS is base64url and dots only, so it needs no escaping.
         kid, alg = _json_string(token.kid), _json_string(token.alg)

@@ -8,6 +8,8 @@ path), run statuses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
@@ -83,7 +85,7 @@ class PartnerMetrics:
         for result in ("waited", "refused", "cooling"):
             for kind in ("shared", "local"):
                 self.zapier_budget.labels(result, kind)  # at 0 from the start, so alerts see the first increment
-        self.store_up = Gauge(
+        self.gateway_store_up = Gauge(
             "keysvc_gateway_store_up", "1 when the gateway store answers (or none is configured), 0 while this "
             "replica cannot reach it (the budget is then on its local fallback)", registry=None,
         )
@@ -101,9 +103,13 @@ class PartnerMetrics:
     def collectors(self) -> list[Collector]:
         """Every metric, for the service's registry."""
         return [self.exchange_calls, self.exchange_latency, self.exchange_cache, self.zapier_calls,
-                self.zapier_latency, self.zapier_runs, self.zapier_budget, self.store_up, self.registry_lookups,
+                self.zapier_latency, self.zapier_runs, self.zapier_budget, self.gateway_store_up, self.registry_lookups,
                 self.inbox_messages, self.inboxes_seen, self.push_deliveries, self.push_latency,
                 self.push_lag]
+
+    def watch_store(self, up: Callable[[], bool]) -> None:
+        """`keysvc_gateway_store_up` reads `up()` at scrape time."""
+        self.gateway_store_up.set_function(lambda: 1.0 if up() else 0.0)
 
     def upstream(self, outcome: str, seconds: float) -> None:
         """One request to the partner's token endpoint."""

@@ -149,7 +149,7 @@ def build_partner(settings: Settings, keyring: Keyring) -> Partner:
     metrics = PartnerMetrics()
     http = PartnerHttp()
     budget, registry, keeper = _shared_state(exchange)
-    metrics.store_up.set_function(lambda: 1.0 if keeper is None or keeper.up else 0.0)
+    metrics.watch_store(lambda: keeper is None or keeper.up)
     signer = KeyringSigner(keyring, settings.keysets, exchange.keyset)
     endpoint = AiohttpTokenEndpoint(exchange, http, observer=metrics, budget=budget, budget_observer=metrics)
     exchanger = TokenExchanger(exchange, signer, endpoint=endpoint, observer=metrics)
