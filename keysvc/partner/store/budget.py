@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 
+from keysvc.errors import StoreUnavailable
+
 from . import gcra
 from .base import GatewayStore
-from .errors import StoreUnavailable
 from .gcra import BudgetState, Limit, Refused
 from .settings import DEFAULT_FALLBACK_DIVISOR
 
