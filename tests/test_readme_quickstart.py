@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,9 +36,16 @@ def quickstart() -> str:
 def test_the_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     """The five commands end with PyJWT printing the claims of the token keysvc signed (sub u-1, the
     audience asked for, iss/iat/nbf/exp/jti set by keysvc), after the JWKS was printed; nothing fails."""
+    stamp = Path(sys.prefix) / ".installed"
+    assert stamp.exists(), f"run this test in a venv `make` built ({stamp} is missing)"
     for name in ("Makefile", "pyproject.toml"):
-        shutil.copy2(ROOT / name, tmp_path / name)  # mtimes kept: the venv's stamp stays newer, make builds nothing
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+        shutil.copy2(ROOT / name, tmp_path / name)
+    # the venv running the suite (the checkout's own in `make test`), its stamp newer than pyproject.toml:
+    # `make run` must start the service, never reinstall into that venv from the scratch directory
+    (tmp_path / ".venv").symlink_to(sys.prefix)
+    built = stamp.stat().st_mtime
+    os.utime(tmp_path / "pyproject.toml", (built - 60, built - 60))
+    assert subprocess.run(["make", "-q", ".venv/.installed"], cwd=tmp_path, check=False).returncode == 0
     script = "set -e\n" + quickstart() + "\nkill %1\nwait %1 || true\n"
     proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, env={**os.environ, "MAKEFLAGS": ""})
