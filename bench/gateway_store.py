@@ -8,7 +8,10 @@ Partner API of the tests (tests/zapier_fake, no rate limit of its own). Figures:
   run (target: under 1 ms more);
 - accuracy: three replicas on one store, driven flat out by 12 callers for `--duration` seconds (120 by
   default) with api_rate_limit 60/min burst 10: the most requests that reached Zapier (Partner API calls
-  and token exchanges) in any 60 s window (or the whole run, when shorter), against per_minute + burst.
+  and token exchanges) in any 60 s window (or the whole run, when shorter), against per_minute + burst;
+- the database transactions the accuracy run cost per answer (PostgreSQL's own count, pg_stat_database):
+  a refusal the store already gave is remembered by the replica until the budget could admit again, so
+  a flood of 503s is not a flood of transactions.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from bench.common import (
     Row,
@@ -143,6 +147,18 @@ def accuracy(replicas: list[KeysvcProcess], zapier: ZapierFake, duration: float)
     return most_in_a_window(samples, window), window, statuses
 
 
+def transactions(url: str, password: str) -> int:
+    """Transactions committed or rolled back in the database of `url` so far (the statistics are flushed
+    within a second of each transaction: wait that long first)."""
+    time.sleep(1.5)
+    with psycopg.connect(url, password=password) as db:
+        db.execute("SELECT pg_stat_clear_snapshot()")
+        row = db.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+                         ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def main() -> None:
     parser = arguments(__doc__ or TITLE, runs=3, duration=120.0)
     parser.add_argument("--requests", type=int, default=200, help="requests per latency run (default 200)")
@@ -172,7 +188,9 @@ def main() -> None:
             replicas = [stack.enter_context(keysvc_server(config(zapier, workdir, store, limit), workdir, f"r{n}"))
                         for n in range(3)]
             zapier.trust(f"{replicas[0].public}/.well-known/jwks.json", ISSUER)
+            before = transactions(store["url"], database.password)
             most, window, statuses = accuracy(replicas, zapier, args.duration)
+            spent = transactions(store["url"], database.password) - before
     finally:
         database.remove()
     added = [s - p for s, p in zip(with_store, without, strict=True)]
@@ -185,6 +203,8 @@ def main() -> None:
         Row(f"most requests reaching Zapier in {window:g} s, 3 replicas flat out", most, "requests",
             target=bound, at_most=True, target_on_value=True,
             note=f"per_minute + burst bound {bound:g}; answers {dict(sorted(statuses.items()))}"),
+        Row("store transactions per answer in that run (503s included)", spent / max(1, sum(statuses.values())),
+            "", note=f"{spent:,} transactions, {sum(statuses.values()):,} answers"),
     ]
     notes = [machine_line(), f"latency: {args.requests} sequential keep-alive requests per run, {args.runs} runs,"
              f" medians; accuracy: 12 callers for {args.duration:g} s, api_rate_limit {PER_MINUTE}/min burst {BURST}"]

@@ -19,9 +19,11 @@
     │   ├── RateLimited               429 rate_limited (Retry-After)
     │   ├── UpstreamError             502 upstream_error
     │   └── Unavailable               503 unavailable (Retry-After)
-    └── BackendError                  the key store failed (I/O, KMS); mapped to 503 on request paths
-        ├── BackendUnavailable        transient: unreachable, throttled, disabled key
-        └── StoreCorrupt              a record on disk or in KMS cannot be read
+    ├── BackendError                  the key store failed (I/O, KMS); mapped to 503 on request paths
+    │   ├── BackendUnavailable        transient: unreachable, throttled, disabled key
+    │   └── StoreCorrupt              a record on disk or in KMS cannot be read
+    └── StoreUnavailable              the gateway store (keysvc.partner.store) failed or passed its deadline;
+                                      the budget falls back to a local one, partner routes answer 503
 
 Messages never contain secret material: callers pass descriptions, not values.
 """
@@ -216,3 +218,17 @@ class BackendUnavailable(BackendError):
 
 class StoreCorrupt(BackendError):
     """A stored key record cannot be read or does not match its private key."""
+
+
+class StoreUnavailable(KeysvcError):
+    """The gateway store did not answer `operation` in time or failed: unreachable, refused, timed out, a lock
+    not granted in time, a broken connection, an unexpected answer. Every store call raises only this (or
+    ValueError for a caller's bug); the budget catches it and falls back to a local budget, the partner routes
+    answer 503 `unavailable` with `Retry-After` (hint: `retry_after` seconds). The message names the operation
+    and the kind of failure, never a URL with credentials, a password or a value."""
+
+    def __init__(self, operation: str, reason: str, *, retry_after: int = 1) -> None:
+        super().__init__(f"gateway store: {operation} failed: {reason}")
+        self.operation = operation
+        self.reason = reason
+        self.retry_after = retry_after

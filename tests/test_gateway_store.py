@@ -219,6 +219,52 @@ def test_shared_budgets_on_two_replicas_share_the_burst_and_the_cooldown(store_e
     assert run(store_engine, body) == [0.0, 0.0, Refused(1, False), 29.0, Refused(29, True), Refused(29, True), True]
 
 
+class CountingStore:
+    """A real store that counts the budget admissions it was asked for (every other call passes through)."""
+
+    def __init__(self, store: GatewayStore) -> None:
+        self.store = store
+        self.admissions = 0
+
+    async def admit(self, budget: str, limit: Limit, now: float, max_wait: float) -> float | Refused:
+        self.admissions += 1
+        return await self.store.admit(budget, limit, now, max_wait)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+def test_a_refused_request_costs_no_store_call_until_the_budget_could_admit_it(store_engine: Engine) -> None:
+    """Once the store refused (the budget admits nothing for `wait` s), requests that cannot wait that
+    long are refused by the replica alone, with the same answer the store gives; one that can wait, or one
+    after that time, asks the store again. A reservation by another replica meanwhile changes nothing:
+    the budget's tat only moves forward."""
+    async def body(store: GatewayStore) -> list[object]:
+        other = store_engine.open()
+        try:
+            counting = CountingStore(store)
+            one, two = SharedBudget(counting, 60, 2), SharedBudget(other, 60, 2)  # type: ignore[arg-type]
+            seen: list[object] = [await one.admit(100.0, 0.0), await one.admit(100.0, 0.0)]
+            seen += [await one.admit(100.0, 0.0), counting.admissions]  # refused by the store: wait 1 s
+            seen += [await one.admit(100.2, 0.0), await one.admit(100.5, 0.1), counting.admissions]  # no round trip
+            seen += [await two.admit(100.5, 5.0)]  # another replica reserves: tat moves to 103
+            seen += [await one.admit(100.6, 0.5), counting.admissions]  # may wait 0.5 s: asks; refused (wait 1.4)
+            seen += [await one.admit(101.0, 0.0), counting.admissions]  # before 102: refused here
+            seen += [await one.admit(102.0, 0.0), counting.admissions]  # at 102 the store admits
+            return seen
+        finally:
+            await other.close()
+
+    assert run(store_engine, body) == [
+        0.0, 0.0, Refused(1, False), 3,
+        Refused(1, False), Refused(1, False), 3,
+        0.5,
+        Refused(2, False), 4,
+        Refused(1, False), 4,
+        0.0, 5,
+    ]
+
+
 def _worker(*argv: str, password: str) -> subprocess.Popen[str]:
     env = {**os.environ, "KEYSVC_TEST_STORE_PASSWORD": password}
     return subprocess.Popen([sys.executable, "-m", "tests.gateway_store_worker", *argv], cwd=ROOT, env=env,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +16,17 @@ from typing import Any, TypeVar
 import pytest
 
 from keysvc.client.exchanger import TokenExchanger
-from keysvc.client.oauth import KNOWN_SECRETS, Answer, KnownSecrets, oauth_text, parse_retry_after, token_outcome
+from keysvc.client.oauth import (
+    KNOWN_SECRETS,
+    MAX_ANSWER,
+    Answer,
+    AnswerTooLarge,
+    KnownSecrets,
+    oauth_text,
+    parse_retry_after,
+    read_bounded,
+    token_outcome,
+)
 from keysvc.client.retry import Failure, shared_deadline, with_retries
 from keysvc.config import Secret
 from keysvc.config.exchange import TokenExchangeSettings
@@ -98,6 +108,41 @@ def test_retry_after_of_any_size_is_bounded(value: str, expected: int | None) ->
     assert parse_retry_after(value) == expected
     error = api_error(429, value, None)
     assert isinstance(error, Unavailable) and 1 <= (error.retry_after or 0) <= 3600
+
+
+async def _chunks(*sizes: int) -> AsyncIterator[bytes]:
+    for size in sizes:
+        yield b"x" * size
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("declared, sizes, too_large", [
+    (None, (10, 20), False),
+    ("30", (10, 20), False),
+    (MAX_ANSWER, (MAX_ANSWER,), False),
+    (str(MAX_ANSWER), (MAX_ANSWER // 2, MAX_ANSWER // 2), False),
+    (MAX_ANSWER + 1, (), True),  # declared too large: refused before a byte is read
+    (str(MAX_ANSWER + 1), (), True),
+    ("9" * 13, (), True),  # 13 digits: refused without building the number
+    ("9" * 5000, (), True),
+    (None, (MAX_ANSWER, 1), True),  # streamed past the bound without a length
+    ("10", (MAX_ANSWER, 1), True),  # a length that lies
+    ("-5", (10,), False),  # not digits: the header is ignored, the stream is bounded
+    ("²", (10,), False),
+])
+def test_an_answer_is_bounded_declared_or_streamed(declared: int | str | None, sizes: tuple[int, ...],
+                                                   too_large: bool) -> None:
+    """read_bounded, the one 4 MiB bound of both transports (the clients' httpx, the server's aiohttp):
+    a declared or streamed length past MAX_ANSWER raises AnswerTooLarge, anything else is read whole."""
+    async def read() -> bytes | None:
+        try:
+            return await read_bounded(declared, _chunks(*sizes))
+        except AnswerTooLarge:
+            return None
+
+    content = asyncio.run(read())
+    assert (content is None) == too_large
+    assert content is None or len(content) == sum(sizes)
 
 
 @pytest.mark.unit

@@ -16,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from keysvc.client.oauth import MAX_ANSWER
 from keysvc.config import Secret
 from keysvc.config.exchange import TokenExchangeSettings
 from keysvc.errors import RequestError, Unavailable, UpstreamError
 from keysvc.partner.budget import ApiBudget
-from keysvc.partner.outbound import MAX_ANSWER, PartnerHttp, env_proxy
+from keysvc.partner.outbound import PartnerHttp, env_proxy
 from keysvc.partner.partner_api import PartnerApi, PartnerUnauthorized
 from tests.exchange_support import serve
 from tests.helpers import SteppedTime

@@ -346,7 +346,7 @@ def test_reconnect_required_carries_the_connection_in_the_error_body() -> None:
     import json
 
     from keysvc.errors import ConnectionRequired, ReconnectRequired
-    from keysvc.http.errors import error_answer
+    from keysvc.http.error_answers import error_answer
 
     answer = error_answer(ReconnectRequired("reconnect it", "1002"))
     assert answer.status == 409

@@ -21,7 +21,7 @@ import collections
 import json
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -177,6 +177,35 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> int | N
         return None
     seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return min(max(0, round(seconds)), MAX_RETRY_AFTER)
+
+
+MAX_ANSWER = 4 * 1024 * 1024  # bytes of one partner answer, at most (a page of the Partner API is a few KiB)
+
+
+class AnswerTooLarge(Exception):
+    """The partner's answer is larger than MAX_ANSWER: nothing more of it is read."""
+
+
+async def read_bounded(declared: int | str | None, chunks: AsyncIterator[bytes]) -> bytes:
+    """A whole body from `chunks`, or AnswerTooLarge past MAX_ANSWER bytes, declared (Content-Length) or
+    received: a partner cannot make us hold an answer of any size in memory. Either transport's reader."""
+    if isinstance(declared, str):  # a header's text: digits only, and never turned into a huge int
+        digits = declared.isascii() and declared.isdigit()
+        declared = (MAX_ANSWER + 1 if len(declared) > 12 else int(declared)) if digits else None
+    if declared is not None and declared > MAX_ANSWER:
+        raise AnswerTooLarge
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise AnswerTooLarge
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def too_large(what: str) -> Failure:
+    """The failure of an answer over MAX_ANSWER from `what` (a 502, not worth another attempt)."""
+    return Failure(UpstreamError(f"{what} answered more than 4 MiB"), False, "malformed")
 
 
 @dataclass(frozen=True)

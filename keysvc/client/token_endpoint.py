@@ -26,16 +26,19 @@ import httpx
 
 from keysvc.client.oauth import (
     Answer,
+    AnswerTooLarge,
     ExchangeObserver,
     FormBuilder,
     NullObserver,
     TokenResponse,
+    read_bounded,
     token_form,
     token_outcome,
+    too_large,
 )
 from keysvc.client.retry import Failure, with_retries
 from keysvc.config.exchange import TokenExchangeSettings
-from keysvc.errors import Unavailable, UpstreamError
+from keysvc.errors import Unavailable
 
 log = logging.getLogger("keysvc.exchange")
 
@@ -91,7 +94,7 @@ class PartnerClient:
             async with asyncio.timeout(remaining):
                 status, retry_after, content = await self._post(form, remaining)
         except AnswerTooLarge:
-            return Failure(UpstreamError("the partner's token endpoint answered more than 4 MiB"), False, "malformed")
+            return too_large("the partner's token endpoint")
         except (httpx.TimeoutException, TimeoutError):
             return Failure(Unavailable("the partner's token endpoint timed out", retry_after=1), True, "timeout")
         except httpx.TransportError as exc:
@@ -113,25 +116,10 @@ class PartnerClient:
         request = self._client.build_request("POST", s.token_url, data=data, headers=headers, timeout=timeout)
         response = await self._client.send(request, stream=True)
         try:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_ANSWER):
-                raise AnswerTooLarge
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_ANSWER:
-                    raise AnswerTooLarge
-                chunks.append(chunk)
-            return response.status_code, response.headers.get("Retry-After"), b"".join(chunks)
+            content = await read_bounded(response.headers.get("Content-Length"), response.aiter_bytes())
+            return response.status_code, response.headers.get("Retry-After"), content
         finally:
             await response.aclose()
-
-
-MAX_ANSWER = 4 * 1024 * 1024  # bytes of one answer, at most: as the server's way out (keysvc.partner.outbound)
-
-
-class AnswerTooLarge(Exception):
-    """The token endpoint's answer is larger than MAX_ANSWER: nothing more of it is read."""
 
 
 def _warn(attempt: int, failure: Failure) -> None:

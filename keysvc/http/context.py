@@ -11,7 +11,7 @@ its `Feature.routes`, a `RouteSource` (a function from the `RouteContext` to its
             ...
         return [Mount("/v1/zapier", routes=[Route("/apps", apps, methods=["GET"]), ...])]
 
-Its handlers raise keysvc RequestErrors; the listener answers them (keysvc.http.errors), logs the request
+Its handlers raise keysvc RequestErrors; the listener answers them (keysvc.http.error_answers), logs the request
 and counts it by the handler's name.
 """
 

@@ -4,7 +4,7 @@ cluster.
     FastRoutes                 exact paths to raw endpoints, everything else to Starlette
       ├── /v1/sign             AccessLog.raw(SignEndpoint)                      keysvc.http.sign
       └── (fallback)           AccessLog.asgi(Starlette): admin routes, features' routes, /metrics,
-                               /healthz, /openapi.json; errors through keysvc.http.errors; an unknown
+                               /healthz, /openapi.json; errors through keysvc.http.error_answers; an unknown
                                path (a trailing-slash variant too) is a JSON 404, never a redirect
 
 The access log (request id, access line, request counter: keysvc.http.access_log) is the same for both.
@@ -28,7 +28,7 @@ from keysvc.http.access_log import AccessLog
 from keysvc.http.admin import AdminRoutes
 from keysvc.http.common import refuse_websocket
 from keysvc.http.context import InternalApi
-from keysvc.http.errors import STARLETTE_HANDLERS
+from keysvc.http.error_answers import STARLETTE_HANDLERS
 from keysvc.http.sign import SignEndpoint
 from keysvc.keyring import Keyring
 from keysvc.metrics import Metrics
@@ -50,7 +50,7 @@ class FastRoutes:
         if fast is not None:
             await fast(scope, receive, send)
             return
-        # Starlette answers an unexpected exception (the JSON 500, logged by keysvc.http.errors) and then
+        # Starlette answers an unexpected exception (the JSON 500, logged by keysvc.http.error_answers) and then
         # re-raises it for the server, which would log its message and traceback: it stops here
         with contextlib.suppress(Exception):
             await self.fallback(scope, receive, send)

@@ -19,7 +19,7 @@ from keysvc.config import Settings
 from keysvc.errors import MethodNotAllowed, NotFound, RequestError, Unavailable
 from keysvc.feature import PublicRoute
 from keysvc.http.common import Headers, first_headers, refuse_websocket, request_id
-from keysvc.http.errors import error_answer, log_unexpected, send_error
+from keysvc.http.error_answers import error_answer, log_unexpected, send_error
 from keysvc.jwks import JwksDocument
 from keysvc.keyring import Keyring
 from keysvc.logs import LOG, event
@@ -107,7 +107,7 @@ class PublicApp:
             })
 
     async def _error(self, scope: Scope, exc: Exception, rid: str, send: Send) -> int:
-        """Answer an exception (keysvc.http.errors); errors only, never the JWKS hot path: 404/405 from
+        """Answer an exception (keysvc.http.error_answers); errors only, never the JWKS hot path: 404/405 from
         scanners, 503 while nothing is loaded."""
         answer = error_answer(exc)
         if isinstance(exc, RequestError):

@@ -1,7 +1,7 @@
 """POST /v1/sign as a raw ASGI endpoint: the route internal services call on their hot paths, so it skips
 Starlette's routing and Request/Response objects (as the public JWKS route does). Same checks in the same
 order as the Starlette routes (method, then client and rate limit, then body), and the same error answers
-(keysvc.http.errors)."""
+(keysvc.http.error_answers)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from keysvc.config import ClientSettings, Settings
 from keysvc.errors import MethodNotAllowed, RequestError
 from keysvc.http.common import Headers, read_json
 from keysvc.http.context import InternalApi
-from keysvc.http.errors import error_answer, log_unexpected, send_error
+from keysvc.http.error_answers import error_answer, log_unexpected, send_error
 from keysvc.keyring import Keyring
 from keysvc.metrics import Metrics
 from keysvc.tokens import check_sign_request

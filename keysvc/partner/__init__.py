@@ -13,13 +13,19 @@ state.py           the Connect flow's sealed `state` (pure)
 keyring_signer.py  KeyringSigner, the TokenSigner over this process's keyring
 exchange_body.py   body contract of POST /v1/token-exchange (pure)
 exchange_route.py  the POST /v1/token-exchange route
+fields.py          each field's rule (Text, Uuid, Integer, Duration, Choice), once: parsers and OpenAPI use it
 contracts.py       each partner route's contract, written once (fields, schemas; routes, parsers' field
                    sets and OpenAPI entries derive from it)
 gateway_inputs.py  strict parsing of the gateway's query parameters and bodies into typed inputs (pure)
 openapi_part.py    the partner's OpenAPI part (paths from the contracts, the token exchange's schemas)
 observers.py       PartnerMetrics: the partner side's Prometheus metrics, registered through the seam
 gateway.py         the gateway's flows, framework-free
+routing.py         what every `/v1/zapier/*` route shares: the client checks, the JSON answer, one route per path
 gateway_routes.py  the `/v1/zapier/*` routes of the internal listener
+trigger_inboxes.py the trigger inboxes' flows over the Trigger Inbox API (same session, same budget)
+trigger_routes.py  the `/v1/zapier/trigger-inboxes*` routes of the internal listener
+trigger_push.py    push delivery's engine: lease, a Standard Webhooks POST, ack only after a 2xx
+trigger_notify.py  push delivery's outside: the sealed notification URL, its public route, the sweep job
 store/             the gateway store: shared state across replicas (SQLite or PostgreSQL): one Partner API
                    budget and cooldown, the connection registry, single-use Connect states, known inboxes
 triggers/          Zapier's Trigger Inbox: typed answers, route inputs, Standard Webhooks signing, the sealed

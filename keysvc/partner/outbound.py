@@ -42,28 +42,26 @@ import aiohttp
 
 from keysvc.client.oauth import (
     Answer,
+    AnswerTooLarge,
     ExchangeObserver,
     FormBuilder,
     NullObserver,
     TokenResponse,
+    read_bounded,
     token_form,
     token_outcome,
+    too_large,
 )
 from keysvc.client.retry import Failure, with_retries
 from keysvc.config.exchange import TokenExchangeSettings
-from keysvc.errors import Unavailable, UpstreamError
+from keysvc.errors import Unavailable
 from keysvc.partner.budget import COOLDOWN_WITHOUT_RETRY_AFTER, Budget, BudgetObserver, admit
 from keysvc.tls import outbound_context
 
 KEEPALIVE = 5.0  # seconds an idle connection is kept: httpx's default, below common server idle timeouts
-MAX_ANSWER = 4 * 1024 * 1024  # bytes of one answer, at most (a page of the Partner API is a few KiB)
 
 
 log = logging.getLogger("keysvc.exchange")
-
-
-class AnswerTooLarge(Exception):
-    """The partner's answer is larger than MAX_ANSWER: nothing more of it is read."""
 
 
 class PartnerHttp:
@@ -86,7 +84,7 @@ class PartnerHttp:
         timeout = aiohttp.ClientTimeout(connect=connect, sock_read=read)
         async with self._open().request(method, url, params=params, data=body, headers=headers,
                                         timeout=timeout, allow_redirects=False, proxy=self._proxy(url)) as response:
-            content = await _bounded(response)
+            content = await read_bounded(response.content_length, response.content.iter_any())
         return Answer(response.status, response.headers.get("Retry-After"), content)
 
     async def attempt(self, what: str, method: str, url: str, *, headers: Mapping[str, str],
@@ -107,7 +105,7 @@ class PartnerHttp:
             return Failure(Unavailable(f"{what} is unreachable ({type(exc).__name__})", retry_after=1), True,
                            "unreachable")
         except AnswerTooLarge:
-            return Failure(UpstreamError(f"{what} answered more than 4 MiB"), False, "malformed")
+            return too_large(what)
 
     async def aclose(self) -> None:
         """Close the session and its connections (a no-op if no call was made)."""
@@ -200,20 +198,6 @@ class _NoBudgetObserver:
 
 def _warn(attempt: int, failure: Failure) -> None:
     log.warning("token exchange attempt %d failed: %s", attempt, failure.error.description)
-
-
-async def _bounded(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body, or AnswerTooLarge past MAX_ANSWER bytes (declared or received): a partner cannot make
-    a replica hold an answer of any size in memory."""
-    if (response.content_length or 0) > MAX_ANSWER:
-        raise AnswerTooLarge
-    chunks, size = [], 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > MAX_ANSWER:
-            raise AnswerTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def env_proxy(url: str) -> str | None:

@@ -38,8 +38,8 @@ from keysvc.errors import ConnectionRequired, ReconnectRequired, RequestError, U
 from keysvc.logs import audit_request
 from keysvc.partner.partner_api import PartnerApi, with_access_token
 from keysvc.partner.registry import ConnectionRegistry
+from keysvc.partner.store import StoreUnavailable
 from keysvc.partner.store.base import InboxRecord
-from keysvc.partner.store.errors import StoreUnavailable
 from keysvc.partner.triggers.answers import (
     Inbox,
     Lease,

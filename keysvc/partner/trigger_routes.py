@@ -13,12 +13,9 @@ the body on PUT and POST, in the query on GET and DELETE.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
 from keysvc.config import ClientSettings, TokenExchangeSettings, ZapierGrant
@@ -26,44 +23,24 @@ from keysvc.errors import Forbidden
 from keysvc.http.context import RouteContext
 from keysvc.partner import contracts as c
 from keysvc.partner.contracts import Contract
+from keysvc.partner.routing import NO_CONTENT, Endpoint, Handler, endpoint, grant_of, query, routes
 from keysvc.partner.trigger_inboxes import TriggerInboxes
 from keysvc.partner.triggers import inputs as inputs_of
 from keysvc.partner.triggers.inputs import User
 
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-NO_CONTENT = object()  # a handler's answer for 204
-Endpoint = Callable[[Request], Awaitable[Response]]
-
 
 def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api: RouteContext) -> list[Route]:
     """The trigger-inbox routes (longest waits from `exchange`: run_wait_max, lease_wait_max)."""
-    Handler = Callable[[Request, ClientSettings], Awaitable[Any]]
 
     def route(contract: Contract, handle: Handler) -> tuple[Contract, Endpoint]:
-        async def endpoint(request: Request) -> Response:
-            client = api.client(request)
-            if not client.zapier:
-                raise Forbidden("this client may not call /v1/zapier/* (zapier is not set)")
-            grant = client.zapier_grant or _NOTHING
-            if not grant.everything and not grant.triggers:
-                raise Forbidden("this client may not use triggers (clients.<name>.zapier.triggers)")
-            answer = await handle(request, client)
-            if answer is NO_CONTENT:
-                return Response(status_code=204, headers=_NO_STORE)
-            return Response(orjson.dumps(answer), status_code=200, media_type="application/json", headers=_NO_STORE)
-
-        endpoint.__name__ = contract.name  # the access log's and http_requests_total's bounded route label
-        return contract, endpoint
-
-    def query(request: Request) -> list[tuple[str, str]]:
-        return request.query_params.multi_items()
+        return contract, endpoint(api, contract, handle, admit=_uses_triggers)
 
     def inbox(request: Request) -> str:
         return str(request.path_params["inbox"])
 
     async def ensure(request: Request, client: ClientSettings) -> Any:
         body = inputs_of.ensure_body(inbox(request), await api.body(request), exchange.run_wait_max)
-        grant = client.zapier_grant or _NOTHING
+        grant = grant_of(client)
         if not grant.allows_app(body.app):
             raise Forbidden("this client may not use this app (clients.<name>.zapier.apps)")
         if not grant.allows_trigger(body.trigger):
@@ -83,7 +60,7 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
 
     async def owned(client: ClientSettings, user: User, inbox_id: str) -> None:
         """403 unless the grant allows the inbox's own app and trigger (fail closed, before the call)."""
-        grant = client.zapier_grant or _NOTHING
+        grant = grant_of(client)
         if grant.everything:
             return
         app, trigger = await inboxes.subscription(user, inbox_id)
@@ -121,7 +98,7 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
         await owned(client, settle.user, settle.inbox_id)
         return await inboxes.release(client.name, settle)
 
-    return by_path([
+    return routes([
         route(c.INBOX_LIST, listing),
         route(c.INBOX_ENSURE, ensure),
         route(c.INBOX_GET, one),
@@ -134,32 +111,13 @@ def trigger_routes(inboxes: TriggerInboxes, exchange: TokenExchangeSettings, api
     ])
 
 
-def by_path(endpoints: list[tuple[Contract, Endpoint]]) -> list[Route]:
-    """One Starlette route per path, so a wrong method is 405 with every method of the path in `Allow`
-    (PUT, GET and DELETE share one inbox path); the label stays the contract's name."""
-    paths: dict[str, dict[str, Endpoint]] = {}
-    for contract, endpoint in endpoints:
-        paths.setdefault(contract.path, {})[contract.method] = endpoint
-    routes = []
-    for path, methods in paths.items():
-        if len(methods) == 1:
-            [(method, endpoint)] = methods.items()
-            routes.append(Route(path, endpoint, methods=[method]))
-            continue
-
-        async def dispatch(request: Request, methods: dict[str, Endpoint] = methods) -> Response:
-            endpoint = methods["GET" if request.method == "HEAD" else request.method]
-            request.scope["endpoint"] = endpoint  # the access log's label: the contract's name
-            return await endpoint(request)
-
-        routes.append(Route(path, dispatch, methods=list(methods)))
-    return routes
-
-
-_NOTHING = ZapierGrant()
+def _uses_triggers(grant: ZapierGrant) -> None:
+    """403 for a client whose grant names no trigger (before any call to Zapier)."""
+    if not grant.everything and not grant.triggers:
+        raise Forbidden("this client may not use triggers (clients.<name>.zapier.triggers)")
 
 
 def _allowed(client: ClientSettings, view: dict[str, Any]) -> bool:
     """Whether the client's grant allows an inbox's app and trigger (as keysvc answers the inbox)."""
-    grant = client.zapier_grant or _NOTHING
+    grant = grant_of(client)
     return grant.allows_app(view.get("app")) and grant.allows_trigger(str(view.get("trigger")))

@@ -10,7 +10,6 @@
     postgres.py  PostgresStore: psycopg 3, a few kept connections, row locks, an advisory lock to migrate
     budget.py    SharedBudget: the per-replica ApiBudget's interface over the store, with a local fallback
                  budget (per_minute / fallback_divisor) and `store_up` while the store is unreachable
-    errors.py    StoreUnavailable: the one error every store call raises (a KeysvcError)
 
 What it holds: one row per budget (theoretical arrival time, cooldown end), the usable connection per
 (tenant, user, app), digests of consumed Connect states until they expire, and trigger inboxes keysvc
@@ -18,7 +17,8 @@ ensured. Never a secret: no access token, connect token, client secret or raw st
 
 Every call has a deadline (`timeout`, 2 s by default), held twice: asyncio.wait_for in the process and a
 bound in the database (PostgreSQL statement_timeout, lock_timeout and connect_timeout; SQLite's busy
-timeout and a progress handler). Past it, or on any failure, the call raises StoreUnavailable.
+timeout and a progress handler). Past it, or on any failure, the call raises StoreUnavailable (defined in
+keysvc.errors, the one exception tree; re-exported here).
 
 This package depends only on keysvc.errors, keysvc.clock, keysvc.config.store_url (stdlib only), the
 stdlib and psycopg. keysvc.partner.wiring opens it when `token_exchange.store` is configured.
@@ -30,10 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 from keysvc.clock import Clock
+from keysvc.errors import StoreUnavailable
 
 from .base import Connection, GatewayStore, InboxRecord, state_digest
 from .budget import LocalBudget, SharedBudget
-from .errors import StoreUnavailable
 from .gcra import Limit, Refused
 from .settings import DEFAULT_FALLBACK_DIVISOR, DEFAULT_TIMEOUT, StoreSettings, read_password
 

@@ -14,16 +14,21 @@ turns False (the `keysvc_gateway_store_up` gauge), and the store is asked again 
 divisor set to the number of replicas, replicas on fallback together stay within the shared budget.
 
 A cooldown is also kept locally: a 429 stops this replica even when the store cannot be told, and a
-cooldown this replica knows of is answered without a round trip.
+cooldown this replica knows of is answered without a round trip. So is a refusal: when the store says the
+budget admits nothing for `wait` seconds, a request that cannot wait that long is refused here until then,
+without a database transaction. That is exact, not a guess: the budget's `tat` only ever moves forward
+(every replica's reservation and 429 push it later), so the store would refuse it too. A flood of requests
+past the budget costs one store round trip per refusal window, not one per request.
 """
 
 from __future__ import annotations
 
 import logging
 
+from keysvc.errors import StoreUnavailable
+
 from . import gcra
 from .base import GatewayStore
-from .errors import StoreUnavailable
 from .gcra import BudgetState, Limit, Refused
 from .settings import DEFAULT_FALLBACK_DIVISOR
 
@@ -73,6 +78,7 @@ class SharedBudget:
         self._local = LocalBudget(self.limit.divided(fallback_divisor))
         self._probe_interval = probe_interval
         self._down_until: float | None = None  # None: the store answered last time
+        self._not_before = 0.0  # the store refused: it admits nothing before this time (tat only grows)
 
     def __repr__(self) -> str:
         return (f"SharedBudget({self.name!r}, per_minute={self.limit.per_minute:g}, burst={self.limit.burst},"
@@ -103,14 +109,19 @@ class SharedBudget:
         if cooling > 0:
             return Refused(gcra.whole(cooling), True)
         if not self._skip_store(now):
+            if now + max_wait < self._not_before:  # the store would refuse it too: no round trip
+                return Refused(gcra.whole(self._not_before - now), False, self._not_before - now)
             try:
                 decision = await self._store.admit(self.name, self.limit, now, max_wait)
             except StoreUnavailable as error:
                 self._failed(now, error)
             else:
                 self._answered()
-                if isinstance(decision, Refused) and decision.cooling:
-                    self._local.note_cooldown(now + decision.retry_after)
+                if isinstance(decision, Refused):
+                    if decision.cooling:
+                        self._local.note_cooldown(now + decision.retry_after)
+                    else:
+                        self._not_before = max(self._not_before, now + decision.wait)
                 return decision
         return self._local.admit(now, max_wait)
 

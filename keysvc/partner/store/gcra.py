@@ -19,7 +19,7 @@ budget resumes slowly, not with a full burst.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,12 @@ class BudgetState:
 
 @dataclass(frozen=True)
 class Refused:
-    """Do not send: try again in `retry_after` seconds (whole, at least 1); `cooling` after a 429."""
+    """Do not send: try again in `retry_after` seconds (whole, at least 1); `cooling` after a 429. `wait`:
+    the exact seconds before the budget could admit one request (0.0 when not known, e.g. a cooldown)."""
 
     retry_after: int
     cooling: bool
+    wait: float = field(default=0.0, compare=False)  # a detail of the decision, not a different one
 
 
 def admit(state: BudgetState, limit: Limit, now: float, max_wait: float) -> tuple[float | Refused, BudgetState]:
@@ -68,7 +70,7 @@ def admit(state: BudgetState, limit: Limit, now: float, max_wait: float) -> tupl
     start = max(state.tat, now)
     wait = max(0.0, start - now - (limit.burst - 1) * limit.interval)
     if wait > max_wait:
-        return Refused(whole(wait), False), state
+        return Refused(whole(wait), False, wait), state
     return wait, BudgetState(start + limit.interval, state.cooldown_until)
 
 

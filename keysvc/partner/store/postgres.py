@@ -24,10 +24,10 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from keysvc.clock import Clock, SystemClock
+from keysvc.errors import StoreUnavailable
 
 from . import gcra, schema
 from .base import Connection, InboxRecord, check_digest
-from .errors import StoreUnavailable
 from .gcra import BudgetState, Limit, Refused
 from .settings import StoreSettings
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from keysvc.clock import Clock, SystemClock
+from keysvc.errors import StoreUnavailable
 
 from . import gcra, schema
 from .base import Connection, InboxRecord, check_digest
-from .errors import StoreUnavailable
 from .gcra import BudgetState, Limit, Refused
 
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""keysvc.http.errors: one error table for every route of both listeners, and the JSON 500 contract.
+"""keysvc.http.error_answers: one error table for every route of both listeners, and the JSON 500 contract.
 
 The apps are driven in-process as ASGI callables (exact headers, no server in between) over hand-written
 keyring fakes; what the server adds (date, connection) is out of the picture.
@@ -36,7 +36,7 @@ from keysvc.errors import (
 )
 from keysvc.feature import Feature
 from keysvc.http.context import RouteContext
-from keysvc.http.errors import INTERNAL_ERROR, error_answer
+from keysvc.http.error_answers import INTERNAL_ERROR, error_answer
 from keysvc.http.internal import build_internal_app
 from keysvc.http.public import PublicApp
 from keysvc.metrics import Metrics
