@@ -215,5 +215,6 @@ def test_the_package_imports_only_errors_clock_the_stdlib_and_psycopg() -> None:
                 top = name.split(".")[0]
                 if name.startswith("keysvc") or (top not in sys.stdlib_module_names and top != "__future__"):
                     found.setdefault(name if name.startswith("keysvc") else top, set()).add(path.name)
-    assert found == {"keysvc.errors": {"__init__.py", "budget.py", "postgres.py", "sqlite.py"}, "keysvc.clock": {"__init__.py", "sqlite.py", "postgres.py"},
+    assert found == {"keysvc.errors": {"__init__.py", "budget.py", "postgres.py", "sqlite.py"},
+                     "keysvc.clock": {"__init__.py", "sqlite.py", "postgres.py"},
                      "psycopg": {"postgres.py"}, "keysvc.config.store_url": {"settings.py"}}
