@@ -6,10 +6,12 @@ A real `keysvc serve` (pinned to the server core) drives the fake Trigger Inbox 
   fake directly with an access token, interleaved one by one in the same run (target: overhead < 2 ms);
 - p50 of a lease of one message through keysvc (POST .../lease, then .../ack of it) against the same two
   calls sent to the fake directly.
-- push delivery (keysvc.partner.trigger_push, in this process: one deliverer is one replica's engine, with
+- push delivery (keysvc.partner.trigger_push, first in this process: one deliverer is one replica's engine, with
   its own aiohttp session and a budget that never binds) to a receiver verifying every signature with
   `standardwebhooks`: messages per second of one deliverer draining 4 inboxes, and the end-to-end lag of one
   message (injected -> notification -> lease -> POST -> the receiver has it), p50 over `--lags` messages.
+  Then the same two figures through a real `keysvc serve` with push delivery on (a SQLite gateway store):
+  4 inboxes ensured through /v1/zapier, the fake's own notifications to keysvc's public listener.
   With a real Partner API budget (60 requests/minute) the ceiling is the budget: a lease of 10 messages
   and its ack are 2 requests, so about 300 messages per minute.
 """
@@ -150,6 +152,75 @@ def push_figures(inbox_api: TriggerInboxFake, token_for: Callable[[], str], mess
         return asyncio.run(run(base + "/events", f"{tmp}/gateway.db"))
 
 
+def push_through_serve(zapier: ZapierFake, inbox_api: TriggerInboxFake, workdir: Path, messages: int,
+                       lags: int) -> tuple[float, list[float]]:
+    """The same two push figures through a real `keysvc serve` (push delivery on, SQLite gateway store):
+    4 inboxes ensured through /v1/zapier, `messages` injected at Zapier, Zapier's notifications to keysvc's
+    public listener, keysvc leasing and POSTing to a `standardwebhooks`-verifying receiver. (messages per
+    second from the injection to the receiver's last 2xx; lags in ms, one message at a time)."""
+    import base64
+    import socket
+    import threading
+
+    from standardwebhooks import Webhook
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tests.exchange_support import serve
+
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    verifier = Webhook(secret)
+    arrived: dict[str, float] = {}
+    lock = threading.Lock()
+
+    async def endpoint(request: Request) -> Response:
+        verifier.verify(await request.body(), dict(request.headers))
+        with lock:
+            arrived.setdefault(request.headers["webhook-id"], time.perf_counter())
+        return Response(status_code=204)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    (workdir / "webhook-secret").write_text(secret + "\n")
+    with serve(Starlette(routes=[Route("/events", endpoint, methods=["POST"])])) as receiver:
+        cfg = config(zapier, inbox_api, workdir)  # the same keys directory: the JWKS Zapier trusts already
+        cfg["listen"]["public"] = f"127.0.0.1:{port}"
+        cfg["token_exchange"]["store"] = {"url": f"sqlite:///{workdir}/push-gateway.db"}
+        cfg["token_exchange"]["trigger_delivery"] = {
+            "url": receiver + "/events", "secret_file": str(workdir / "webhook-secret"), "lease": "60s",
+            "public_url": f"http://127.0.0.1:{port}"}
+        with keysvc_server(cfg, workdir, "push") as proc, httpx.Client(timeout=30) as client:
+            ours = {"Authorization": f"Bearer {api_key('signer')}"}
+            ids = []
+            for n in range(4):
+                made = client.put(f"{proc.internal}/v1/zapier/trigger-inboxes/push-{n}-{time.monotonic_ns()}",
+                                  json={"user_id": USER[0], "tenant_id": USER[1], **SUB, "wait": 5}, headers=ours)
+                assert made.status_code == 200, made.text
+                ids.append(made.json()["inbox"]["id"])
+            per_inbox = messages // 4
+            started = time.perf_counter()
+            sent = [m for inbox_id in ids for m in inbox_api.inject(inbox_id, *({"n": i} for i in range(per_inbox)))]
+            deadline = time.monotonic() + 120
+            while not all(m in arrived for m in sent):
+                assert time.monotonic() < deadline, f"{sum(m in arrived for m in sent)} of {len(sent)} arrived"
+                time.sleep(0.002)
+            rate = len(sent) / (max(arrived[m] for m in sent) - started)
+            lag_ms = []
+            for _ in range(lags):
+                injected = time.perf_counter()
+                [message_id] = inbox_api.inject(ids[0], {"lag": True})
+                while message_id not in arrived:
+                    assert time.perf_counter() - injected < 30, "a message never arrived"
+                    time.sleep(0.0005)
+                lag_ms.append((arrived[message_id] - injected) * 1000)
+                while inbox_api.pending(ids[0]):
+                    time.sleep(0.001)
+    return rate, lag_ms
+
+
 def timed(step: Callable[[], None]) -> float:
     started = time.perf_counter()
     step()
@@ -209,11 +280,16 @@ def main() -> None:
             medians(get_through, get_direct, max(10, args.requests // 10), 1)  # warm-up
             get_t, get_d = medians(get_through, get_direct, args.requests, args.runs)
             lease_t, lease_d = medians(lease_through, lease_direct, max(10, args.requests // 2), args.runs)
-        rates, lags = [], []
-        for _ in range(args.runs):
+        rates, lags, served_rates, served_lags = [], [], [], []
+        for run in range(args.runs):
             rate, lag = push_figures(inbox_api, lambda: zapier.access_token(USER), args.messages, args.lags)
             rates.append(rate)
             lags.append(statistics.median(lag))
+            with workspace(f"push-{run}") as pushdir:
+                (pushdir / "keys").symlink_to(workdir / "keys")
+                rate, lag = push_through_serve(zapier, inbox_api, pushdir, args.messages, args.lags)
+            served_rates.append(rate)
+            served_lags.append(statistics.median(lag))
         violations = len(inbox_api.violations)
     get_over = [t - d for t, d in zip(get_t, get_d, strict=True)]
     lease_over = [t - d for t, d in zip(lease_t, lease_d, strict=True)]
@@ -229,6 +305,11 @@ def main() -> None:
             note="4 inboxes, leases of 10, budget not binding"),
         Row("push delivery lag, inject -> receiver (p50)", statistics.median(lags), "ms", runs=spread(lags),
             note="notification -> lease -> signed POST"),
+        Row("push delivery through keysvc serve (SQLite store)", statistics.median(served_rates), "messages/s",
+            baseline="one deliverer in process", baseline_value=statistics.median(rates), runs=spread(served_rates),
+            note="4 inboxes ensured through /v1/zapier; Zapier's notification to the public listener"),
+        Row("push delivery lag through keysvc serve, inject -> receiver (p50)", statistics.median(served_lags), "ms",
+            runs=spread(served_lags), note="the fake's notification thread, keysvc's route, lease, signed POST"),
     ]
     notes = [machine_line(), f"{args.requests} sequential keep-alive requests per run, {args.runs} runs, medians;"
              f" schema violations recorded by the fake: {violations}"]
