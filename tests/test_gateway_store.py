@@ -7,10 +7,12 @@ import asyncio
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 
+import psycopg
 import pytest
 
 from keysvc.clock import FixedClock
@@ -20,6 +22,7 @@ from keysvc.partner.store import (
     InboxRecord,
     Limit,
     Refused,
+    RunRecord,
     SharedBudget,
     state_digest,
 )
@@ -48,6 +51,39 @@ def test_migrations_are_versioned_and_idempotent(store_engine: Engine) -> None:
         (n,) for n in range(1, VERSION + 1)]
 
 
+def _execute(engine: Engine, *statements: str) -> None:
+    """Statements run directly on the engine's database (no store involved), committed."""
+    s = engine.settings()
+    if s.engine == "sqlite":
+        assert s.path is not None
+        with sqlite3.connect(s.path) as db:
+            for statement in statements:
+                db.execute(statement)
+        return
+    with psycopg.connect(host=s.host, port=s.port, user=s.user, dbname=s.database, password=s.password,
+                         autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_a_store_of_an_earlier_version_migrates_and_keeps_its_rows(store_engine: Engine) -> None:
+    """A database left at schema version 1 (as the first release with the store wrote it) gets only the
+    later migrations; what it held stays."""
+    async def first(store: GatewayStore) -> None:
+        await store.record_connection("t1", "u1", "app-1", "conn-1", "Slack")
+
+    run(store_engine, first)
+    _execute(store_engine, "DROP TABLE gateway_action_run", "DELETE FROM gateway_schema WHERE version > 1")
+
+    async def again(store: GatewayStore) -> list[object]:
+        return [await store.migrate(), await store.connection("t1", "u1", "app-1") is not None]
+
+    assert run(store_engine, again, migrate=False) == [VERSION, True]
+    assert store_engine.query("SELECT version FROM gateway_schema ORDER BY version") == [
+        (n,) for n in range(1, VERSION + 1)]
+    assert store_engine.query("SELECT COUNT(*) FROM gateway_action_run") == [(0,)]
+
+
 def test_the_schema_holds_no_secret(store_engine: Engine) -> None:
     """The tables hold ids, names, times and digests only: no column for an access token, connect token,
     client secret, password or raw Connect state."""
@@ -60,6 +96,8 @@ def test_the_schema_holds_no_secret(store_engine: Engine) -> None:
         ("gateway_connect_state", "digest"), ("gateway_connect_state", "expires_at"),
         *(("gateway_trigger_inbox", c) for c in ("inbox_id", "tenant_id", "user_id", "inbox_key", "app",
                                                  "trigger_key", "recorded_at")),
+        *(("gateway_action_run", c) for c in ("run_id", "tenant_id", "user_id", "app", "connection_id",
+                                              "expires_at")),
     }
 
 
@@ -198,6 +236,34 @@ def test_trigger_inboxes_are_recorded_listed_and_deleted(store_engine: Engine) -
         return seen
 
     assert run(store_engine, body) == [[b, a], a, None, moved, True, False, [moved]]
+
+
+def test_action_runs_remember_their_connection_until_they_expire(store_engine: Engine) -> None:
+    """record_run, then run(): found by its own user from another replica, never by another user or tenant,
+    not after its expiry; recording the same run again keeps the first record; expired rows are purged by
+    a later record_run."""
+    clock = FixedClock(1000.0)
+    first = RunRecord("run-1", "t1", "u1", "app-1", "conn-1", 2000.0)
+    again = RunRecord("run-1", "t1", "u1", "app-1", "conn-other", 5000.0)
+    short = RunRecord("run-2", "t1", "u1", "app-1", "conn-2", 1500.0)
+
+    async def body(store: GatewayStore) -> list[object]:
+        other = store_engine.open(clock=clock)
+        try:
+            await store.record_run(first)
+            await store.record_run(again)
+            await store.record_run(short)
+            seen: list[object] = [await other.run("t1", "u1", "run-1"), await other.run("t1", "u2", "run-1"),
+                                  await other.run("t2", "u1", "run-1"), await other.run("t1", "u1", "nope")]
+            clock.advance(600)  # run-2 has expired, run-1 not
+            seen += [await store.run("t1", "u1", "run-2"), await store.run("t1", "u1", "run-1")]
+            await store.record_run(RunRecord("run-3", "t1", "u1", "app-1", "conn-3", 9000.0))
+            return seen
+        finally:
+            await other.close()
+
+    assert run(store_engine, body, clock=clock) == [first, None, None, None, None, first]
+    assert sorted(store_engine.query("SELECT run_id FROM gateway_action_run")) == [("run-1",), ("run-3",)]
 
 
 def test_shared_budgets_on_two_replicas_share_the_burst_and_the_cooldown(store_engine: Engine) -> None:

@@ -483,6 +483,62 @@ def test_omitted_connection_uses_the_recorded_one_or_is_409(rig: Rig, kind: str,
 
 
 @pytest.mark.parametrize("kind", STORES)
+def test_a_polled_run_ending_in_an_authentication_error_expires_its_connection(rig: Rig, kind: str,
+                                                                               tmp_path: Path) -> None:
+    """The same end seen by GET /v1/zapier/action-runs/{id}: the caller created the run with `wait` 0 and
+    polls it. 409 reconnect_required naming the connection the run was created with, which is expired
+    (omitting `connection` is then 409 connection_required), in the replica that created the run and, with
+    the gateway store, in another replica too."""
+    slack, _, cid = seed_actions(rig)
+    store = store_of(kind, tmp_path)
+
+    async def create(g: ZapierGateway) -> str:
+        await g.connections(requests.connections_query(q(app=slack.id)))  # records cid
+        rig.zapier.connections_of(USER, slack)[0].is_expired = True
+        created = await g.run("web", requests.run_body({**run_call(app=slack.id), "wait": 0}, 60))
+        assert created.status_code == 202
+        return str(created.body["id"])
+
+    async def poll(g: ZapierGateway, run_id: str) -> list[Any]:
+        seen: list[Any] = []
+        for call in (lambda: g.run_status(requests.run_query(q(wait="10"), run_id, 60)),
+                     lambda: g.run("web", requests.run_body(run_call(app=slack.id), 60))):
+            try:
+                seen.append(await call())
+            except RequestError as exc:
+                seen.append((exc.code, exc.fields()))
+        return seen
+
+    async def one_replica(g: ZapierGateway) -> list[Any]:
+        return await poll(g, await create(g))
+
+    assert rig.run(one_replica, store=store) == [("reconnect_required", {"connection": cid}),
+                                                 ("connection_required", {})]
+    if kind == "sqlite":  # another replica on the same store polls a run the first one created
+        rig.zapier.connections_of(USER, slack)[0].is_expired = False
+        run_id = rig.run(create, store=store)
+        assert rig.run(lambda g: poll(g, run_id), store=store) == [("reconnect_required", {"connection": cid}),
+                                                                   ("connection_required", {})]
+
+
+def test_a_polled_run_keysvc_did_not_create_answers_its_error_as_it_is(rig: Rig) -> None:
+    """Without a store, another replica (a fresh registry) does not know the run's connection: its poll
+    answers the run's authentication error as Zapier gave it (200, status error), and nothing is expired."""
+    slack, _, _cid = seed_actions(rig)
+
+    async def create(g: ZapierGateway) -> str:
+        await g.connections(requests.connections_query(q(app=slack.id)))
+        rig.zapier.connections_of(USER, slack)[0].is_expired = True
+        created = await g.run("web", requests.run_body({**run_call(app=slack.id), "wait": 0}, 60))
+        return str(created.body["id"])
+
+    run_id = rig.run(create)
+    answer = rig.run(lambda g: g.run_status(requests.run_query(q(wait="10"), run_id, 60)))
+    assert answer.status_code == 200 and answer.body["status"] == "error"
+    assert [e["code"] for e in answer.body["errors"]] == ["authentication"]
+
+
+@pytest.mark.parametrize("kind", STORES)
 def test_run_ending_in_an_authentication_error_expires_the_connection(rig: Rig, kind: str, tmp_path: Path) -> None:
     """A run whose connection Zapier finds expired ends with an `authentication` error: 409
     reconnect_required naming it; the expired connection is never used again (omitting `connection` is

@@ -66,6 +66,7 @@ from keysvc.partner.gateway_inputs import (
 from keysvc.partner.partner_api import PartnerApi, PartnerAuthRefused, with_access_token
 from keysvc.partner.registry import ConnectionRegistry, MemoryRegistry
 from keysvc.partner.state import StateCodec
+from keysvc.partner.store import RunRecord
 
 T = TypeVar("T")
 FINAL = frozenset({"success", "error"})
@@ -317,6 +318,8 @@ class ZapierGateway:
             audit_request("zapier.run", {**fields, "outcome": exc.code})
             raise
         # From here on the run exists at Zapier: the caller gets its id whatever happens (202 at worst).
+        if c.connection is not None:
+            await self._remember_run(c, run_id)
         answer = await self._wait(c.user, run_id, started + b.wait, None)
         self._on_run(answer.body["status"])
         if c.connection is not None and _refused_authentication(answer):
@@ -328,12 +331,46 @@ class ZapierGateway:
         return answer
 
     async def run_status(self, q: RunQuery) -> RunAnswer:
-        """Poll a run now, then with back-off up to `wait`."""
+        """Poll a run now, then with back-off up to `wait`. A run that ended with an authentication error and
+        was created through keysvc with a known connection expires that connection: 409 reconnect_required,
+        as `run` answers when it saw the end itself."""
         deadline = self._clock() + q.wait
         first = await self._poll(q.user, q.run_id)
         answer = first if first.status_code == 200 else await self._wait(q.user, q.run_id, deadline, first.delay)
         self._on_run(answer.body["status"])
+        if _refused_authentication(answer):
+            run = await self._remembered_run(q)
+            if run is not None and await self._expired(run):
+                raise ReconnectRequired("the run ended with an authentication error: reconnect the connection "
+                                        "(open Connect with reconnect_id)", run.connection_id)
         return answer
+
+    async def _remember_run(self, c: ActionCall, run_id: str) -> None:
+        """Best effort: the run exists at Zapier, so a registry that fails must not fail the caller's request
+        (the run's poll then cannot expire the connection; the run's own answer still says what happened)."""
+        assert c.connection is not None  # nosec B101 - the caller checks
+        try:
+            await self._registry.remember_run(c.user.tenant_id, c.user.user_id, run_id, c.app, c.connection)
+        except Unavailable:
+            log.warning("gateway store unavailable: a created run's connection is not remembered",
+                        extra={"run": run_id})
+
+    async def _expired(self, run: RunRecord) -> bool:
+        """Expire the run's connection; False when the store fails (the run's answer then goes back as is)."""
+        try:
+            await self._registry.expire(run.tenant_id, run.user_id, run.app, run.connection_id)
+        except Unavailable:
+            return False
+        self._on_registry("expired", self._registry.kind)
+        return True
+
+    async def _remembered_run(self, q: RunQuery) -> RunRecord | None:
+        """The connection the run was created with, or None (not created through keysvc, forgotten, or the
+        store failing: the run's answer goes back as it is)."""
+        try:
+            return await self._registry.run(q.user.tenant_id, q.user.user_id, q.run_id)
+        except Unavailable:
+            return None
 
     async def _wait(self, user: User, run_id: str, deadline: float, hint: float | None) -> RunAnswer:
         pending = RunAnswer(202, {"id": run_id, "status": "pending"})

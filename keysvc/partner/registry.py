@@ -5,6 +5,8 @@ states already completed (single use).
     await registry.usable(tenant, user, app) -> Connection | None   a call omitted `connection`
     await registry.expire(tenant, user, app, connection_id)    Zapier refused it: never used again
     await registry.consume_state(state, expires_at) -> bool    True the first time a Connect state completes
+    await registry.remember_run(tenant, user, run_id, app, connection_id)   an action run was created with it
+    await registry.run(tenant, user, run_id) -> RunRecord | None    a poll of that run: its connection
 
 Two kinds, the same answers:
     StoreRegistry(store)   in the gateway store (token_exchange.store): every replica sees the same
@@ -25,10 +27,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from keysvc.errors import Unavailable
-from keysvc.partner.store import Connection, GatewayStore, StoreUnavailable, state_digest
+from keysvc.partner.store import Connection, GatewayStore, RunRecord, StoreUnavailable, state_digest
 
 T = TypeVar("T")
 MAX_MEMORY_ENTRIES = 100_000  # the memory registry forgets its oldest entries past this
+RUN_MEMORY = 86_400.0  # seconds a run's connection is remembered: callers poll a run within minutes
 
 
 class ConnectionRegistry(Protocol):
@@ -52,14 +55,23 @@ class ConnectionRegistry(Protocol):
         """True the first time this Connect state completes, False after."""
         ...
 
+    async def remember_run(self, tenant_id: str, user_id: str, run_id: str, app: str, connection_id: str) -> None:
+        """The connection an action run was created with, for RUN_MEMORY seconds."""
+        ...
+
+    async def run(self, tenant_id: str, user_id: str, run_id: str) -> RunRecord | None:
+        """The remembered run of this user, or None."""
+        ...
+
 
 class StoreRegistry:
     """The registry in the gateway store: shared by every replica."""
 
     kind = "shared"
 
-    def __init__(self, store: GatewayStore) -> None:
+    def __init__(self, store: GatewayStore, *, wall: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._wall = wall  # the store compares expiry times with its own wall clock
 
     def __repr__(self) -> str:
         return f"StoreRegistry({self._store!r})"
@@ -80,6 +92,15 @@ class StoreRegistry:
         """GatewayStore.consume_state of the state's digest (503 when the store fails: fail closed)."""
         return await _answered(lambda: self._store.consume_state(state_digest(state), expires_at))
 
+    async def remember_run(self, tenant_id: str, user_id: str, run_id: str, app: str, connection_id: str) -> None:
+        """GatewayStore.record_run (503 when the store fails)."""
+        run = RunRecord(run_id, tenant_id, user_id, app, connection_id, self._wall() + RUN_MEMORY)
+        await _answered(lambda: self._store.record_run(run))
+
+    async def run(self, tenant_id: str, user_id: str, run_id: str) -> RunRecord | None:
+        """GatewayStore.run (503 when the store fails)."""
+        return await _answered(lambda: self._store.run(tenant_id, user_id, run_id))
+
 
 async def _answered(call: Callable[[], Awaitable[T]]) -> T:
     try:
@@ -98,6 +119,7 @@ class MemoryRegistry:
         self._limit = limit
         self._connections: OrderedDict[tuple[str, str, str], Connection] = OrderedDict()
         self._states: OrderedDict[str, float] = OrderedDict()
+        self._runs: OrderedDict[str, RunRecord] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"MemoryRegistry({len(self._connections)} connections)"
@@ -139,3 +161,16 @@ class MemoryRegistry:
         while len(self._states) > self._limit:
             self._states.popitem(last=False)
         return True
+
+    async def remember_run(self, tenant_id: str, user_id: str, run_id: str, app: str, connection_id: str) -> None:
+        """Remember the run (the oldest goes past the limit)."""
+        self._runs[run_id] = RunRecord(run_id, tenant_id, user_id, app, connection_id, self._wall() + RUN_MEMORY)
+        while len(self._runs) > self._limit:
+            self._runs.popitem(last=False)
+
+    async def run(self, tenant_id: str, user_id: str, run_id: str) -> RunRecord | None:
+        """The remembered run, when this user's and not expired."""
+        found = self._runs.get(run_id)
+        if found is None or (found.tenant_id, found.user_id) != (tenant_id, user_id):
+            return None
+        return found if found.expires_at > self._wall() else None

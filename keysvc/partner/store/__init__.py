@@ -3,7 +3,7 @@
     settings.py  (defined in keysvc.config.store_url, so the configuration checks a URL by these rules)
                  StoreSettings.from_url: sqlite:///path (one replica) or postgresql://user@host:port/db
                  (any number); read_password (password_file or password_env); the password hidden
-    base.py      the GatewayStore protocol; Connection, InboxRecord; state_digest (a Connect state's SHA-256)
+    base.py      the GatewayStore protocol; Connection, InboxRecord, RunRecord; state_digest (a Connect state's SHA-256)
     gcra.py      PURE: the budget's arithmetic (GCRA: one theoretical arrival time per budget), the cooldown
     schema.py    the versioned migrations both engines apply at start-up
     sqlite.py    SqliteStore: stdlib sqlite3 in a worker thread, BEGIN IMMEDIATE around each update
@@ -12,8 +12,9 @@
                  budget (per_minute / fallback_divisor) and `store_up` while the store is unreachable
 
 What it holds: one row per budget (theoretical arrival time, cooldown end), the usable connection per
-(tenant, user, app), digests of consumed Connect states until they expire, and trigger inboxes keysvc
-ensured. Never a secret: no access token, connect token, client secret or raw state.
+(tenant, user, app), digests of consumed Connect states until they expire, trigger inboxes keysvc
+ensured, and the connection each action run was created with (for a day: its poll may expire it). Never a
+secret: no access token, connect token, client secret or raw state.
 
 Every call has a deadline (`timeout`, 2 s by default), held twice: asyncio.wait_for in the process and a
 bound in the database (PostgreSQL statement_timeout, lock_timeout and connect_timeout; SQLite's busy
@@ -32,14 +33,15 @@ from typing import Any
 from keysvc.clock import Clock
 from keysvc.errors import StoreUnavailable
 
-from .base import Connection, GatewayStore, InboxRecord, state_digest
+from .base import Connection, GatewayStore, InboxRecord, RunRecord, state_digest
 from .budget import LocalBudget, SharedBudget
 from .gcra import Limit, Refused
 from .settings import DEFAULT_FALLBACK_DIVISOR, DEFAULT_TIMEOUT, StoreSettings, read_password
 
 __all__ = [
     "DEFAULT_FALLBACK_DIVISOR", "DEFAULT_TIMEOUT", "Connection", "GatewayStore", "InboxRecord", "Limit",
-    "LocalBudget", "Refused", "SharedBudget", "StoreSettings", "StoreUnavailable", "open_store", "read_password",
+    "LocalBudget", "Refused", "RunRecord", "SharedBudget", "StoreSettings", "StoreUnavailable", "open_store",
+    "read_password",
     "state_digest",
 ]
 

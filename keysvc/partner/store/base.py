@@ -42,6 +42,18 @@ class InboxRecord:
     trigger: str
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """The connection an action run was created with (the run's poll can then expire it), until `expires_at`."""
+
+    run_id: str
+    tenant_id: str
+    user_id: str
+    app: str
+    connection_id: str
+    expires_at: float
+
+
 def state_digest(state: str) -> str:
     """What the store keeps of a Connect `state`: its SHA-256, hex (the state itself is never written)."""
     return hashlib.sha256(state.encode()).hexdigest()
@@ -99,6 +111,14 @@ class GatewayStore(Protocol):
     async def consume_state(self, state_digest: str, expires_at: float) -> bool:
         """True the first time a Connect state's digest is consumed across all replicas, False after (or
         once `expires_at` passed). Expired digests are purged on the way."""
+        ...
+
+    async def record_run(self, run: RunRecord) -> None:
+        """Remember the connection an action run was created with until `run.expires_at` (expired rows go)."""
+        ...
+
+    async def run(self, tenant_id: str, user_id: str, run_id: str) -> RunRecord | None:
+        """The run's record, when this user's and not expired."""
         ...
 
     async def record_inbox(self, inbox: InboxRecord) -> None:

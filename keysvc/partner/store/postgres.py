@@ -27,7 +27,7 @@ from keysvc.clock import Clock, SystemClock
 from keysvc.errors import StoreUnavailable
 
 from . import gcra, schema
-from .base import Connection, InboxRecord, check_digest
+from .base import Connection, InboxRecord, RunRecord, check_digest
 from .gcra import BudgetState, Limit, Refused
 from .settings import StoreSettings
 
@@ -265,6 +265,31 @@ class PostgresStore:
             return cursor.rowcount == 1
 
         return await self._call("consume_state", work)
+
+    # --- action runs -----------------------------------------------------------------------------------
+
+    async def record_run(self, run: RunRecord) -> None:
+        now = self._clock.now()
+
+        async def work(conn: Conn) -> None:
+            await conn.execute("DELETE FROM gateway_action_run WHERE expires_at <= %s", (now,))
+            await conn.execute(
+                "INSERT INTO gateway_action_run (run_id, tenant_id, user_id, app, connection_id, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
+                (run.run_id, run.tenant_id, run.user_id, run.app, run.connection_id, run.expires_at))
+
+        await self._call("record_run", work)
+
+    async def run(self, tenant_id: str, user_id: str, run_id: str) -> RunRecord | None:
+        now = self._clock.now()
+
+        async def work(conn: Conn) -> RunRecord | None:
+            row = await (await conn.execute(
+                "SELECT app, connection_id, expires_at FROM gateway_action_run WHERE run_id = %s AND tenant_id = %s"
+                " AND user_id = %s AND expires_at > %s", (run_id, tenant_id, user_id, now))).fetchone()
+            return None if row is None else RunRecord(run_id, tenant_id, user_id, row[0], row[1], float(row[2]))
+
+        return await self._call("run", work)
 
     # --- trigger inboxes -------------------------------------------------------------------------------
 

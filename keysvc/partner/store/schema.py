@@ -49,6 +49,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             recorded_at DOUBLE PRECISION NOT NULL
         )""",
     ),
+    (  # 2: the connection each action run was created with, so a poll can expire it (until expires_at)
+        """CREATE TABLE gateway_action_run (
+            run_id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            app TEXT NOT NULL,
+            connection_id TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX gateway_action_run_expiry ON gateway_action_run (expires_at)",
+    ),
 )
 
 VERSION = len(MIGRATIONS)

@@ -22,7 +22,7 @@ from keysvc.clock import Clock, SystemClock
 from keysvc.errors import StoreUnavailable
 
 from . import gcra, schema
-from .base import Connection, InboxRecord, check_digest
+from .base import Connection, InboxRecord, RunRecord, check_digest
 from .gcra import BudgetState, Limit, Refused
 
 T = TypeVar("T")
@@ -185,6 +185,30 @@ class SqliteStore:
             return inserted.rowcount == 1
 
         return await self._call("consume_state", lambda db: self._write(db, work))
+
+    # --- action runs -----------------------------------------------------------------------------------
+
+    async def record_run(self, run: RunRecord) -> None:
+        now = self._clock.now()
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM gateway_action_run WHERE expires_at <= ?", (now,))
+            db.execute("INSERT INTO gateway_action_run (run_id, tenant_id, user_id, app, connection_id, expires_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
+                       (run.run_id, run.tenant_id, run.user_id, run.app, run.connection_id, run.expires_at))
+
+        await self._call("record_run", lambda db: self._write(db, work))
+
+    async def run(self, tenant_id: str, user_id: str, run_id: str) -> RunRecord | None:
+        now = self._clock.now()
+
+        def work(db: sqlite3.Connection) -> RunRecord | None:
+            row = db.execute(
+                "SELECT app, connection_id, expires_at FROM gateway_action_run WHERE run_id = ? AND tenant_id = ?"
+                " AND user_id = ? AND expires_at > ?", (run_id, tenant_id, user_id, now)).fetchone()
+            return None if row is None else RunRecord(run_id, tenant_id, user_id, row[0], row[1], float(row[2]))
+
+        return await self._call("run", work)
 
     # --- trigger inboxes -------------------------------------------------------------------------------
 
