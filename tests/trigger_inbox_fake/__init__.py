@@ -55,8 +55,9 @@ from typing import Any
 
 from tests.exchange_support import serve
 from tests.partner_server import ACCESS_TOKEN, PartnerState
+from tests.published_shapes import LoggedRequest, User, Violation
 from tests.trigger_inbox_fake.fake import TokenCheck, TriggerInboxFake, inbox_error
-from tests.trigger_inbox_fake.model import Inbox, LoggedRequest, Message, Notice, User, Violation
+from tests.trigger_inbox_fake.model import Inbox, Message, Notice
 
 __all__ = [
     "Inbox",

@@ -9,7 +9,6 @@ expired leases and notifications go out from their own thread, so no request wai
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -20,22 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.published_shapes import Endpoint, LoggedRequest, ShapeChecks, User, Violation
 from tests.trigger_inbox_fake import schemas
 from tests.trigger_inbox_fake.model import (
     Failure,
     Inbox,
-    LoggedRequest,
     Message,
     Notice,
-    User,
-    Violation,
     iso,
 )
 
@@ -78,29 +74,6 @@ class Operation:
         return f"{self.method} {self.path}"
 
 
-def _closed(schema: Any) -> Any:
-    """`schema` with every object that lists properties closed to others: a member the document does not
-    name is recorded as a violation (Zapier would ignore it; a misspelt member is a caller's bug)."""
-    if isinstance(schema, dict):
-        out = {k: _closed(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out and out.get("type") == "object":
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_closed(v) for v in schema]
-    return schema
-
-
-def _validators(schema: schemas.Schema) -> tuple[Draft202012Validator, Draft202012Validator]:
-    checker = Draft202012Validator.FORMAT_CHECKER
-    return (Draft202012Validator(schema, format_checker=checker),
-            Draft202012Validator(_closed(schema), format_checker=checker))
-
-
-def _describe(error: Any) -> str:
-    return "/" + "/".join(str(p) for p in error.absolute_path) + f": {error.message}"
-
-
 def _is_uuid(value: str) -> bool:
     try:
         return len(value) == 36 and str(uuid.UUID(value)) == value.lower()
@@ -109,8 +82,10 @@ def _is_uuid(value: str) -> bool:
 
 
 @dataclass
-class TriggerInboxFake:
+class TriggerInboxFake(ShapeChecks):
     """The fake Trigger Inbox API. See the package docstring for how to use it."""
+
+    integer_parameters = schemas.INTEGER_PARAMETERS
 
     tokens: TokenCheck | None = None
     clock: Callable[[], float] = time.time
@@ -135,7 +110,7 @@ class TriggerInboxFake:
     _expired: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
-        self._shapes: dict[int, tuple[Draft202012Validator, Draft202012Validator]] = {}
+        self._shapes = {}
 
     # --- URLs -------------------------------------------------------------------------------------
 
@@ -336,18 +311,6 @@ class TriggerInboxFake:
 
         return endpoint
 
-    async def _http_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        name = f"{request.method} {request.url.path}"
-        with self._lock:
-            self.violations.append(Violation(name, "path", f"no such endpoint ({exc.status_code})"))
-            self.log.append(LoggedRequest(request.method, request.url.path, name, {}, None, exc.status_code, None))
-        status = exc.status_code if exc.status_code in TITLES else 404
-        return inbox_error(status, "not_found" if status == 404 else "method_not_allowed", str(exc.detail))
-
-    def _violation(self, op: Operation, where: str, message: str) -> None:
-        self.violations.append(Violation(op.name, where, message))
-
     def _serve(self, op: Operation, request: Request, raw: bytes) -> tuple[Response, User | None, Any, dict[str, Any]]:
         """Shapes (always checked and recorded, whatever the answer), then budget, token, the shapes' refusal,
         injected failures and the handler: (response, user, body, query) for the log."""
@@ -416,51 +379,20 @@ class TriggerInboxFake:
                 return inbox_error(400, "invalid", f"{name} must be a UUID.")
         return None
 
-    def _check_query(self, op: Operation, request: Request) -> tuple[dict[str, Any], Response | None]:
-        query: dict[str, Any] = {}
-        for name in request.query_params:
-            values = request.query_params.getlist(name)
-            if len(values) > 1:
-                self._violation(op, "query", f"{name} given {len(values)} times")
-            value: Any = values[-1]
-            if name in schemas.INTEGER_PARAMETERS and value.lstrip("-").isdigit():
-                value = int(value)
-            query[name] = value
+    def _error(self, status: int, code: str, detail: str) -> Response:
+        return inbox_error(status, code, detail)
+
+    def _check_query(self, op: Endpoint, request: Request) -> tuple[dict[str, Any], Response | None]:
+        query, refused = super()._check_query(op, request)
         if "name" in query:
             self._violation(op, "query", "name is deprecated: use key")
-        published, strict = self._problems(op.query, query)
-        for problem in published + strict:
-            self._violation(op, "query", problem)
-        if published:
-            return query, inbox_error(400, "invalid", "; ".join(published))
-        return query, None
+        return query, refused
 
-    def _check_body(self, op: Operation, request: Request, raw: bytes) -> tuple[Any, Response | None]:
-        assert op.body is not None
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            self._violation(op, "header", "Content-Type must be application/json")
-            return raw.decode(errors="replace"), inbox_error(415, "unsupported_media_type", "JSON bodies only.")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self._violation(op, "body", "not JSON")
-            return raw.decode(errors="replace"), inbox_error(400, "parse_error", "Malformed request.")
+    def _check_body(self, op: Endpoint, request: Request, raw: bytes) -> tuple[Any, Response | None]:
+        body, refused = super()._check_body(op, request, raw)
         if isinstance(body, dict) and "name" in body:
             self._violation(op, "body", "name is deprecated: use key")
-        published, strict = self._problems(op.body, body)
-        for problem in published + strict:
-            self._violation(op, "body", problem)
-        if published:
-            return body, inbox_error(400, "invalid", "; ".join(published))
-        return body, None
-
-    def _problems(self, schema: schemas.Schema, value: Any) -> tuple[list[str], list[str]]:
-        pair = self._shapes.get(id(schema))
-        if pair is None:
-            pair = self._shapes[id(schema)] = _validators(schema)
-        published = [_describe(e) for e in pair[0].iter_errors(value)]
-        strict = [] if published else [_describe(e) for e in pair[1].iter_errors(value)]
-        return published, strict
+        return body, refused
 
     # --- endpoint handlers (called under the lock, after every check above) ------------------------
 

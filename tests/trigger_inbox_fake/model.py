@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-User = tuple[str, str]
-"""Whom a request is for: the access token's (sub, tenant)."""
+from tests.published_shapes import User
 
 
 def iso(epoch: float) -> str:
@@ -71,28 +70,6 @@ class Inbox:
         if self.key is not None:
             out["key"] = out["name"] = self.key
         return out
-
-
-@dataclass(frozen=True)
-class LoggedRequest:
-    """One request the fake answered (control endpoints excluded)."""
-
-    method: str
-    path: str
-    endpoint: str
-    query: dict[str, Any]
-    body: Any
-    status: int
-    user: User | None
-
-
-@dataclass(frozen=True)
-class Violation:
-    """A request that does not match the published shapes: `where` is path, header, query or body."""
-
-    endpoint: str
-    where: str
-    message: str
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from typing import Any
 
 from tests.exchange_support import ISSUER, serve
 from tests.partner_server import PartnerState
+from tests.published_shapes import LoggedRequest, User, Violation
 from tests.zapier_fake.fake import SCOPES, RawAnswer, ZapierFake, zapier_error
 from tests.zapier_fake.model import (
     Action,
@@ -65,11 +66,8 @@ from tests.zapier_fake.model import (
     Budget,
     Connection,
     InputField,
-    LoggedRequest,
     Run,
     RunBehaviour,
-    User,
-    Violation,
 )
 
 __all__ = [

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,6 +26,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tests.partner_server import ACCESS_TOKEN, Grant, PartnerServer, PartnerState
+from tests.published_shapes import LoggedRequest, ShapeChecks, User, Violation
 from tests.zapier_fake import schemas
 from tests.zapier_fake.model import (
     Action,
@@ -36,11 +36,8 @@ from tests.zapier_fake.model import (
     Connection,
     InputField,
     IssuedActionId,
-    LoggedRequest,
     Run,
     RunBehaviour,
-    User,
-    Violation,
 )
 
 # The scopes keysvc asks for (all those the endpoints below require, plus `external`).
@@ -93,34 +90,6 @@ class Operation:
 
 
 @dataclass(frozen=True)
-class Shape:
-    """A schema as the document gives it, and the same closed to unknown members (see schemas.closed)."""
-
-    published: Draft202012Validator
-    strict: Draft202012Validator
-
-    @classmethod
-    def of(cls, schema: schemas.Schema) -> Shape:
-        """Both validators of `schema`, checking formats (uuid)."""
-        checker = Draft202012Validator.FORMAT_CHECKER
-        return cls(
-            Draft202012Validator(schema, format_checker=checker),
-            Draft202012Validator(schemas.closed(schema), format_checker=checker),
-        )
-
-    def problems(self, value: Any) -> tuple[list[str], list[str]]:
-        """(mismatches with the document, members the document does not name)."""
-        published = [_describe(e) for e in self.published.iter_errors(value)]
-        strict = [] if published else [_describe(e) for e in self.strict.iter_errors(value)]
-        return published, strict
-
-
-def _describe(error: Any) -> str:
-    where = "/" + "/".join(str(p) for p in error.absolute_path)
-    return f"{where}: {error.message}"
-
-
-@dataclass(frozen=True)
 class RawAnswer:
     """An answer sent as it is: status, headers, then the body in `chunks` (each `pause` seconds apart);
     `repeat` sends the chunks that many times (a huge body without holding it in memory)."""
@@ -149,8 +118,10 @@ class RawAnswer:
 
 
 @dataclass
-class ZapierFake:
+class ZapierFake(ShapeChecks):
     """The fake Partner API and Zapier's token endpoint. See the package docstring for how to use it."""
+
+    integer_parameters = schemas.INTEGER_PARAMETERS
 
     partner: PartnerState
     clock: Callable[[], float] = time.monotonic
@@ -193,7 +164,7 @@ class ZapierFake:
 
     def __post_init__(self) -> None:
         self.token_server = PartnerServer(self.partner)
-        self._shapes: dict[int, Shape] = {}
+        self._shapes = {}
 
     # --- URLs -------------------------------------------------------------------------------------
 
@@ -349,18 +320,6 @@ class ZapierFake:
 
         return endpoint
 
-    async def _http_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        name = f"{request.method} {request.url.path}"
-        with self._lock:
-            self.violations.append(Violation(name, "path", f"no such endpoint ({exc.status_code})"))
-            self.log.append(LoggedRequest(request.method, request.url.path, name, {}, None, exc.status_code, None))
-        status = exc.status_code if exc.status_code in TITLES else 404
-        return zapier_error(status, "not_found" if status == 404 else "method_not_allowed", str(exc.detail))
-
-    def _violation(self, op: Operation, where: str, message: str) -> None:
-        self.violations.append(Violation(op.name, where, message))
-
     def _serve(self, op: Operation, request: Request, raw: bytes) -> tuple[Response, User | None, Any]:
         """Budget, token, scope, shapes, then the handler: (response, user, parsed body for the log)."""
         body: Any = raw.decode(errors="replace") if raw else None
@@ -402,46 +361,16 @@ class ZapierFake:
             return zapier_error(401, "authentication_failed", "Invalid or expired token.", headers=challenge)
         return (grant.sub, grant.tenant)
 
-    def _check_query(self, op: Operation, request: Request) -> tuple[dict[str, Any], Response | None]:
-        query: dict[str, Any] = {}
-        for name in request.query_params:
-            values = request.query_params.getlist(name)
-            if len(values) > 1:
-                self._violation(op, "query", f"{name} given {len(values)} times")
-            value: Any = values[-1]
-            if name in schemas.INTEGER_PARAMETERS and value.lstrip("-").isdigit():
-                value = int(value)
-            query[name] = value
-        published, strict = self._shape(op.query).problems(query)
-        for problem in published + strict:
-            self._violation(op, "query", problem)
-        if published:
-            name = published[0].split(":")[0].lstrip("/")
-            return query, zapier_error(400, "invalid", "; ".join(published), {"parameter": name} if name else None)
-        return query, None
+    def _error(self, status: int, code: str, detail: str) -> Response:
+        return zapier_error(status, code, detail)
 
-    def _check_body(self, op: Operation, request: Request, raw: bytes) -> tuple[Any, Response | None]:
-        assert op.body is not None
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            self._violation(op, "header", "Content-Type must be application/json")
-            return raw.decode(errors="replace"), zapier_error(415, "unsupported_media_type", "JSON bodies only.")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self._violation(op, "body", "not JSON")
-            return raw.decode(errors="replace"), zapier_error(400, "parse_error", "Malformed request.")
-        published, strict = self._shape(op.body).problems(body)
-        for problem in published + strict:
-            self._violation(op, "body", problem)
-        if published:
-            return body, zapier_error(400, "invalid", "; ".join(published), {"pointer": published[0].split(":")[0]})
-        return body, None
-
-    def _shape(self, schema: schemas.Schema) -> Shape:
-        shape = self._shapes.get(id(schema))
-        if shape is None:
-            shape = self._shapes[id(schema)] = Shape.of(schema)
-        return shape
+    def _invalid(self, where: str, problems: list[str]) -> Response:
+        """The document's 400 names the first bad member: `source.parameter` or `source.pointer`."""
+        member = problems[0].split(":")[0]
+        if where == "body":
+            return zapier_error(400, "invalid", "; ".join(problems), {"pointer": member})
+        name = member.lstrip("/")
+        return zapier_error(400, "invalid", "; ".join(problems), {"parameter": name} if name else None)
 
     # --- endpoint handlers (called under the lock, after every check above) ------------------------
 

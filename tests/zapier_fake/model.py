@@ -8,8 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-User = tuple[str, str]
-"""Whom a request is for: the access token's (sub, tenant)."""
+from tests.published_shapes import User
 
 
 @dataclass
@@ -209,25 +208,3 @@ class Budget:
         # the time until enough stamps leave the window that one more request fits
         frees_at = stamps[len(stamps) - limit] + self.window
         return max(1, math.ceil(frees_at - now + self.cooldown))
-
-
-@dataclass(frozen=True)
-class LoggedRequest:
-    """One request as the fake saw it (no Authorization header), and the status it answered."""
-
-    method: str
-    path: str
-    endpoint: str
-    query: dict[str, str]
-    body: Any
-    status: int
-    user: User | None
-
-
-@dataclass(frozen=True)
-class Violation:
-    """A request that did not match the published shapes: where (`header`, `query`, `body`) and how."""
-
-    endpoint: str
-    where: str
-    message: str

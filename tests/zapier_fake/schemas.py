@@ -12,7 +12,6 @@ GET /v2/authentications and POST /v2/actions/{action_id}/inputs answer the objec
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 Schema = dict[str, Any]
@@ -329,22 +328,3 @@ NO_QUERY: Schema = {"type": "object", "properties": {}}
 # Which query parameters are integers (converted from text before validation).
 INTEGER_PARAMETERS = frozenset({"limit", "offset"})
 
-
-def closed(schema: Schema) -> Schema:
-    """`schema` with every object that lists its properties closed to others (`additionalProperties: false`).
-
-    The document leaves objects open and Zapier ignores members it does not know; the fake answers such
-    requests normally but records them as violations, because a member the document does not name is a
-    mistake in the caller (a misspelt parameter is silently ignored upstream).
-    """
-    out = copy.deepcopy(schema)
-    stack: list[Any] = [out]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "properties" in node and "additionalProperties" not in node:
-                node["additionalProperties"] = False
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return out
